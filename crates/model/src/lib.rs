@@ -1,0 +1,1 @@
+//! vffn-model
