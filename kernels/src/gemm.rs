@@ -19,16 +19,32 @@ impl<'a> MatRef<'a> {
         Self::strided(data, rows, cols, cols, 1)
     }
     /// View with arbitrary strides (panics if an element would fall outside `data`).
-    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Self {
+    pub fn strided(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Self {
         if rows > 0 && cols > 0 {
             let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
-            assert!(last < data.len(), "MatRef out of bounds: last index {last} >= len {}", data.len());
+            assert!(
+                last < data.len(),
+                "MatRef out of bounds: last index {last} >= len {}",
+                data.len()
+            );
         }
         MatRef { data, rows, cols, row_stride, col_stride }
     }
     /// The transpose, at no cost (strides swap).
     pub fn t(self) -> Self {
-        MatRef { data: self.data, rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride }
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
     }
     #[inline]
     pub fn at(&self, i: usize, j: usize) -> f32 {
@@ -50,10 +66,20 @@ impl<'a> MatMut<'a> {
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
         Self::strided(data, rows, cols, cols, 1)
     }
-    pub fn strided(data: &'a mut [f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Self {
+    pub fn strided(
+        data: &'a mut [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Self {
         if rows > 0 && cols > 0 {
             let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
-            assert!(last < data.len(), "MatMut out of bounds: last index {last} >= len {}", data.len());
+            assert!(
+                last < data.len(),
+                "MatMut out of bounds: last index {last} >= len {}",
+                data.len()
+            );
         }
         MatMut { data, rows, cols, row_stride, col_stride }
     }

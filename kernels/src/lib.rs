@@ -2,6 +2,8 @@
 //!
 //! Kernels know nothing of tensors or tapes: they take slices, shapes and strides.
 
+pub mod attention;
 pub mod gemm;
+pub mod rope;
 
 pub use gemm::{gemm, MatMut, MatRef};
