@@ -1,7 +1,13 @@
 //! Causal multi-head attention, flash-style: forward saves only the output and the per-row
-//! log-sum-exp; backward recomputes the probabilities block by block.
+//! log-sum-exp; backward recomputes the probabilities block by block (FlashAttention-2).
 //!
-//! PLACEHOLDER signatures (issue 3); the implementation is being written.
+//! Work is split over (batch, head) with rayon; each head is computed by one task in a fixed
+//! order, so results do not depend on the thread count. Inside a head, keys and queries are
+//! processed in `BLOCK`-sized blocks; every product is a small register-tiled "broadcast A ×
+//! vector B" kernel written once over the [`Lanes`] abstraction and instantiated twice: with
+//! AVX2+FMA intrinsics (chosen at run time) and with a portable `[f32; 8]` fallback.
+
+use rayon::prelude::*;
 
 /// Shapes of one attention call. `d = heads * head_dim`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,18 +18,868 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+impl AttnShape {
+    /// Model width `heads * head_dim`.
+    pub fn d(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// Query/key block size (rows of a score tile). Multiple of 8 (the vector width).
+const BLOCK: usize = 64;
+/// Vector width in f32 lanes.
+const W: usize = 8;
+
+fn round_up(n: usize, m: usize) -> usize {
+    n.div_ceil(m) * m
+}
+
+// ---------------------------------------------------------------------------------------------
+// Eight-lane vector abstraction.
+// ---------------------------------------------------------------------------------------------
+
+/// Eight f32 lanes. Implementations are zero-sized tokens; all methods are `#[inline(always)]`
+/// so generic kernels inline into a `#[target_feature]` entry point and get real SIMD code.
+trait Lanes: Copy {
+    type V: Copy;
+    fn splat(self, x: f32) -> Self::V;
+    /// # Safety
+    /// `p..p+8` must be readable.
+    unsafe fn load(self, p: *const f32) -> Self::V;
+    /// # Safety
+    /// `p..p+8` must be writable.
+    unsafe fn store(self, p: *mut f32, v: Self::V);
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a·b + c` (fused where the hardware has FMA).
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    fn min(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Round to nearest, ties to even.
+    fn round(self, a: Self::V) -> Self::V;
+    /// `2^n` for integer-valued `n` in `[-126, 127]`.
+    fn pow2i(self, n: Self::V) -> Self::V;
+    /// `v` where `x >= thr`, else 0.
+    fn keep_ge(self, v: Self::V, x: Self::V, thr: Self::V) -> Self::V;
+    fn reduce_max(self, v: Self::V) -> f32;
+    fn reduce_sum(self, v: Self::V) -> f32;
+}
+
+/// Portable fallback: plain arrays (LLVM turns most of it into SSE).
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl Lanes for Portable {
+    type V = [f32; W];
+    #[inline(always)]
+    fn splat(self, x: f32) -> Self::V {
+        [x; W]
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> Self::V {
+        // SAFETY: the caller guarantees p..p+8 is readable; read_unaligned has no alignment need.
+        unsafe { (p as *const [f32; W]).read_unaligned() }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: Self::V) {
+        // SAFETY: the caller guarantees p..p+8 is writable.
+        unsafe { (p as *mut [f32; W]).write_unaligned(v) }
+    }
+    #[inline(always)]
+    fn add(self, a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] - b[i])
+    }
+    #[inline(always)]
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] * b[i])
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        // Unfused: a libm fmaf call per lane would be far slower than the rounding is worth.
+        std::array::from_fn(|i| a[i] * b[i] + c[i])
+    }
+    #[inline(always)]
+    fn max(self, a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| if a[i] > b[i] { a[i] } else { b[i] })
+    }
+    #[inline(always)]
+    fn min(self, a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| if a[i] < b[i] { a[i] } else { b[i] })
+    }
+    #[inline(always)]
+    fn round(self, a: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i].round_ties_even())
+    }
+    #[inline(always)]
+    fn pow2i(self, n: Self::V) -> Self::V {
+        std::array::from_fn(|i| f32::from_bits(((n[i] as i32 + 127) as u32) << 23))
+    }
+    #[inline(always)]
+    fn keep_ge(self, v: Self::V, x: Self::V, thr: Self::V) -> Self::V {
+        std::array::from_fn(|i| if x[i] >= thr[i] { v[i] } else { 0.0 })
+    }
+    #[inline(always)]
+    fn reduce_max(self, v: Self::V) -> f32 {
+        // Same pairing as the AVX version: halves, then quarters, then pairs.
+        let h: [f32; 4] = std::array::from_fn(|i| v[i].max(v[i + 4]));
+        h[0].max(h[2]).max(h[1].max(h[3]))
+    }
+    #[inline(always)]
+    fn reduce_sum(self, v: Self::V) -> f32 {
+        let h: [f32; 4] = std::array::from_fn(|i| v[i] + v[i + 4]);
+        (h[0] + h[2]) + (h[1] + h[3])
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    /// Proof that the CPU has AVX2 and FMA: only [`Avx2Fma::detect`] constructs it.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2Fma {
+        _private: (),
+    }
+
+    impl Avx2Fma {
+        pub(super) fn detect() -> Option<Self> {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                Some(Avx2Fma { _private: () })
+            } else {
+                None
+            }
+        }
+    }
+
+    // SAFETY (every block below): an `Avx2Fma` value exists only after `detect` confirmed AVX2 and
+    // FMA at run time, so the intrinsics are supported; pointer validity is the caller's contract.
+    impl Lanes for Avx2Fma {
+        type V = __m256;
+        #[inline(always)]
+        fn splat(self, x: f32) -> __m256 {
+            // SAFETY: AVX present (see above).
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(self, p: *const f32) -> __m256 {
+            // SAFETY: AVX present; caller guarantees p..p+8 readable; loadu needs no alignment.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32, v: __m256) {
+            // SAFETY: AVX present; caller guarantees p..p+8 writable.
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        fn add(self, a: __m256, b: __m256) -> __m256 {
+            // SAFETY: AVX present.
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        fn sub(self, a: __m256, b: __m256) -> __m256 {
+            // SAFETY: AVX present.
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        fn mul(self, a: __m256, b: __m256) -> __m256 {
+            // SAFETY: AVX present.
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+            // SAFETY: FMA present.
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn max(self, a: __m256, b: __m256) -> __m256 {
+            // SAFETY: AVX present.
+            unsafe { _mm256_max_ps(a, b) }
+        }
+        #[inline(always)]
+        fn min(self, a: __m256, b: __m256) -> __m256 {
+            // SAFETY: AVX present.
+            unsafe { _mm256_min_ps(a, b) }
+        }
+        #[inline(always)]
+        fn round(self, a: __m256) -> __m256 {
+            // SAFETY: AVX present.
+            unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a) }
+        }
+        #[inline(always)]
+        fn pow2i(self, n: __m256) -> __m256 {
+            // SAFETY: AVX2 present (256-bit integer add and shift).
+            unsafe {
+                let biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased))
+            }
+        }
+        #[inline(always)]
+        fn keep_ge(self, v: __m256, x: __m256, thr: __m256) -> __m256 {
+            // SAFETY: AVX present.
+            unsafe { _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_GE_OQ>(x, thr)) }
+        }
+        #[inline(always)]
+        fn reduce_max(self, v: __m256) -> f32 {
+            // SAFETY: AVX present.
+            unsafe {
+                let h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let q = _mm_max_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_max_ss(q, _mm_shuffle_ps::<0b01>(q, q)))
+            }
+        }
+        #[inline(always)]
+        fn reduce_sum(self, v: __m256) -> f32 {
+            // SAFETY: AVX present.
+            unsafe {
+                let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps::<0b01>(q, q)))
+            }
+        }
+    }
+}
+
+/// `exp(x)` lane-wise (Cephes-style: 2^n · p(r), |r| ≤ ln2/2, ~1 ulp). Inputs below −87 give
+/// exactly 0 (masked scores are −∞), inputs above 88 are clamped.
+#[inline(always)]
+fn exp_lanes<L: Lanes>(l: L, x: L::V) -> L::V {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let lo = l.splat(-87.0);
+    let xc = l.min(l.max(x, lo), l.splat(88.0));
+    let n = l.round(l.mul(xc, l.splat(LOG2E)));
+    let r = l.mul_add(n, l.splat(-LN2_HI), xc);
+    let r = l.mul_add(n, l.splat(-LN2_LO), r);
+    let mut y = l.splat(1.987_569_1e-4);
+    y = l.mul_add(y, r, l.splat(1.398_2e-3));
+    y = l.mul_add(y, r, l.splat(8.333_452e-3));
+    y = l.mul_add(y, r, l.splat(4.166_579_6e-2));
+    y = l.mul_add(y, r, l.splat(1.666_666_5e-1));
+    y = l.mul_add(y, r, l.splat(0.5));
+    y = l.mul_add(y, l.mul(r, r), l.add(r, l.splat(1.0)));
+    l.keep_ge(l.mul(y, l.pow2i(n)), x, lo)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The one product kernel: C[r, 0..8·nv] (+)= Σ_k A[r, k] · B[k, 0..8·nv], causally limited.
+// ---------------------------------------------------------------------------------------------
+
+/// How causality limits a block product. `diag = i0 − j0 ≥ 0` (query block start minus key block
+/// start); query row r (local) may see key columns c (local) with `c < diag + r + 1`.
+#[derive(Clone, Copy)]
+enum Causal {
+    /// C rows are query rows, C columns key columns (S = Q·Kᵀ): limit the columns computed.
+    Cols,
+    /// C rows are query rows, k runs over key columns (O += P·V): limit k.
+    KeysBelow,
+    /// C rows are key rows, k runs over query rows (dV += Pᵀ·dO): start k at `c − diag`.
+    QueriesFrom,
+}
+
+/// Register tile: R rows × NV vectors of C, k in `k0..k1`.
+///
+/// # Safety
+/// For r < R, k in k0..k1, v < NV: `a[r*ars + k*acs]`, `b[k*bs + 8v .. +8]` readable and
+/// `c[r*cs + 8v .. +8]` writable (and readable if `accumulate`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<L: Lanes, const R: usize, const NV: usize>(
+    l: L,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    bs: usize,
+    k0: usize,
+    k1: usize,
+    c: *mut f32,
+    cs: usize,
+    accumulate: bool,
+) {
+    let zero = l.splat(0.0);
+    let mut acc = [[zero; NV]; R];
+    for k in k0..k1 {
+        let mut bv = [zero; NV];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            // SAFETY: in bounds by the function contract.
+            *bv = unsafe { l.load(b.add(k * bs + v * W)) };
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            // SAFETY: in bounds by the function contract.
+            let av = l.splat(unsafe { *a.add(r * ars + k * acs) });
+            for v in 0..NV {
+                acc_r[v] = l.mul_add(av, bv[v], acc_r[v]);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (v, &acc_rv) in acc_r.iter().enumerate() {
+            // SAFETY: in bounds by the function contract.
+            unsafe {
+                let p = c.add(r * cs + v * W);
+                let out = if accumulate { l.add(l.load(p), acc_rv) } else { acc_rv };
+                l.store(p, out);
+            }
+        }
+    }
+}
+
+/// Operand views of one block product (see [`block_product`]).
+struct Operands<'a> {
+    a: &'a [f32],
+    a_row_stride: usize,
+    a_col_stride: usize,
+    b: &'a [f32],
+    b_row_stride: usize,
+}
+
+/// C (m rows, `n_cols` columns, padded to whole vectors) (+)= A (m × k_len) · B (k_len × n_cols),
+/// restricted by `causal` with offset `diag`. Entries outside the causal region are not written
+/// (Cols) or the excluded terms are skipped (KeysBelow, QueriesFrom; their A entries must be 0).
+// A [m, k_len] (strided), B [k_len, 8·nv] (row stride), C [m, 8·nv] (row stride cs)
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_product<L: Lanes>(
+    l: L,
+    causal: Causal,
+    diag: usize,
+    m: usize,
+    k_len: usize,
+    n_cols: usize,
+    ops: &Operands<'_>,
+    c: &mut [f32],
+    cs: usize,
+    accumulate: bool,
+) {
+    let n_vecs = n_cols.div_ceil(W);
+    if m == 0 || n_vecs == 0 {
+        return;
+    }
+    if k_len > 0 {
+        assert!((m - 1) * ops.a_row_stride + (k_len - 1) * ops.a_col_stride < ops.a.len());
+        assert!((k_len - 1) * ops.b_row_stride + n_vecs * W <= ops.b.len());
+    }
+    assert!(cs >= n_vecs * W && (m - 1) * cs + n_vecs * W <= c.len());
+    let (a, b, cp) = (ops.a.as_ptr(), ops.b.as_ptr(), c.as_mut_ptr());
+    let (ars, acs, bs) = (ops.a_row_stride, ops.a_col_stride, ops.b_row_stride);
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = match m - r0 {
+            6.. => 6,
+            4 | 5 => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        let r1 = r0 + rows;
+        let (k0, k1, nv) = match causal {
+            Causal::Cols => (0, k_len, (diag + r1).min(n_cols).div_ceil(W)),
+            Causal::KeysBelow => (0, k_len.min(diag + r1), n_vecs),
+            Causal::QueriesFrom => (r0.saturating_sub(diag).min(k_len), k_len, n_vecs),
+        };
+        let mut v0 = 0;
+        while v0 < nv {
+            let chunk = if nv - v0 >= 2 { 2 } else { 1 };
+            // SAFETY: rows r0..r1 < m, k in k0..k1 ⊆ 0..k_len, vectors v0..v0+chunk ≤ n_vecs:
+            // all inside the extents asserted above.
+            unsafe {
+                let (ap, bp, cq) = (a.add(r0 * ars), b.add(v0 * W), cp.add(r0 * cs + v0 * W));
+                macro_rules! run {
+                    ($r:literal, $nv:literal) => {
+                        tile::<L, $r, $nv>(l, ap, ars, acs, bp, bs, k0, k1, cq, cs, accumulate)
+                    };
+                }
+                match (rows, chunk) {
+                    (6, 2) => run!(6, 2),
+                    (6, _) => run!(6, 1),
+                    (4, 2) => run!(4, 2),
+                    (4, _) => run!(4, 1),
+                    (2, 2) => run!(2, 2),
+                    (2, _) => run!(2, 1),
+                    (_, 2) => run!(1, 2),
+                    _ => run!(1, 1),
+                }
+            }
+            v0 += chunk;
+        }
+        r0 = r1;
+    }
+}
+
+/// Number of key columns query row `r` (local) may see in a block of `jw` keys at offset `diag`.
+#[inline(always)]
+fn visible(diag: usize, r: usize, jw: usize) -> usize {
+    (diag + r + 1).min(jw)
+}
+
+// ---------------------------------------------------------------------------------------------
+// One head.
+// ---------------------------------------------------------------------------------------------
+
+/// A zeroed f32 buffer that goes back to a per-thread pool when dropped. Attention allocates
+/// a few hundred KB per call; fresh allocations are returned to the OS between calls and
+/// re-faulted page by page, which cost ~10% at T=128.
+struct Scratch(Vec<f32>);
+
+thread_local! {
+    static SCRATCH_POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread (each call needs at most ~20 at once per thread).
+const POOL_LIMIT: usize = 32;
+
+impl Scratch {
+    fn zeroed(n: usize) -> Self {
+        let mut v = SCRATCH_POOL.with(|pool| pool.borrow_mut().pop()).unwrap_or_default();
+        v.clear();
+        v.resize(n, 0.0);
+        Scratch(v)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() > 0 {
+            SCRATCH_POOL.with(|pool| {
+                let mut pool = pool.borrow_mut();
+                if pool.len() < POOL_LIMIT {
+                    pool.push(v);
+                }
+            });
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Vec<f32>;
+    fn deref(&self) -> &Vec<f32> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.0
+    }
+}
+
+/// One head's operands, copied into the layouts the block products want
+/// (`hdp` = head_dim padded to 8, `seq_pad` = seq padded to 8; padding is zero).
+struct HeadData {
+    seq: usize,
+    head_dim: usize,
+    hdp: usize,
+    seq_pad: usize,
+    /// q · scale [seq, hdp]
+    q_scaled: Scratch,
+    /// kᵀ [head_dim, seq_pad]
+    k_t: Scratch,
+    /// v [seq, hdp] (forward only)
+    v: Scratch,
+    /// k [seq, hdp] (backward only)
+    k: Scratch,
+    /// vᵀ [head_dim, seq_pad] (backward only)
+    v_t: Scratch,
+    /// dO [seq, hdp] (backward only)
+    d_out: Scratch,
+    /// D_i = Σ_p dO_ip·O_ip [seq] (backward only)
+    delta: Scratch,
+}
+
+/// Splits batch `b` into per-head operands in one pass over its contiguous rows (reading each
+/// head's strided columns separately stalls on memory). `grads = Some((out, d_out))` also
+/// gathers what the backward needs.
+// qkv [batch*seq, 3d], out/d_out [batch*seq, d] -> heads × HeadData
+fn gather_batch(
+    shape: AttnShape,
+    qkv: &[f32],
+    b: usize,
+    grads: Option<(&[f32], &[f32])>,
+) -> Vec<HeadData> {
+    let AttnShape { seq, heads, head_dim: hd, .. } = shape;
+    let d = shape.d();
+    let (hdp, seq_pad) = (round_up(hd, W), round_up(seq, W));
+    let scale = 1.0 / (hd as f32).sqrt();
+    let backward = grads.is_some();
+    let sized = |yes: bool, n: usize| Scratch::zeroed(if yes { n } else { 0 });
+    let mut data: Vec<HeadData> = (0..heads)
+        .map(|_| HeadData {
+            seq,
+            head_dim: hd,
+            hdp,
+            seq_pad,
+            q_scaled: Scratch::zeroed(seq * hdp),
+            k_t: Scratch::zeroed(hd * seq_pad),
+            v: sized(!backward, seq * hdp),
+            k: sized(backward, seq * hdp),
+            v_t: sized(backward, hd * seq_pad),
+            d_out: sized(backward, seq * hdp),
+            delta: sized(backward, seq),
+        })
+        .collect();
+    for t0 in (0..seq).step_by(W) {
+        let rows = t0..(t0 + W).min(seq);
+        for t in rows.clone() {
+            let row = &qkv[(b * seq + t) * 3 * d..(b * seq + t + 1) * 3 * d];
+            for (h, hdata) in data.iter_mut().enumerate() {
+                let q = &row[h * hd..(h + 1) * hd];
+                for (dst, &x) in hdata.q_scaled[t * hdp..t * hdp + hd].iter_mut().zip(q) {
+                    *dst = x * scale;
+                }
+                let (k, v) = (
+                    &row[d + h * hd..d + (h + 1) * hd],
+                    &row[2 * d + h * hd..2 * d + (h + 1) * hd],
+                );
+                if backward {
+                    hdata.k[t * hdp..t * hdp + hd].copy_from_slice(k);
+                } else {
+                    hdata.v[t * hdp..t * hdp + hd].copy_from_slice(v);
+                }
+            }
+            if let Some((out, d_out)) = grads {
+                let o_row = &out[(b * seq + t) * d..(b * seq + t + 1) * d];
+                let do_row = &d_out[(b * seq + t) * d..(b * seq + t + 1) * d];
+                for (h, hdata) in data.iter_mut().enumerate() {
+                    let cols = h * hd..(h + 1) * hd;
+                    hdata.d_out[t * hdp..t * hdp + hd].copy_from_slice(&do_row[cols.clone()]);
+                    hdata.delta[t] =
+                        o_row[cols.clone()].iter().zip(&do_row[cols]).map(|(o, g)| o * g).sum();
+                }
+            }
+        }
+        // Transposes eight rows at a time: contiguous 8-float runs instead of single floats
+        // scattered a row of kᵀ apart (which thrash a few L1 sets).
+        for (h, hdata) in data.iter_mut().enumerate() {
+            for p in 0..hd {
+                for t in rows.clone() {
+                    let base = (b * seq + t) * 3 * d + h * hd + p;
+                    hdata.k_t[p * seq_pad + t] = qkv[base + d];
+                    if backward {
+                        hdata.v_t[p * seq_pad + t] = qkv[base + 2 * d];
+                    }
+                }
+            }
+        }
+    }
+    data
+}
+
+/// Sets `s[w..round_up(w, 8)]` to −∞ so vector max/exp over whole vectors ignore them.
+#[inline(always)]
+fn mask_tail(s: &mut [f32], w: usize) {
+    for x in &mut s[w..round_up(w, W)] {
+        *x = f32::NEG_INFINITY;
+    }
+}
+
+/// Forward of one head: writes `o` [seq, hd] and `lse` [seq].
+// q_scaled [T, hdp], k_t [hd, Tpad], v [T, hdp] -> o [T, hd], lse [T]
+#[inline(always)]
+fn forward_head<L: Lanes>(l: L, inp: &HeadData, o: &mut [f32], lse: &mut [f32]) {
+    let (seq, hd, hdp, seq_pad) = (inp.seq, inp.head_dim, inp.hdp, inp.seq_pad);
+    let mut s = Scratch::zeroed(BLOCK * BLOCK);
+    let mut o_blk = Scratch::zeroed(BLOCK * hdp);
+    let mut row_max = [0.0f32; BLOCK];
+    let mut row_sum = [0.0f32; BLOCK];
+    for i0 in (0..seq).step_by(BLOCK) {
+        let br = BLOCK.min(seq - i0);
+        row_max[..br].fill(f32::NEG_INFINITY);
+        row_sum[..br].fill(0.0);
+        o_blk.fill(0.0);
+        for j0 in (0..i0 + br).step_by(BLOCK) {
+            let jw = BLOCK.min(seq - j0);
+            let diag = i0 - j0;
+            // S = (q·scale) Kᵀ over the visible columns.
+            let qk = Operands {
+                a: &inp.q_scaled[i0 * hdp..],
+                a_row_stride: hdp,
+                a_col_stride: 1,
+                b: &inp.k_t[j0..],
+                b_row_stride: seq_pad,
+            };
+            block_product(l, Causal::Cols, diag, br, hd, jw, &qk, &mut s, BLOCK, false);
+            // Online softmax: rescale the running sum and output by exp(m_old − m_new).
+            for r in 0..br {
+                let w = visible(diag, r, jw);
+                let s_row = &mut s[r * BLOCK..(r + 1) * BLOCK];
+                mask_tail(s_row, w);
+                let nv = w.div_ceil(W);
+                let mut vmax = l.splat(f32::NEG_INFINITY);
+                for vi in 0..nv {
+                    // SAFETY: vi*8+8 ≤ round_up(w, 8) ≤ BLOCK = s_row.len().
+                    vmax = l.max(vmax, unsafe { l.load(s_row.as_ptr().add(vi * W)) });
+                }
+                let new_max = row_max[r].max(l.reduce_max(vmax));
+                let correction = (row_max[r] - new_max).exp();
+                let m = l.splat(new_max);
+                let mut vsum = l.splat(0.0);
+                for vi in 0..nv {
+                    // SAFETY: as above.
+                    unsafe {
+                        let p = s_row.as_mut_ptr().add(vi * W);
+                        let e = exp_lanes(l, l.sub(l.load(p), m));
+                        vsum = l.add(vsum, e);
+                        l.store(p, e);
+                    }
+                }
+                s_row[nv * W..jw.max(nv * W)].fill(0.0);
+                row_sum[r] = row_sum[r] * correction + l.reduce_sum(vsum);
+                row_max[r] = new_max;
+                if correction != 1.0 {
+                    for x in &mut o_blk[r * hdp..(r + 1) * hdp] {
+                        *x *= correction;
+                    }
+                }
+            }
+            // O += P V.
+            let pv = Operands {
+                a: &s,
+                a_row_stride: BLOCK,
+                a_col_stride: 1,
+                b: &inp.v[j0 * hdp..],
+                b_row_stride: hdp,
+            };
+            block_product(l, Causal::KeysBelow, diag, br, jw, hd, &pv, &mut o_blk, hdp, true);
+        }
+        for r in 0..br {
+            let inv = 1.0 / row_sum[r];
+            let src = &o_blk[r * hdp..r * hdp + hd];
+            for (dst, &x) in o[(i0 + r) * hd..(i0 + r + 1) * hd].iter_mut().zip(src) {
+                *dst = x * inv;
+            }
+            lse[i0 + r] = row_max[r] + row_sum[r].ln();
+        }
+    }
+}
+
+/// Backward of one head (FlashAttention-2 order: key blocks outer, query blocks inner).
+/// Writes `dq`, `dk`, `dv` [T, hd].
+#[inline(always)]
+fn backward_head<L: Lanes>(
+    l: L,
+    inp: &HeadData,
+    lse: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (seq, hd, hdp, seq_pad) = (inp.seq, inp.head_dim, inp.hdp, inp.seq_pad);
+    let g = inp;
+    let mut p = Scratch::zeroed(BLOCK * BLOCK);
+    let mut ds = Scratch::zeroed(BLOCK * BLOCK);
+    let mut dq_acc = Scratch::zeroed(seq * hdp);
+    let mut dk_blk = Scratch::zeroed(BLOCK * hdp);
+    let mut dv_blk = Scratch::zeroed(BLOCK * hdp);
+    for j0 in (0..seq).step_by(BLOCK) {
+        let jw = BLOCK.min(seq - j0);
+        dk_blk.fill(0.0);
+        dv_blk.fill(0.0);
+        for i0 in (j0..seq).step_by(BLOCK) {
+            let br = BLOCK.min(seq - i0);
+            let diag = i0 - j0;
+            // P = exp(S − lse), recomputed.
+            let qk = Operands {
+                a: &inp.q_scaled[i0 * hdp..],
+                a_row_stride: hdp,
+                a_col_stride: 1,
+                b: &inp.k_t[j0..],
+                b_row_stride: seq_pad,
+            };
+            block_product(l, Causal::Cols, diag, br, hd, jw, &qk, &mut p, BLOCK, false);
+            // dP = dO Vᵀ.
+            let dov = Operands {
+                a: &g.d_out[i0 * hdp..],
+                a_row_stride: hdp,
+                a_col_stride: 1,
+                b: &g.v_t[j0..],
+                b_row_stride: seq_pad,
+            };
+            block_product(l, Causal::Cols, diag, br, hd, jw, &dov, &mut ds, BLOCK, false);
+            // dS = P ∘ (dP − D_i); both zero outside the causal region.
+            for r in 0..br {
+                let w = visible(diag, r, jw);
+                let nv = w.div_ceil(W);
+                let p_row = &mut p[r * BLOCK..(r + 1) * BLOCK];
+                let ds_row = &mut ds[r * BLOCK..(r + 1) * BLOCK];
+                mask_tail(p_row, w);
+                let lse_i = l.splat(lse[i0 + r]);
+                let delta_i = l.splat(g.delta[i0 + r]);
+                for vi in 0..nv {
+                    // SAFETY: vi*8+8 ≤ round_up(w, 8) ≤ BLOCK = row length.
+                    unsafe {
+                        let pp = p_row.as_mut_ptr().add(vi * W);
+                        let dp = ds_row.as_mut_ptr().add(vi * W);
+                        let prob = exp_lanes(l, l.sub(l.load(pp), lse_i));
+                        l.store(pp, prob);
+                        l.store(dp, l.mul(prob, l.sub(l.load(dp), delta_i)));
+                    }
+                }
+                p_row[nv * W..jw.max(nv * W)].fill(0.0);
+                ds_row[nv * W..jw.max(nv * W)].fill(0.0);
+            }
+            // dV_J += Pᵀ dO_I.
+            let pt_do = Operands {
+                a: &p,
+                a_row_stride: 1,
+                a_col_stride: BLOCK,
+                b: &g.d_out[i0 * hdp..],
+                b_row_stride: hdp,
+            };
+            block_product(l, Causal::QueriesFrom, diag, jw, br, hd, &pt_do, &mut dv_blk, hdp, true);
+            // dK_J += dSᵀ (Q_I·scale).
+            let dst_q = Operands {
+                a: &ds,
+                a_row_stride: 1,
+                a_col_stride: BLOCK,
+                b: &inp.q_scaled[i0 * hdp..],
+                b_row_stride: hdp,
+            };
+            block_product(l, Causal::QueriesFrom, diag, jw, br, hd, &dst_q, &mut dk_blk, hdp, true);
+            // dQ_I += dS K_J (scaled at the end).
+            let ds_k = Operands {
+                a: &ds,
+                a_row_stride: BLOCK,
+                a_col_stride: 1,
+                b: &g.k[j0 * hdp..],
+                b_row_stride: hdp,
+            };
+            block_product(
+                l,
+                Causal::KeysBelow,
+                diag,
+                br,
+                jw,
+                hd,
+                &ds_k,
+                &mut dq_acc[i0 * hdp..],
+                hdp,
+                true,
+            );
+        }
+        for c in 0..jw {
+            dk[(j0 + c) * hd..(j0 + c + 1) * hd].copy_from_slice(&dk_blk[c * hdp..c * hdp + hd]);
+            dv[(j0 + c) * hd..(j0 + c + 1) * hd].copy_from_slice(&dv_blk[c * hdp..c * hdp + hd]);
+        }
+    }
+    let scale = 1.0 / (hd as f32).sqrt();
+    for t in 0..seq {
+        for p in 0..hd {
+            dq[t * hd + p] = dq_acc[t * hdp + p] * scale;
+        }
+    }
+}
+
+// AVX2 entry points: the generic bodies inline here and are compiled with AVX2+FMA enabled.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_head_avx2(l: avx::Avx2Fma, inp: &HeadData, o: &mut [f32], lse: &mut [f32]) {
+    forward_head(l, inp, o, lse)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_head_avx2(
+    l: avx::Avx2Fma,
+    inp: &HeadData,
+    lse: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    backward_head(l, inp, lse, dq, dk, dv)
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn forward_head_dispatch(portable: bool, inp: &HeadData, o: &mut [f32], lse: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(l) = avx::Avx2Fma::detect().filter(|_| !portable) {
+        // SAFETY: the token proves AVX2 and FMA are available.
+        unsafe { forward_head_avx2(l, inp, o, lse) };
+        return;
+    }
+    forward_head(Portable, inp, o, lse)
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn backward_head_dispatch(
+    portable: bool,
+    inp: &HeadData,
+    lse: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(l) = avx::Avx2Fma::detect().filter(|_| !portable) {
+        // SAFETY: the token proves AVX2 and FMA are available.
+        unsafe { backward_head_avx2(l, inp, lse, dq, dk, dv) };
+        return;
+    }
+    backward_head(Portable, inp, lse, dq, dk, dv)
+}
+
+fn check_shape(shape: AttnShape, qkv: &[f32], out_len: usize, lse_len: usize) {
+    let rows = shape.batch * shape.seq;
+    let d = shape.d();
+    assert_eq!(qkv.len(), rows * 3 * d, "attention: qkv must be [batch*seq, 3d]");
+    assert_eq!(out_len, rows * d, "attention: out must be [batch*seq, d]");
+    assert_eq!(lse_len, shape.batch * shape.heads * shape.seq, "attention: lse must be [b, h, t]");
+}
+
 /// Forward. `qkv` is `[batch*seq, 3d]` row-major: columns `0..d` are q, `d..2d` k, `2d..3d` v;
 /// head `h` uses columns `h*head_dim..(h+1)*head_dim` of each part (RoPE already applied to q, k).
 /// Writes `out` `[batch*seq, d]` and `lse` `[batch, heads, seq]` (natural log-sum-exp of the scaled
 /// scores of each query row, saved for backward). Scale is `1/sqrt(head_dim)`; position t attends to
 /// 0..=t of the same sequence.
+///
+/// # Panics
+/// If a slice length does not match `shape`.
 pub fn attention_forward(shape: AttnShape, qkv: &[f32], out: &mut [f32], lse: &mut [f32]) {
-    let _ = (shape, qkv, out, lse);
-    unimplemented!("attention_forward")
+    forward_impl(false, shape, qkv, out, lse)
+}
+
+fn forward_impl(portable: bool, shape: AttnShape, qkv: &[f32], out: &mut [f32], lse: &mut [f32]) {
+    check_shape(shape, qkv, out.len(), lse.len());
+    let AttnShape { batch, seq, heads, head_dim: hd } = shape;
+    let d = shape.d();
+    if batch * seq * d == 0 {
+        return;
+    }
+    out.par_chunks_mut(seq * d).zip(lse.par_chunks_mut(heads * seq)).enumerate().for_each(
+        |(b, (out_b, lse_b))| {
+            // Each head writes a private [T, hd] buffer, scattered afterwards: no shared writes.
+            let inputs = gather_batch(shape, qkv, b, None);
+            let per_head: Vec<Scratch> = lse_b
+                .par_chunks_mut(seq)
+                .zip(inputs.par_iter())
+                .map(|(lse_h, inp)| {
+                    let mut o = Scratch::zeroed(seq * hd);
+                    forward_head_dispatch(portable, inp, &mut o, lse_h);
+                    o
+                })
+                .collect();
+            for (h, o) in per_head.iter().enumerate() {
+                for t in 0..seq {
+                    out_b[t * d + h * hd..t * d + (h + 1) * hd]
+                        .copy_from_slice(&o[t * hd..(t + 1) * hd]);
+                }
+            }
+        },
+    );
 }
 
 /// Backward. Given the forward's inputs and saved `out`, `lse`, and `d_out` `[batch*seq, d]`, writes
 /// `d_qkv` `[batch*seq, 3d]` (overwritten, same layout as `qkv`).
+///
+/// # Panics
+/// If a slice length does not match `shape`.
 pub fn attention_backward(
     shape: AttnShape,
     qkv: &[f32],
@@ -32,6 +888,179 @@ pub fn attention_backward(
     d_out: &[f32],
     d_qkv: &mut [f32],
 ) {
-    let _ = (shape, qkv, out, lse, d_out, d_qkv);
-    unimplemented!("attention_backward")
+    backward_impl(false, shape, qkv, out, lse, d_out, d_qkv)
+}
+
+fn backward_impl(
+    portable: bool,
+    shape: AttnShape,
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    d_out: &[f32],
+    d_qkv: &mut [f32],
+) {
+    check_shape(shape, qkv, out.len(), lse.len());
+    assert_eq!(d_out.len(), out.len(), "attention_backward: d_out must be [batch*seq, d]");
+    assert_eq!(d_qkv.len(), qkv.len(), "attention_backward: d_qkv must be [batch*seq, 3d]");
+    let AttnShape { batch, seq, heads, head_dim: hd } = shape;
+    let d = shape.d();
+    if batch * seq * d == 0 {
+        return;
+    }
+    d_qkv.par_chunks_mut(seq * 3 * d).enumerate().for_each(|(b, d_qkv_b)| {
+        let inputs = gather_batch(shape, qkv, b, Some((out, d_out)));
+        let per_head: Vec<[Scratch; 3]> = inputs
+            .par_iter()
+            .enumerate()
+            .map(|(h, inp)| {
+                let lse_h = &lse[(b * heads + h) * seq..(b * heads + h + 1) * seq];
+                let mut dq = Scratch::zeroed(seq * hd);
+                let mut dk = Scratch::zeroed(seq * hd);
+                let mut dv = Scratch::zeroed(seq * hd);
+                backward_head_dispatch(portable, inp, lse_h, &mut dq, &mut dk, &mut dv);
+                [dq, dk, dv]
+            })
+            .collect();
+        for (h, parts) in per_head.iter().enumerate() {
+            for (part, g) in parts.iter().enumerate() {
+                for t in 0..seq {
+                    let dst = t * 3 * d + part * d + h * hd;
+                    d_qkv_b[dst..dst + hd].copy_from_slice(&g[t * hd..(t + 1) * hd]);
+                }
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode: one new query row against a KV cache.
+// ---------------------------------------------------------------------------------------------
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn decode_impl<L: Lanes>(
+    l: L,
+    heads: usize,
+    hd: usize,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    len: usize,
+    out: &mut [f32],
+) {
+    let d = heads * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let len_pad = round_up(len, W);
+    let mut scores = vec![0.0f32; len_pad];
+    for h in 0..heads {
+        let q_h: Vec<f32> = q[h * hd..(h + 1) * hd].iter().map(|&x| x * scale).collect();
+        let full = hd / W * W;
+        for (j, s) in scores[..len].iter_mut().enumerate() {
+            let k = &k_cache[j * d + h * hd..j * d + (h + 1) * hd];
+            let mut acc = l.splat(0.0);
+            for p in (0..full).step_by(W) {
+                // SAFETY: p + 8 ≤ full ≤ hd = q_h.len() = k.len().
+                acc = unsafe {
+                    l.mul_add(l.load(q_h.as_ptr().add(p)), l.load(k.as_ptr().add(p)), acc)
+                };
+            }
+            let tail: f32 = (full..hd).map(|p| q_h[p] * k[p]).sum();
+            *s = l.reduce_sum(acc) + tail;
+        }
+        mask_tail(&mut scores, len);
+        let mut vmax = l.splat(f32::NEG_INFINITY);
+        for chunk in scores.chunks_exact(W) {
+            // SAFETY: the chunk holds exactly 8 floats.
+            vmax = l.max(vmax, unsafe { l.load(chunk.as_ptr()) });
+        }
+        let m = l.splat(l.reduce_max(vmax));
+        let mut vsum = l.splat(0.0);
+        for chunk in scores.chunks_exact_mut(W) {
+            // SAFETY: the chunk holds exactly 8 floats.
+            unsafe {
+                let e = exp_lanes(l, l.sub(l.load(chunk.as_ptr()), m));
+                vsum = l.add(vsum, e);
+                l.store(chunk.as_mut_ptr(), e);
+            }
+        }
+        let inv = 1.0 / l.reduce_sum(vsum);
+        let o = &mut out[h * hd..(h + 1) * hd];
+        o.fill(0.0);
+        for (j, &pj) in scores[..len].iter().enumerate() {
+            let v = &v_cache[j * d + h * hd..j * d + (h + 1) * hd];
+            for (o, &x) in o.iter_mut().zip(v) {
+                *o += pj * x;
+            }
+        }
+        for o in o.iter_mut() {
+            *o *= inv;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn decode_avx2(
+    l: avx::Avx2Fma,
+    heads: usize,
+    hd: usize,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    len: usize,
+    out: &mut [f32],
+) {
+    decode_impl(l, heads, hd, q, k_cache, v_cache, len, out)
+}
+
+/// Attention of one new query row per head against `len` cached key/value rows (generation with a
+/// KV cache). `q` and `out` are `[d]` (`d = heads*head_dim`); `k_cache`, `v_cache` hold at least
+/// `len` rows of `[d]` (RoPE already applied to q and the cached keys). The new token's own key and
+/// value must already be the cache's last row, so `out` equals row `len−1` of
+/// [`attention_forward`] over the same `len` rows (up to rounding).
+///
+/// # Panics
+/// If `len == 0` or a slice is too short.
+pub fn attention_decode(
+    heads: usize,
+    head_dim: usize,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    len: usize,
+    out: &mut [f32],
+) {
+    let d = heads * head_dim;
+    assert!(len > 0, "attention_decode: empty cache");
+    assert_eq!(q.len(), d, "attention_decode: q must be [d]");
+    assert_eq!(out.len(), d, "attention_decode: out must be [d]");
+    assert!(k_cache.len() >= len * d && v_cache.len() >= len * d, "attention_decode: cache short");
+    #[cfg(target_arch = "x86_64")]
+    if let Some(l) = avx::Avx2Fma::detect() {
+        // SAFETY: the token proves AVX2 and FMA are available.
+        unsafe { decode_avx2(l, heads, head_dim, q, k_cache, v_cache, len, out) };
+        return;
+    }
+    decode_impl(Portable, heads, head_dim, q, k_cache, v_cache, len, out)
+}
+
+/// [`attention_forward`] forced onto the portable (non-SIMD) kernels, for testing the fallback.
+#[doc(hidden)]
+pub fn attention_forward_portable(shape: AttnShape, qkv: &[f32], out: &mut [f32], lse: &mut [f32]) {
+    forward_impl(true, shape, qkv, out, lse)
+}
+
+/// [`attention_backward`] forced onto the portable (non-SIMD) kernels, for testing the fallback.
+#[doc(hidden)]
+pub fn attention_backward_portable(
+    shape: AttnShape,
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    d_out: &[f32],
+    d_qkv: &mut [f32],
+) {
+    backward_impl(true, shape, qkv, out, lse, d_out, d_qkv)
 }

@@ -1,7 +1,26 @@
-//! `C = alpha·A·B + beta·C` over strided views.
+//! `C = alpha·A·B + beta·C` over strided views, BLIS style.
 //!
-//! PLACEHOLDER: naive triple loop with the final public signature; the packed BLIS-style
-//! implementation replaces the body (issue 2).
+//! Three paths, chosen from the shape alone (never from the thread count):
+//! - **packed** (large products): for each NC column block and KC depth block, B is packed into
+//!   16-wide panels shared by all threads; each MC row block of A is packed per thread; the
+//!   micro-kernel sweeps MR × 16 tiles (jr outer, ir inner, so the B micro-panel stays in L1).
+//! - **direct** (small products, where packing costs more than it saves): A is read in place by
+//!   broadcasts (any strides), B in place when its rows are contiguous; otherwise the product is
+//!   transposed (Cᵀ = Bᵀ·Aᵀ) so that only the small operand is packed.
+//! - **gemv** (M = 1 or N = 1): streaming matrix-vector kernels.
+//!
+//! The packed and direct paths run the same micro-kernel with the same KC blocking, so they give
+//! bitwise identical results; every split across threads is over independent output tiles, so the
+//! result never depends on the thread count.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::microkernel::{run_tile, selected_kernel, KernelError, KernelKind, Tile, NR};
+use crate::pack::{
+    pack_a, pack_b, pack_b_panel, with_scratch, AlignedBuf, PackedB, RowSource, Scratch,
+};
 
 /// A read-only strided matrix view: element (i, j) lives at `data[i*row_stride + j*col_stride]`.
 #[derive(Clone, Copy, Debug)]
@@ -85,20 +104,588 @@ impl<'a> MatMut<'a> {
     }
 }
 
-/// `C = alpha·A·B + beta·C`; A is m×k, B is k×n, C is m×n. `beta == 0` overwrites C (NaNs in C are
-/// not propagated). Transposed operands are passed as transposed views (`MatRef::t`).
-pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
-    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
-    assert_eq!((a.rows, b.cols), (c.rows, c.cols), "gemm: output shape mismatch");
-    let (m, n, k) = (a.rows, b.cols, a.cols);
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc = 0.0f32;
-            for p in 0..k {
-                acc += a.at(i, p) * b.at(p, j);
-            }
-            let idx = i * c.row_stride + j * c.col_stride;
-            c.data[idx] = if beta == 0.0 { alpha * acc } else { alpha * acc + beta * c.data[idx] };
+/// Depth block: a 256 × 16 B micro-panel (16 KiB) plus a 6 × 256 A micro-panel stay in L1.
+pub const KC: usize = 256;
+/// Column block: a KC × NC packed B block is 4 MiB (lives in L3, streamed panel by panel).
+pub const NC: usize = 4096;
+/// Products with m or n up to this use the direct path (measured: packing pays off from ~96).
+const DIRECT_MAX_DIM: usize = 80;
+/// Rows × columns × depth below which threads are not used (~1 M FLOPs of work).
+const PAR_MIN_WORK: usize = 1 << 19;
+
+/// Row block for packed A: MC × KC floats stay in L2 (144 KiB with AVX2, half of Zen 3's 512 KiB).
+pub fn mc_for(kind: KernelKind) -> usize {
+    match kind {
+        KernelKind::Portable => 128,
+        KernelKind::Avx2 => 144,
+        KernelKind::Avx512 => 168,
+    }
+}
+
+/// Which algorithm runs a product (`Auto` picks from the shape; the others force one, for tests
+/// and benchmarks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPath {
+    /// Chosen from (m, n, k) and the operand layouts.
+    Auto,
+    /// Pack A and B, BLIS loops.
+    Packed,
+    /// Read operands in place (pack only the small side if B's rows are strided).
+    Direct,
+    /// Matrix-vector kernels; falls back to `Direct` unless m = 1 or n = 1.
+    Gemv,
+}
+
+/// Errors of the checked GEMM entry points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GemmError {
+    /// The requested micro-kernel cannot run here.
+    Kernel(KernelError),
+    /// Operand shapes or ranges do not fit together.
+    Shape(String),
+}
+
+impl std::fmt::Display for GemmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GemmError::Kernel(e) => write!(f, "{e}"),
+            GemmError::Shape(s) => write!(f, "gemm shape error: {s}"),
         }
     }
+}
+
+impl std::error::Error for GemmError {}
+
+impl From<KernelError> for GemmError {
+    fn from(e: KernelError) -> Self {
+        GemmError::Kernel(e)
+    }
+}
+
+/// `C = alpha·A·B + beta·C`; A is m×k, B is k×n, C is m×n. `beta == 0` overwrites C (NaNs in C are
+/// not propagated). Transposed operands are passed as transposed views (`MatRef::t`).
+///
+/// Uses [`selected_kernel`] and the current rayon pool. Panics on mismatched shapes, on views that
+/// reach outside their slices or whose C elements overlap, and if `VFFN_KERNEL` forces a kernel this
+/// CPU cannot run (check [`selected_kernel`] first to report that as an error).
+pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+    let kind = selected_kernel().unwrap_or_else(|e| panic!("gemm: {e}"));
+    gemm_impl(kind, GemmPath::Auto, alpha, a, b, beta, c);
+}
+
+/// [`gemm`] with an explicit kernel and path (no environment lookup): lets tests run every kernel
+/// and path in one process without races.
+pub fn gemm_with(
+    kind: KernelKind,
+    path: GemmPath,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<(), GemmError> {
+    kind.check()?;
+    gemm_impl(kind, path, alpha, a, b, beta, c);
+    Ok(())
+}
+
+/// Panics unless every element of the view lies inside a slice of `len` floats.
+fn check_view(what: &str, len: usize, rows: usize, cols: usize, rs: usize, cs: usize) {
+    if rows > 0 && cols > 0 {
+        let last = (rows - 1)
+            .checked_mul(rs)
+            .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)));
+        assert!(
+            matches!(last, Some(l) if l < len),
+            "gemm: {what} view ({rows}×{cols}, strides {rs},{cs}) exceeds its slice of {len}"
+        );
+    }
+}
+
+/// Panics if two elements of C share an address (parallel tiles would race).
+fn check_no_overlap(rows: usize, cols: usize, rs: usize, cs: usize) {
+    let ok = rows <= 1 && (cols <= 1 || cs >= 1)
+        || cols <= 1 && rs >= 1
+        || (cs >= 1 && rs >= cols * cs)
+        || (rs >= 1 && cs >= rows * rs);
+    assert!(ok, "gemm: C view ({rows}×{cols}, strides {rs},{cs}) has overlapping elements");
+}
+
+/// Raw view of C shared by the worker threads (each writes disjoint tiles).
+#[derive(Clone, Copy)]
+pub(crate) struct OutView {
+    pub ptr: *mut f32,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+// SAFETY: workers write disjoint elements of C (distinct output tiles), and `C` is exclusively
+// borrowed by the gemm call for its whole duration.
+unsafe impl Send for OutView {}
+// SAFETY: as above.
+unsafe impl Sync for OutView {}
+
+impl OutView {
+    pub(crate) fn from_mat(c: MatMut<'_>) -> OutView {
+        OutView {
+            ptr: c.data.as_mut_ptr(),
+            rows: c.rows,
+            cols: c.cols,
+            rs: c.row_stride,
+            cs: c.col_stride,
+        }
+    }
+
+    /// Address of element (i, j) (inside the view when i < rows, j < cols).
+    #[inline]
+    pub(crate) fn elem(&self, i: usize, j: usize) -> *mut f32 {
+        self.ptr.wrapping_add(i * self.rs + j * self.cs)
+    }
+
+    pub(crate) fn t(self) -> OutView {
+        OutView { ptr: self.ptr, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+
+    /// `C = beta·C` (zero when beta is 0), the whole product when k = 0 or alpha = 0.
+    fn scale(self, beta: f32) {
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                // SAFETY: (i, j) is inside the checked C view.
+                unsafe {
+                    let p = self.ptr.add(i * self.rs + j * self.cs);
+                    *p = if beta == 0.0 { 0.0 } else { beta * *p };
+                }
+            }
+        }
+    }
+}
+
+fn gemm_impl(
+    kind: KernelKind,
+    path: GemmPath,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+) {
+    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
+    assert_eq!((a.rows, b.cols), (c.rows, c.cols), "gemm: output shape mismatch");
+    check_view("A", a.data.len(), a.rows, a.cols, a.row_stride, a.col_stride);
+    check_view("B", b.data.len(), b.rows, b.cols, b.row_stride, b.col_stride);
+    check_view("C", c.data.len(), c.rows, c.cols, c.row_stride, c.col_stride);
+    check_no_overlap(c.rows, c.cols, c.row_stride, c.col_stride);
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let out = OutView::from_mat(c);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 || alpha == 0.0 {
+        out.scale(beta);
+        return;
+    }
+    let path = match path {
+        GemmPath::Auto => choose_path(m, n, k),
+        p => p,
+    };
+    match path {
+        GemmPath::Gemv if crate::gemv::gemv(kind, alpha, a, b, beta, out) => {}
+        GemmPath::Packed => packed(kind, alpha, a, b, beta, out),
+        _ => direct(kind, alpha, a, b, beta, out),
+    }
+}
+
+/// Shape-only choice of algorithm (so the result never depends on the thread count).
+fn choose_path(m: usize, n: usize, k: usize) -> GemmPath {
+    if m == 1 || n == 1 {
+        GemmPath::Gemv
+    } else if m.min(n) <= DIRECT_MAX_DIM || m * n * k <= DIRECT_MAX_DIM.pow(3) {
+        GemmPath::Direct
+    } else {
+        GemmPath::Packed
+    }
+}
+
+/// Where the micro-kernel reads B panel q at depth p: in place (`q < direct_panels`, rows of B
+/// contiguous) or in packed 16-wide panels.
+#[derive(Clone, Copy)]
+pub(crate) struct BSource {
+    direct: *const f32,
+    direct_rs: usize,
+    direct_panels: usize,
+    packed: *const f32,
+    packed_panel_stride: usize,
+    /// Depth of the first packed row (packed pointers are relative to it).
+    p_origin: usize,
+}
+
+// SAFETY: read-only pointers into operands borrowed for the whole gemm call.
+unsafe impl Send for BSource {}
+// SAFETY: as above.
+unsafe impl Sync for BSource {}
+
+impl BSource {
+    /// Panels of a pre-packed B starting at column `col_start` (a multiple of 16), all depths.
+    pub(crate) fn from_packed(b: &PackedB, col_start: usize) -> BSource {
+        debug_assert!(col_start.is_multiple_of(NR));
+        let panel_stride = b.rows() * NR;
+        BSource {
+            direct: std::ptr::null(),
+            direct_rs: 0,
+            direct_panels: 0,
+            packed: b.data().as_ptr().wrapping_add((col_start / NR) * panel_stride),
+            packed_panel_stride: panel_stride,
+            p_origin: 0,
+        }
+    }
+
+    /// Pointer to B(p, 16q) and the row stride of that panel.
+    #[inline]
+    fn panel(&self, q: usize, p: usize) -> (*const f32, usize) {
+        if q < self.direct_panels {
+            (self.direct.wrapping_add(p * self.direct_rs + q * NR), self.direct_rs)
+        } else {
+            let off =
+                (q - self.direct_panels) * self.packed_panel_stride + (p - self.p_origin) * NR;
+            (self.packed.wrapping_add(off), NR)
+        }
+    }
+}
+
+/// Where the micro-kernel reads A: in place (any strides, `pack == None`) or packed per row block
+/// and depth block from the rows `pack` names. A's column `p - p_origin` is depth p.
+#[derive(Clone, Copy)]
+pub(crate) struct ASource<'a> {
+    pub mat: MatRef<'a>,
+    pub pack: Option<RowSource<'a>>,
+    pub p_origin: usize,
+}
+
+/// The tiled product for C rows 0..c.rows, columns 0..c.cols and depths `ps` (B panel q covers
+/// C columns 16q..): splits independent output blocks over the rayon pool, then per block runs depth
+/// blocks of KC (beta applied on the first), 16-wide panels, MR-row tiles.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn compute(
+    kind: KernelKind,
+    alpha: f32,
+    beta: f32,
+    a: ASource<'_>,
+    b: BSource,
+    ps: Range<usize>,
+    c: OutView,
+    parallel: bool,
+) {
+    let (m, n) = (c.rows, c.cols);
+    let mr = kind.mr();
+    let panels = n.div_ceil(NR);
+    let pack_a = a.pack.is_some();
+    let threads = rayon::current_num_threads();
+    let work = m * n * ps.len();
+    let parallel = parallel && threads > 1 && work >= PAR_MIN_WORK;
+    let mut row_block = if pack_a {
+        // Equal row blocks of at most MC rows, as many as a multiple of the thread count (a
+        // ragged last block would leave one thread idle at the end).
+        let mut blocks = m.div_ceil(mc_for(kind));
+        if parallel {
+            blocks = blocks.next_multiple_of(threads);
+        }
+        m.div_ceil(blocks).div_ceil(mr) * mr
+    } else {
+        m.div_ceil(mr) * mr
+    };
+    let mut panel_block = panels;
+    if parallel {
+        // Enough independent blocks for load balance; the split never changes any tile's result.
+        let target = 3 * threads;
+        loop {
+            let items = m.div_ceil(row_block) * panels.div_ceil(panel_block);
+            if items >= target {
+                break;
+            }
+            if panel_block >= 2 && (panel_block >= row_block / mr || row_block <= mr) {
+                panel_block = panel_block.div_ceil(2);
+            } else if row_block > mr {
+                row_block = (row_block / 2).div_ceil(mr) * mr;
+            } else {
+                break;
+            }
+        }
+    }
+    let mut items = Vec::new();
+    for i0 in (0..m).step_by(row_block) {
+        for q0 in (0..panels).step_by(panel_block) {
+            items.push((i0..m.min(i0 + row_block), q0..panels.min(q0 + panel_block)));
+        }
+    }
+    let run = |(rows, qs): (Range<usize>, Range<usize>)| {
+        block(kind, alpha, beta, a, b, ps.clone(), c, rows, qs);
+    };
+    if items.len() > 1 {
+        items.into_par_iter().for_each(run);
+    } else {
+        items.into_iter().for_each(run);
+    }
+}
+
+/// One KC × 16 B micro-panel (16 KiB), cache-line aligned.
+#[repr(C, align(64))]
+struct PanelBuf([f32; KC * NR]);
+
+/// One output block: rows `rows` × panels `qs` of C over depths `ps`.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    kind: KernelKind,
+    alpha: f32,
+    beta: f32,
+    a: ASource<'_>,
+    b: BSource,
+    ps: Range<usize>,
+    c: OutView,
+    rows: Range<usize>,
+    qs: Range<usize>,
+) {
+    let mr = kind.mr();
+    let tiles = |abuf: Option<&mut AlignedBuf>| {
+        let mut abuf = abuf;
+        let mut panel_copy = PanelBuf([0.0; KC * NR]);
+        for p0 in ps.clone().step_by(KC) {
+            let kc = KC.min(ps.end - p0);
+            let beta_eff = if p0 == ps.start { beta } else { 1.0 };
+            let am = a.mat;
+            let a_col = p0 - a.p_origin;
+            let (a_ptr, rs_a, cs_a, packed_a) = match a.pack {
+                None => (
+                    am.data.as_ptr().wrapping_add(a_col * am.col_stride),
+                    am.row_stride,
+                    am.col_stride,
+                    false,
+                ),
+                Some(src) => {
+                    let buf = abuf.as_deref_mut().expect("pack buffer");
+                    let rows_here = rows.len();
+                    let dst = buf.slice_mut(rows_here.div_ceil(mr) * mr * kc);
+                    let shifted = match src {
+                        RowSource::Range { start } => {
+                            RowSource::Range { start: start + rows.start }
+                        }
+                        RowSource::Index(ix) => RowSource::Index(&ix[rows.start..]),
+                    };
+                    pack_a(mr, am, shifted, rows_here, a_col, kc, dst);
+                    (dst.as_ptr(), 1, mr, true)
+                }
+            };
+            for q in qs.clone() {
+                let (mut b_ptr, mut rs_b) = b.panel(q, p0);
+                let nr = NR.min(c.cols - q * NR);
+                if rs_b != NR && rows.len() > mr {
+                    // An in-place B panel reused by several row tiles is first copied to a
+                    // contiguous L1 buffer: B rows a power-of-two apart would otherwise collide in
+                    // a few cache sets and be re-read from L2 by every tile. Same values, same bits.
+                    for p in 0..kc {
+                        // SAFETY: in-place panels are full (16 readable values per row p < kc).
+                        let src = unsafe { std::slice::from_raw_parts(b_ptr.add(p * rs_b), NR) };
+                        panel_copy.0[p * NR..(p + 1) * NR].copy_from_slice(src);
+                    }
+                    b_ptr = panel_copy.0.as_ptr();
+                    rs_b = NR;
+                }
+                for ir in rows.clone().step_by(mr) {
+                    let a_tile = if packed_a {
+                        a_ptr.wrapping_add((ir - rows.start) * kc)
+                    } else {
+                        a_ptr.wrapping_add(ir * rs_a)
+                    };
+                    let t = Tile {
+                        k: kc,
+                        alpha,
+                        beta: beta_eff,
+                        a: a_tile,
+                        rs_a,
+                        cs_a,
+                        b: b_ptr,
+                        rs_b,
+                        c: c.ptr.wrapping_add(ir * c.rs + q * NR * c.cs),
+                        rs_c: c.rs,
+                        cs_c: c.cs,
+                        mr: mr.min(rows.end - ir),
+                        nr,
+                    };
+                    // SAFETY: `kind` was checked available by the entry point; A covers rows
+                    // ir..ir+mr and depths p0..p0+kc (in place, or packed and zero padded), B panel q
+                    // holds kc rows of 16 readable values (in place: full panels only; else packed),
+                    // and the C tile is inside the checked C view and written by this block only.
+                    unsafe { run_tile(kind, packed_a, &t) };
+                }
+            }
+        }
+    };
+    if a.pack.is_some() {
+        with_scratch(Scratch::A, |buf| tiles(Some(buf)));
+    } else {
+        tiles(None);
+    }
+}
+
+/// Small products: no packing except, when B's rows are strided, the smaller operand.
+fn direct(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: OutView) {
+    // Vector loads need B rows contiguous; else transpose the product if that makes them so, or
+    // to pack the smaller operand.
+    let swap = if b.col_stride == 1 {
+        // At most one 16-wide panel of Aᵀ: packing it and streaming B's rows as the broadcast
+        // operand beats reading 16-wide column strips of B (measured 1.15× at 16×512×512; equal at
+        // m = 32, slower from 48 on).
+        a.rows <= NR
+    } else if a.row_stride == 1 {
+        true
+    } else {
+        a.rows < b.cols
+    };
+    let (a, b, c) = if swap { (b.t(), a.t(), c.t()) } else { (a, b, c) };
+    let (n, k) = (b.cols, b.rows);
+    let direct_panels = if b.col_stride == 1 { n / NR } else { 0 };
+    let packed_cols = n - direct_panels * NR;
+    let panel_stride = k * NR;
+    let run = |packed: *const f32| {
+        let src = BSource {
+            direct: b.data.as_ptr(),
+            direct_rs: b.row_stride,
+            direct_panels,
+            packed,
+            packed_panel_stride: panel_stride,
+            p_origin: 0,
+        };
+        // Many B panels re-read the same A rows: a contiguous packed copy then beats strided
+        // broadcasts (measured at n = 512; at n = 128 in place is faster).
+        let pack_a = n >= 16 * NR && a.rows > kind.mr();
+        let pack = pack_a.then_some(RowSource::Range { start: 0 });
+        let a_src = ASource { mat: a, pack, p_origin: 0 };
+        compute(kind, alpha, beta, a_src, src, 0..k, c, true);
+    };
+    if packed_cols == 0 {
+        run(std::ptr::null());
+    } else {
+        with_scratch(Scratch::B, |buf| {
+            let dst = buf.slice_mut(packed_cols.div_ceil(NR) * panel_stride);
+            pack_b(b, 0, k, direct_panels * NR, packed_cols, panel_stride, dst);
+            run(dst.as_ptr());
+        });
+    }
+}
+
+/// Large products: BLIS loops with packed A and B.
+fn packed(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: OutView) {
+    // Contiguous C rows let the micro-kernel store whole vectors.
+    let swap = c.cs != 1 && c.rs == 1;
+    let (a, b, c) = if swap { (b.t(), a.t(), c.t()) } else { (a, b, c) };
+    let (n, k) = (b.cols, b.rows);
+    with_scratch(Scratch::B, |buf| {
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            let panels = nc.div_ceil(NR);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let panel_stride = kc * NR;
+                let dst = buf.slice_mut(panels * panel_stride);
+                if panels >= 4 && kc * nc >= 1 << 15 && rayon::current_num_threads() > 1 {
+                    dst.par_chunks_mut(panel_stride).enumerate().for_each(|(q, panel)| {
+                        let j = jc + q * NR;
+                        pack_b_panel(b, pc, kc, j, NR.min(jc + nc - j), panel);
+                    });
+                } else {
+                    pack_b(b, pc, kc, jc, nc, panel_stride, dst);
+                }
+                let src = BSource {
+                    direct: std::ptr::null(),
+                    direct_rs: 0,
+                    direct_panels: 0,
+                    packed: dst.as_ptr(),
+                    packed_panel_stride: panel_stride,
+                    p_origin: pc,
+                };
+                let c_block = OutView { ptr: c.ptr.wrapping_add(jc * c.cs), cols: nc, ..c };
+                let beta_eff = if pc == 0 { beta } else { 1.0 };
+                let a_src =
+                    ASource { mat: a, pack: Some(RowSource::Range { start: 0 }), p_origin: 0 };
+                compute(kind, alpha, beta_eff, a_src, src, pc..pc + kc, c_block, true);
+            }
+        }
+    });
+}
+
+/// `C = alpha·A·B[ks, cols] + beta·C` with B pre-packed: A is m × |ks|, C is m × |cols|.
+/// `cols.start` must be a multiple of 16 (any end); `ks` any sub-range of B's rows.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: &PackedB,
+    cols: Range<usize>,
+    ks: Range<usize>,
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<(), GemmError> {
+    let kind = selected_kernel()?;
+    gemm_packed_with(kind, alpha, a, None, b, cols, ks, beta, c)
+}
+
+/// [`gemm_packed`] with an explicit kernel, and optionally A's rows gathered by index
+/// (`rows[r]` is the A row of C row r; C then has `rows.len()` rows).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed_with(
+    kind: KernelKind,
+    alpha: f32,
+    a: MatRef<'_>,
+    rows: Option<&[usize]>,
+    b: &PackedB,
+    cols: Range<usize>,
+    ks: Range<usize>,
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<(), GemmError> {
+    kind.check()?;
+    let shape = |s: String| Err(GemmError::Shape(s));
+    if cols.start > cols.end || cols.end > b.cols() || !cols.start.is_multiple_of(NR) {
+        return shape(format!(
+            "columns {cols:?} of a packed B with {} columns (start % 16 == 0)",
+            b.cols()
+        ));
+    }
+    if ks.start > ks.end || ks.end > b.rows() {
+        return shape(format!("depths {ks:?} of a packed B with {} rows", b.rows()));
+    }
+    if a.cols != ks.len() {
+        return shape(format!("A has {} columns, depth range has {}", a.cols, ks.len()));
+    }
+    let m = rows.map_or(a.rows, |r| r.len());
+    if (c.rows, c.cols) != (m, cols.len()) {
+        return shape(format!("C is {}×{}, expected {m}×{}", c.rows, c.cols, cols.len()));
+    }
+    if let Some(r) = rows {
+        if let Some(bad) = r.iter().find(|&&i| i >= a.rows) {
+            return shape(format!("row index {bad} ≥ A rows {}", a.rows));
+        }
+    }
+    check_view("A", a.data.len(), a.rows, a.cols, a.row_stride, a.col_stride);
+    check_view("C", c.data.len(), c.rows, c.cols, c.row_stride, c.col_stride);
+    check_no_overlap(c.rows, c.cols, c.row_stride, c.col_stride);
+    let out = OutView::from_mat(c);
+    if m == 0 || cols.is_empty() {
+        return Ok(());
+    }
+    if ks.is_empty() || alpha == 0.0 {
+        out.scale(beta);
+        return Ok(());
+    }
+    let src = BSource::from_packed(b, cols.start);
+    // Gathered rows must be packed; contiguous ones are packed only when many (as in `gemm`).
+    let pack = match rows {
+        Some(ix) => Some(RowSource::Index(ix)),
+        None if m > DIRECT_MAX_DIM => Some(RowSource::Range { start: 0 }),
+        None => None,
+    };
+    let a_src = ASource { mat: a, pack, p_origin: ks.start };
+    compute(kind, alpha, beta, a_src, src, ks, out, true);
+    Ok(())
 }

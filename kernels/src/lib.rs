@@ -3,7 +3,15 @@
 //! Kernels know nothing of tensors or tapes: they take slices, shapes and strides.
 
 pub mod attention;
+pub mod fused;
 pub mod gemm;
+mod gemv;
+pub mod microkernel;
+pub mod pack;
 pub mod rope;
 
-pub use gemm::{gemm, MatMut, MatRef};
+pub use gemm::{gemm, gemm_packed, GemmError, GemmPath, MatMut, MatRef};
+pub use microkernel::{selected_kernel, KernelError, KernelKind};
+pub use pack::{PackedB, RowSource};
+/// Re-exported so callers pick the GEMM thread count (`ThreadPool::install`) with the same rayon.
+pub use rayon;

@@ -1,11 +1,26 @@
 //! Rotary position embedding, rotate-half layout (frequencies θ^(−2i/hd) repeated over both halves).
 //!
-//! PLACEHOLDER signature (issue 3); the implementation is being written.
+//! Pair (i, i + hd/2), i < hd/2, is rotated by angle `pos · inv_freq_i` with
+//! `inv_freq_i = 1 / θ^((2i) / hd)`. Angles are computed exactly as PyTorch/HF Llama do, all in
+//! f32: the exponent `(2i as f32) / (hd as f32)`, `θ.powf(exponent)`, its reciprocal, then
+//! `pos as f32 * inv_freq` and f32 `cos`/`sin`. A PyTorch reference computing
+//! `inv_freq = 1 / theta ** (arange(0, hd, 2).float() / hd)` and `outer(arange(T).float(), inv_freq)`
+//! therefore agrees to within an ulp or two of the libm's sin/cos.
+
+/// `inv_freq_i = 1 / θ^(2i/hd)` for `i < hd/2`, in f32 as PyTorch computes it.
+// head_dim -> inv_freq [head_dim/2]
+pub fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
+}
 
 /// Rotates, in place, `heads` head vectors of width `head_dim` in each of `rows` rows of `x`.
 /// Row r starts at `r*row_stride`; head h occupies columns `col_offset + h*head_dim ..` of it and is
 /// rotated by angle `positions[r] * theta^(-2i/head_dim)` for pair (i, i + head_dim/2).
 /// `inverse = true` rotates by the negative angle (the backward of the forward rotation).
+///
+/// # Panics
+/// If `head_dim` is odd, `positions.len() != rows`, a head overruns `row_stride`, or `x` is too
+/// short for `rows` rows.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_apply(
     x: &mut [f32],
@@ -18,6 +33,58 @@ pub fn rope_apply(
     theta: f32,
     inverse: bool,
 ) {
-    let _ = (x, rows, row_stride, col_offset, heads, head_dim, positions, theta, inverse);
-    unimplemented!("rope_apply")
+    assert!(head_dim & 1 == 0, "rope_apply: head_dim {head_dim} must be even");
+    assert_eq!(positions.len(), rows, "rope_apply: one position per row");
+    let width = col_offset + heads * head_dim;
+    assert!(width <= row_stride || rows <= 1, "rope_apply: heads overrun the row stride");
+    if rows == 0 || heads == 0 || head_dim == 0 {
+        return;
+    }
+    assert!((rows - 1) * row_stride + width <= x.len(), "rope_apply: x too short");
+    let half = head_dim / 2;
+    let inv_freq = rope_inv_freq(head_dim, theta);
+    // sin is negated for the inverse rotation: rotating by −angle.
+    let sign = if inverse { -1.0f32 } else { 1.0 };
+    let cos_sin_at = |pos: usize, cos: &mut [f32], sin: &mut [f32]| {
+        for i in 0..half {
+            let angle = pos as f32 * inv_freq[i];
+            cos[i] = angle.cos();
+            sin[i] = sign * angle.sin();
+        }
+    };
+    // Training calls repeat positions 0..T over the batch: tabulate once per position then.
+    let max_pos = positions.iter().copied().max().unwrap_or(0);
+    let table = if max_pos < rows {
+        let mut cos = vec![0.0f32; (max_pos + 1) * half];
+        let mut sin = vec![0.0f32; (max_pos + 1) * half];
+        for pos in 0..=max_pos {
+            let range = pos * half..(pos + 1) * half;
+            cos_sin_at(pos, &mut cos[range.clone()], &mut sin[range]);
+        }
+        Some((cos, sin))
+    } else {
+        None
+    };
+    let mut cos_row = vec![0.0f32; half];
+    let mut sin_row = vec![0.0f32; half];
+    for (r, &pos) in positions.iter().enumerate() {
+        let (cos, sin): (&[f32], &[f32]) = match &table {
+            Some((cos, sin)) => {
+                (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half])
+            }
+            None => {
+                cos_sin_at(pos, &mut cos_row, &mut sin_row);
+                (&cos_row, &sin_row)
+            }
+        };
+        let row = &mut x[r * row_stride + col_offset..r * row_stride + width];
+        for head in row.chunks_exact_mut(head_dim) {
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * cos[i] - b * sin[i];
+                x2[i] = b * cos[i] + a * sin[i];
+            }
+        }
+    }
 }

@@ -62,7 +62,7 @@ impl Rng {
     /// Uniform integer in `0..n` (n > 0), by Lemire's multiply-shift (bias < 2^-32 for n < 2^32).
     pub fn below(&mut self, n: usize) -> usize {
         assert!(n > 0, "Rng::below(0)");
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
     /// Standard normal by Box–Muller (one value per call; f64 inside).

@@ -6,6 +6,14 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod ckpt_io;
+mod common;
+mod eval;
+mod forward;
+mod generate;
+mod metrics;
+mod svg;
+mod train;
 
 #[derive(Parser, Debug)]
 #[command(name = "vffn", version, about = "VersatileFFN on a from-scratch CPU tensor engine")]
@@ -16,6 +24,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a model (default: tiny preset on the built-in corpus, a few minutes).
+    Train(train::TrainArgs),
+    /// Validation loss and bits per byte of a checkpoint.
+    Eval(eval::EvalArgs),
+    /// Stream sampled bytes from a checkpoint.
+    Generate(generate::GenerateArgs),
+    /// One forward pass over a text: logits, routing (and loss, gradients) as safetensors.
+    Forward(forward::ForwardArgs),
     /// Benchmarks: GEMM, FFN paths, training and decoding throughput.
     Bench(bench::BenchArgs),
 }
@@ -23,6 +39,10 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Forward(args) => forward::run(args),
         Command::Bench(args) => bench::run(args),
     };
     if let Err(err) = result {

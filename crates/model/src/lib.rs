@@ -1,1 +1,49 @@
-//! vffn-model
+//! vffn-model: everything about the VersatileFFN model and its baselines that is not the
+//! autograd engine itself.
+//!
+//! - [`config`]: [`Config`] (architecture, presets `tiny`/`small`), [`TrainConfig`] (the
+//!   recipe), [`RunConfig`] (the TOML file), validation with key-naming errors, the
+//!   temperature and learning-rate schedules, and [`Config::param_specs`]: every parameter
+//!   tensor with its exact checkpoint name and shape.
+//! - [`flops`]: analytic FLOPs per token (training and inference, by component) and realized
+//!   inference FLOPs from routing decisions (the paper's `Base·N_mean + (MoE−Base)·P`).
+//! - [`checkpoint`]: safetensors model and optimizer files and `state.json`, to and from
+//!   bytes/strings, with loading across block kinds (dense → versatile, ...).
+//! - [`corpus`]: the built-in synthetic corpus with per-byte difficulty labels.
+//! - [`data`]: train/validation splits, random training windows, ordered validation windows.
+//! - [`model`]: the transformer ([`Model`]): init, training forward, inference with per-token
+//!   early exit, loading; [`decode`]: KV-cache decoding. Block internals live in `blocks`
+//!   (attention, FFN, MoE, routing) and `versatile` (width path, depth path, fusion).
+//!
+//! The crate does no file or terminal I/O: the CLI reads and writes the bytes.
+
+pub(crate) mod blocks;
+pub mod checkpoint;
+pub mod config;
+pub mod corpus;
+pub mod data;
+pub mod decode;
+pub mod flops;
+pub mod model;
+pub(crate) mod versatile;
+
+pub use checkpoint::{
+    load_model, load_optimizer, read_tensors, save_model, save_optimizer, write_tensors,
+    AdamMoments, AdamMomentsRef, CheckpointError, LoadPlan, ModelCheckpoint, OptimizerState,
+    TensorData, TensorFile, TensorRef, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+    TRAIN_STATE_FORMAT,
+};
+pub use config::{
+    BlockKind, Config, ConfigError, Fusion, ParamKind, ParamSpec, Paths, RunConfig, TrainConfig,
+};
+pub use corpus::{generate as generate_corpus, Corpus, Difficulty};
+pub use data::{
+    validation_batches, validation_windows, Batch, Batcher, DataError, Dataset, Split,
+    BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES,
+};
+pub use decode::Decoder;
+pub use flops::{
+    causal_mean_context, dense_ffn_flops, inference_flops, realized_inference_flops,
+    realized_inference_flops_from_counts, training_flops, DepthRouting, FlopsBreakdown, FlopsError,
+};
+pub use model::{InferOutput, Model, ModelError, Routing, TrainOutput};

@@ -1,0 +1,143 @@
+//! Ops: each is a `Tape` method computing the forward and recording the backward right beside it.
+//! Hot loops run in vffn-kernels (GEMM, fused row kernels, attention, RoPE); the simple
+//! element-wise loops here are plain slices that auto-vectorize.
+
+mod attn;
+mod elementwise;
+mod index;
+mod linalg;
+mod nn;
+mod routing;
+mod shape;
+
+use rayon::prelude::*;
+
+pub use linalg::Trans;
+
+/// RMSNorm epsilon used by the model.
+pub const RMS_NORM_EPS: f32 = 1e-6;
+/// RoPE base θ.
+pub const ROPE_THETA: f32 = 10_000.0;
+
+/// Elements per parallel task for element-wise loops (fixed: results never depend on threads).
+const TASK: usize = 32 * 1024;
+/// Rows per partial sum in reductions over rows (fixed block size, summed in block order).
+const REDUCE_ROWS: usize = 32;
+
+/// `out[i] = f(a[i], b[i])`, in parallel over fixed chunks.
+fn map2(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    out.par_chunks_mut(TASK).zip(a.par_chunks(TASK).zip(b.par_chunks(TASK))).for_each(
+        |(o, (a, b))| {
+            o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = f(x, y));
+        },
+    );
+}
+
+/// `out[i] = f(a[i])` or `out[i] += f(a[i])`, in parallel over fixed chunks.
+fn map1_into(a: &[f32], out: &mut [f32], accumulate: bool, f: impl Fn(f32) -> f32 + Sync) {
+    out.par_chunks_mut(TASK).zip(a.par_chunks(TASK)).for_each(|(o, a)| {
+        if accumulate {
+            o.iter_mut().zip(a).for_each(|(o, &x)| *o += f(x));
+        } else {
+            o.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x));
+        }
+    });
+}
+
+/// `out[i] (+)= f(a[i], b[i])`, in parallel over fixed chunks.
+fn map2_into(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) {
+    out.par_chunks_mut(TASK).zip(a.par_chunks(TASK).zip(b.par_chunks(TASK))).for_each(
+        |(o, (a, b))| {
+            let it = o.iter_mut().zip(a.iter().zip(b));
+            if accumulate {
+                it.for_each(|(o, (&x, &y))| *o += f(x, y));
+            } else {
+                it.for_each(|(o, (&x, &y))| *o = f(x, y));
+            }
+        },
+    );
+}
+
+/// `dst[c] (+)= Σ_r f(x[r, c], y[r, c])` over rows of width `cols`: fixed row blocks reduced in
+/// block order, so the result is independent of the thread count.
+fn reduce_rows_into(
+    x: &[f32],
+    y: &[f32],
+    cols: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) {
+    debug_assert_eq!(dst.len(), cols);
+    if cols == 0 {
+        return;
+    }
+    let block = REDUCE_ROWS * cols;
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(block)
+        .zip(y.par_chunks(block))
+        .map(|(x, y)| {
+            let mut p = vec![0.0f32; cols];
+            for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact(cols)) {
+                p.iter_mut().zip(xr.iter().zip(yr)).for_each(|(p, (&a, &b))| *p += f(a, b));
+            }
+            p
+        })
+        .collect();
+    if !accumulate {
+        dst.fill(0.0);
+    }
+    for p in &partials {
+        dst.iter_mut().zip(p).for_each(|(d, &v)| *d += v);
+    }
+}
+
+/// Row-wise dot products `out[r] (+)= Σ_c x[r,c]·y[r,c]`.
+fn row_dots_into(x: &[f32], y: &[f32], cols: usize, out: &mut [f32], accumulate: bool) {
+    let rpt = (TASK / cols.max(1)).max(1);
+    out.par_chunks_mut(rpt).zip(x.par_chunks(rpt * cols).zip(y.par_chunks(rpt * cols))).for_each(
+        |(o, (x, y))| {
+            for (o, (xr, yr)) in o.iter_mut().zip(x.chunks_exact(cols).zip(y.chunks_exact(cols))) {
+                let d = dot8(xr, yr);
+                if accumulate {
+                    *o += d;
+                } else {
+                    *o = d;
+                }
+            }
+        },
+    );
+}
+
+/// Dot product with 8 fixed lanes (vectorizes; order depends only on the length).
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    for (x, y) in ta.iter().zip(tb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Sum in f64 over fixed chunks, combined in order.
+fn sum_f64(x: &[f32]) -> f64 {
+    let partials: Vec<f64> =
+        x.par_chunks(TASK).map(|c| c.iter().map(|&v| v as f64).sum::<f64>()).collect();
+    partials.iter().sum()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,131 @@
+//! `DIR/metrics.jsonl`: one JSON object per logged training step.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The metrics file name inside a run directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// One logged step. Floats are written as the shortest decimal that reads back to the same f32,
+/// so two runs' losses can be compared bit for bit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    /// Optimizer steps completed (1-based).
+    pub step: u64,
+    /// Total loss: cross-entropy + balance term.
+    pub loss: f32,
+    /// Mean cross-entropy (nats) of the training batch.
+    pub ce: f32,
+    /// Load-balancing loss (before its coefficient).
+    pub balance: f32,
+    /// Validation cross-entropy when evaluated at this step.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_loss: Option<f32>,
+    pub lr: f32,
+    pub temperature: f32,
+    pub tokens_per_s: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+}
+
+/// Appends rows to `DIR/metrics.jsonl`, one flushed line each.
+pub struct MetricsLog {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl MetricsLog {
+    /// A fresh log (an existing file is replaced).
+    pub fn create(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(METRICS_FILE);
+        let file =
+            File::create(&path).with_context(|| format!("cannot create `{}`", path.display()))?;
+        Ok(MetricsLog { path, out: BufWriter::new(file) })
+    }
+
+    /// Continues a log at checkpoint step `step`: rows logged after it (by a run that went on
+    /// past its last checkpoint) are dropped, so the file reads as one uninterrupted run.
+    pub fn resume(run_dir: &Path, step: u64) -> Result<Self> {
+        let path = run_dir.join(METRICS_FILE);
+        let kept: Vec<String> = match fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<MetricsRow>(line).is_ok_and(|row| row.step <= step)
+                })
+                .map(str::to_string)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open `{}`", path.display()))?;
+        Ok(MetricsLog { path, out: BufWriter::new(file) })
+    }
+
+    /// Writes one row as a line and flushes it.
+    pub fn write(&mut self, row: &MetricsRow) -> Result<()> {
+        let line = serde_json::to_string(row).context("metrics row")?;
+        writeln!(self.out, "{line}")
+            .and_then(|()| self.out.flush())
+            .with_context(|| format!("cannot write `{}`", self.path.display()))
+    }
+}
+
+/// Reads a metrics file (rows that do not parse are skipped).
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    Ok(text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(step: u64, loss: f32) -> MetricsRow {
+        MetricsRow {
+            step,
+            loss,
+            ce: loss,
+            balance: 0.0,
+            val_loss: (step % 2 == 0).then_some(loss + 0.5),
+            lr: 1e-3,
+            temperature: 5.0,
+            tokens_per_s: 1000.0,
+            grad_norm: 0.3,
+        }
+    }
+
+    #[test]
+    fn resume_drops_rows_after_the_checkpoint_and_floats_round_trip() {
+        let dir = std::env::temp_dir().join(format!("vffn-metrics-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut log = MetricsLog::create(&dir).unwrap();
+        let losses = [5.545_177_5f32, 1.0 / 3.0, 2.718_281_7, 0.1 + 0.2];
+        for (i, &loss) in losses.iter().enumerate() {
+            log.write(&row(i as u64 + 1, loss)).unwrap();
+        }
+        drop(log);
+        let mut log = MetricsLog::resume(&dir, 2).unwrap();
+        log.write(&row(3, 9.0)).unwrap();
+        drop(log);
+        let rows = read_metrics(&dir.join(METRICS_FILE)).unwrap();
+        assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(rows[0].loss.to_bits(), losses[0].to_bits());
+        assert_eq!(rows[1].loss.to_bits(), losses[1].to_bits());
+        assert_eq!(rows[1].val_loss, Some(losses[1] + 0.5));
+        assert_eq!(rows[2].loss, 9.0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

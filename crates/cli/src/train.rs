@@ -1,0 +1,516 @@
+//! `vffn train`: the training loop with progress bar, metrics, validation, atomic checkpoints,
+//! bit-exact resume, Ctrl-C and NaN handling.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use vffn_autograd::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, Rng, Tape};
+use vffn_model::{
+    save_model, save_optimizer, AdamMomentsRef, Batcher, Config, Model, RunConfig, Split,
+    TrainConfig, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_STATE_FORMAT,
+};
+
+use crate::ckpt_io;
+use crate::common::{check_memory, in_pool, load_dataset, read_input_file, BUILTIN_SOURCE};
+use crate::eval::evaluate;
+use crate::generate;
+use crate::metrics::{MetricsLog, MetricsRow};
+
+/// Steps of the default run (`vffn train` with no flags: tiny preset, built-in corpus), chosen
+/// so that it finishes in about five minutes on 2 cores.
+pub const DEFAULT_QUICK_STEPS: u64 = 200;
+/// Validation cadence and size of the quick run (the recipe's 200 × 20 batches would cost as
+/// much time as a quarter of the training).
+const QUICK_EVAL_EVERY: u64 = 50;
+const QUICK_EVAL_BATCHES: u64 = 4;
+/// Salts that derive the Gumbel-noise and data RNG seeds from the run seed.
+const NOISE_SALT: u64 = 0x6E6F_6973_6521; // "noise!"
+const DATA_SALT: u64 = 0x6461_7461_2121; // "data!!"
+/// Bytes sampled at the end of a run.
+const SAMPLE_PROMPT_BYTES: usize = 64;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Model preset (default tiny).
+    #[arg(long, value_parser = ["tiny", "small"], conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// TOML file: `preset = ..`, `[model]` and `[train]` overrides.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Feed-forward block of every layer (overrides the preset / config).
+    #[arg(long, value_parser = ["dense", "kloop", "moe", "versatile"])]
+    pub block: Option<String>,
+    /// Train on this file's bytes (first 90% train, last 10% validation); default: the
+    /// built-in synthetic corpus.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Optimizer steps (default: the recipe's 2000, or 200 for the no-flag quick run).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Seed of initialization, data order and Gumbel noise.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Run directory: checkpoint in DIR/ckpt, metrics in DIR/metrics.jsonl.
+    #[arg(long, default_value = "runs/default")]
+    pub out: PathBuf,
+    /// Continue the checkpoint in --out bit-exactly.
+    #[arg(long, conflicts_with = "init_from")]
+    pub resume: bool,
+    /// Start from the weights of another checkpoint (continued pre-training; the block kind
+    /// may differ: missing routers are freshly initialized).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Also checkpoint every N steps (default: at every evaluation and at the end).
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// Stop (with a checkpoint) once this many steps are done, as an interruption would.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Refuse models whose estimated training memory exceeds this (default: available RAM).
+    #[arg(long)]
+    pub max_memory_mb: Option<u64>,
+    /// Start a fresh run even if --out already holds a checkpoint (it is replaced).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Bytes of sample text printed at the end (0 = none).
+    #[arg(long, default_value_t = 200)]
+    pub sample_bytes: usize,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    in_pool(args.threads, || run_in_pool(args))
+}
+
+/// The run configuration from the flags (before any checkpoint is consulted).
+fn requested_config(args: &TrainArgs) -> Result<RunConfig> {
+    let mut run = match &args.config {
+        Some(path) => {
+            let bytes = read_input_file(path, "config file")?;
+            let text = String::from_utf8(bytes)
+                .with_context(|| format!("config file `{}` is not UTF-8", path.display()))?;
+            RunConfig::from_toml(&text)
+                .with_context(|| format!("config file `{}`", path.display()))?
+        }
+        None => {
+            let preset = args.preset.as_deref().unwrap_or("tiny");
+            RunConfig { model: Config::preset(preset)?, train: TrainConfig::default() }
+        }
+    };
+    if let Some(block) = &args.block {
+        run.set("model.block", block)?;
+    }
+    if let Some(seed) = args.seed {
+        run.train.seed = seed;
+    }
+    match args.steps {
+        Some(steps) => run.set("train.steps", &steps.to_string())?,
+        None if args.config.is_none()
+            && args.data.is_none()
+            && args.preset.as_deref().unwrap_or("tiny") == "tiny" =>
+        {
+            run.train.steps = DEFAULT_QUICK_STEPS;
+            run.train.eval_every = QUICK_EVAL_EVERY;
+            run.train.eval_batches = QUICK_EVAL_BATCHES;
+        }
+        None => {}
+    }
+    Ok(run)
+}
+
+/// Everything the loop mutates, restorable from a checkpoint.
+struct Trainer {
+    run: RunConfig,
+    model: Model,
+    optimizer: AdamW,
+    batcher: Batcher,
+    noise_rng: Rng,
+    step: u64,
+    tokens_seen: u64,
+    data_source: String,
+    /// The validation split of the data.
+    valid: Split,
+}
+
+fn adamw_config(train: &TrainConfig) -> AdamWConfig {
+    AdamWConfig {
+        beta1: train.beta1,
+        beta2: train.beta2,
+        eps: train.eps,
+        weight_decay: train.weight_decay,
+    }
+}
+
+/// Names the first architecture field where two configs differ.
+fn config_difference(a: &Config, b: &Config) -> String {
+    let (a, b) =
+        (serde_json::to_value(a).unwrap_or_default(), serde_json::to_value(b).unwrap_or_default());
+    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+        for (key, value) in a {
+            if b.get(key) != Some(value) {
+                let other = b.get(key).map(ToString::to_string).unwrap_or_default();
+                return format!("{key} = {other} in the checkpoint, {value} asked");
+            }
+        }
+    }
+    "the configs differ".to_string()
+}
+
+fn resume_trainer(args: &TrainArgs) -> Result<Trainer> {
+    let ckpt = ckpt_io::read_training(&args.out).with_context(|| {
+        format!("cannot resume from `{}` (train without --resume to start)", args.out.display())
+    })?;
+    let config = ckpt.model.config.clone();
+    // Flags that choose an architecture must agree with the checkpoint's.
+    if args.config.is_some() || args.preset.is_some() || args.block.is_some() {
+        let asked = requested_config(args)?.model;
+        if asked != config {
+            bail!(
+                "checkpoint `{}` is of another architecture ({}); drop --config/--preset/--block \
+                 to resume it",
+                ckpt.dir.display(),
+                config_difference(&asked, &config)
+            );
+        }
+    }
+    let mut train = ckpt.state.train.clone();
+    if let Some(steps) = args.steps {
+        train.steps = steps;
+    }
+    if args.seed.is_some_and(|seed| seed != train.seed) {
+        bail!("--seed differs from the seed {} of the checkpoint being resumed", train.seed);
+    }
+    let run = RunConfig { model: config, train };
+    run.validate()?;
+    let source = match &args.data {
+        None => BUILTIN_SOURCE.to_string(),
+        Some(path) => path.display().to_string(),
+    };
+    if source != ckpt.state.data_source {
+        bail!(
+            "checkpoint `{}` was trained on `{}`, not `{source}` (pass the same --data)",
+            ckpt.dir.display(),
+            ckpt.state.data_source
+        );
+    }
+    check_memory(&run.model, args.max_memory_mb)?;
+    let (dataset, data_source) = load_dataset(args.data.as_deref(), run.model.seq_len)?;
+    let model = Model::from_checkpoint(&ckpt.model)
+        .with_context(|| format!("checkpoint `{}`", ckpt.dir.display()))?;
+    let specs = run.model.param_specs();
+    ckpt.optimizer.check(&specs).with_context(|| format!("checkpoint `{}`", ckpt.dir.display()))?;
+    let mut moments = ckpt.optimizer.moments;
+    let mut state = AdamWState { step: ckpt.optimizer.step, names: vec![], m: vec![], v: vec![] };
+    for (_, param) in model.params.iter() {
+        let found = moments.remove(param.name()).with_context(|| {
+            format!(
+                "checkpoint `{}`: no optimizer state for `{}`",
+                ckpt.dir.display(),
+                param.name()
+            )
+        })?;
+        state.names.push(param.name().to_string());
+        state.m.push(found.m);
+        state.v.push(found.v);
+    }
+    let optimizer = AdamW::from_state(adamw_config(&run.train), state, &model.params)
+        .with_context(|| format!("checkpoint `{}`", ckpt.dir.display()))?;
+    let batcher = Batcher::from_rng_state(
+        dataset.train,
+        run.model.seq_len,
+        run.model.batch_size,
+        ckpt.state.data_rng,
+    )?;
+    Ok(Trainer {
+        run,
+        model,
+        optimizer,
+        batcher,
+        noise_rng: Rng::from_state(ckpt.state.model_rng),
+        step: ckpt.state.step,
+        tokens_seen: ckpt.state.tokens_seen,
+        data_source,
+        valid: dataset.val,
+    })
+}
+
+fn fresh_trainer(args: &TrainArgs) -> Result<Trainer> {
+    if ckpt_io::has_checkpoint(&args.out) && !args.overwrite {
+        bail!(
+            "`{}` already holds a checkpoint: pass --resume to continue it, --overwrite to start \
+             over, or another --out",
+            args.out.display()
+        );
+    }
+    let run = requested_config(args)?;
+    check_memory(&run.model, args.max_memory_mb)?;
+    let (dataset, data_source) = load_dataset(args.data.as_deref(), run.model.seq_len)?;
+    let seed = run.train.seed;
+    let model = match &args.init_from {
+        None => Model::new(run.model.clone(), seed)?,
+        Some(path) => {
+            let (dir, ckpt) = ckpt_io::read_model(path)?;
+            let (model, plan) = Model::init_from(run.model.clone(), seed, &ckpt)
+                .with_context(|| format!("cannot initialize from `{}`", dir.display()))?;
+            eprintln!(
+                "initialized from {}: {} tensors copied, {} freshly initialized, {} ignored",
+                dir.display(),
+                plan.copied.len(),
+                plan.initialized.len(),
+                plan.ignored.len()
+            );
+            model
+        }
+    };
+    let optimizer = AdamW::new(adamw_config(&run.train), &model.params);
+    let batcher =
+        Batcher::new(dataset.train, run.model.seq_len, run.model.batch_size, seed ^ DATA_SALT)?;
+    Ok(Trainer {
+        noise_rng: Rng::new(seed ^ NOISE_SALT),
+        run,
+        model,
+        optimizer,
+        batcher,
+        step: 0,
+        tokens_seen: 0,
+        data_source,
+        valid: dataset.val,
+    })
+}
+
+impl Trainer {
+    /// Writes DIR/ckpt atomically: model, optimizer moments and `state.json`.
+    fn save(&self, run_dir: &Path) -> Result<PathBuf> {
+        let extra = BTreeMap::from([
+            ("step".to_string(), self.step.to_string()),
+            ("data_source".to_string(), self.data_source.clone()),
+        ]);
+        let temperature = self.run.temperature_at(self.step);
+        let model_bytes =
+            save_model(&self.run.model, temperature, &extra, &self.model.tensor_refs())?;
+        let adam = self.optimizer.state();
+        let moments: Vec<AdamMomentsRef<'_>> = self
+            .model
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| AdamMomentsRef {
+                name: p.name(),
+                shape: p.shape(),
+                m: &adam.m[i],
+                v: &adam.v[i],
+            })
+            .collect();
+        let optimizer_bytes = save_optimizer(adam.step, &moments)?;
+        let state = TrainState {
+            format: TRAIN_STATE_FORMAT,
+            step: self.step,
+            model_rng: self.noise_rng.state(),
+            data_rng: self.batcher.rng_state(),
+            tokens_seen: self.tokens_seen,
+            data_source: self.data_source.clone(),
+            train: self.run.train.clone(),
+        };
+        let state_json = state.to_json();
+        ckpt_io::write_checkpoint(
+            run_dir,
+            &[
+                (MODEL_FILE, &model_bytes),
+                (OPTIMIZER_FILE, &optimizer_bytes),
+                (STATE_FILE, state_json.as_bytes()),
+            ],
+        )
+    }
+
+    /// One optimizer step; returns the metrics row (without val_loss / tokens_per_s).
+    fn step_once(&mut self) -> Result<MetricsRow> {
+        let step = self.step;
+        let batch = self.batcher.next_batch();
+        let lr = self.run.train.lr_at(step);
+        let temperature = self.run.temperature_at(step);
+        let mut tape = Tape::new();
+        let out = self
+            .model
+            .train_forward(&mut tape, &batch, temperature, Some(&mut self.noise_rng))
+            .with_context(|| format!("training forward at step {}", step + 1))?;
+        let loss = out.loss.item();
+        if !loss.is_finite() {
+            bail!(
+                "loss is {loss} at step {} (lr {lr:.3e}): training stopped; the last good \
+                 checkpoint stays in place",
+                step + 1
+            );
+        }
+        let grads = tape.backward(&out.loss).context("backward")?;
+        self.model.params.zero_grad();
+        self.model.params.accumulate_grads(grads);
+        let clip = self.run.train.grad_clip;
+        let grad_norm = if clip > 0.0 {
+            clip_grad_norm(&mut self.model.params, clip)
+        } else {
+            clip_grad_norm(&mut self.model.params, f32::INFINITY)
+        };
+        if !grad_norm.is_finite() {
+            bail!(
+                "gradient norm is {grad_norm} at step {} (loss {loss}): training stopped; the \
+                 last good checkpoint stays in place",
+                step + 1
+            );
+        }
+        self.optimizer.step(&mut self.model.params, lr).context("optimizer step")?;
+        self.model.params.zero_grad();
+        self.step += 1;
+        self.tokens_seen += (batch.batch_size * batch.seq_len) as u64;
+        Ok(MetricsRow {
+            step: self.step,
+            loss,
+            ce: out.ce,
+            balance: out.balance,
+            val_loss: None,
+            lr,
+            temperature,
+            tokens_per_s: 0.0,
+            grad_norm,
+        })
+    }
+}
+
+fn progress_bar(total: u64, position: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:24.cyan/blue} {pos}/{len} {msg} [{elapsed}<{eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(position);
+    bar
+}
+
+fn run_in_pool(args: TrainArgs) -> Result<()> {
+    let mut trainer = if args.resume { resume_trainer(&args)? } else { fresh_trainer(&args)? };
+    let run_dir = args.out.clone();
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create the run directory `{}`", run_dir.display()))?;
+    let mut metrics = if args.resume {
+        MetricsLog::resume(&run_dir, trainer.step)?
+    } else {
+        MetricsLog::create(&run_dir)?
+    };
+    let config_path = run_dir.join("config.toml");
+    std::fs::write(&config_path, trainer.run.to_toml())
+        .with_context(|| format!("cannot write `{}`", config_path.display()))?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
+
+    let total = trainer.run.train.steps;
+    let train = trainer.run.train.clone();
+    let valid = trainer.valid.clone();
+    let eval_batches = (train.eval_batches > 0).then_some(train.eval_batches as usize);
+    eprintln!(
+        "training {:?} model ({} parameters) on {} for {} steps (from step {}), batch {}×{}, \
+         into {}",
+        trainer.run.model.block,
+        trainer.run.model.num_params(),
+        trainer.data_source,
+        total,
+        trainer.step,
+        trainer.run.model.batch_size,
+        trainer.run.model.seq_len,
+        run_dir.display()
+    );
+    let bar = progress_bar(total, trainer.step);
+    let (mut last_val, mut window_tokens, mut window_start) = (None::<f32>, 0u64, Instant::now());
+    let tokens_per_step = (trainer.run.model.batch_size * trainer.run.model.seq_len) as u64;
+    let started = Instant::now();
+    let start_step = trainer.step;
+    while trainer.step < total {
+        let mut row = trainer.step_once().map_err(|err| {
+            bar.abandon();
+            err
+        })?;
+        window_tokens += tokens_per_step;
+        let done = trainer.step;
+        let last = done == total;
+        let evaluate_now = done % train.eval_every == 0 || last;
+        if evaluate_now {
+            let result = evaluate(&trainer.model, &valid, eval_batches)?;
+            last_val = Some(result.loss as f32);
+            row.val_loss = last_val;
+            bar.suspend(|| {
+                eprintln!("step {done}: train loss {:.4}, val loss {:.4}", row.loss, result.loss)
+            });
+        }
+        let elapsed = window_start.elapsed().max(Duration::from_micros(1)).as_secs_f64();
+        let tokens_per_s = window_tokens as f64 / elapsed;
+        bar.set_position(done);
+        bar.set_message(format!(
+            "loss {:.3} val {} {:.0} tok/s lr {:.2e} T {:.2}",
+            row.loss,
+            last_val.map_or("-".to_string(), |v| format!("{v:.3}")),
+            tokens_per_s,
+            row.lr,
+            row.temperature
+        ));
+        if done % train.log_every == 0 || last || evaluate_now {
+            row.tokens_per_s = tokens_per_s;
+            metrics.write(&row)?;
+            window_tokens = 0;
+            window_start = Instant::now();
+        }
+        let stop_now = args.stop_after.is_some_and(|s| done >= s);
+        let stop_signal = interrupted.load(Ordering::SeqCst);
+        let save_now = last
+            || evaluate_now
+            || stop_now
+            || stop_signal
+            || args.save_every.is_some_and(|every| every > 0 && done % every == 0);
+        if save_now {
+            let dir = trainer.save(&run_dir)?;
+            if stop_now || stop_signal {
+                bar.abandon();
+                let why = if stop_signal { "interrupted" } else { "stopped (--stop-after)" };
+                eprintln!(
+                    "{why} at step {done}/{total}; checkpoint saved to {}; continue with --resume",
+                    dir.display()
+                );
+                return Ok(());
+            }
+        }
+    }
+    bar.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let steps_run = trainer.step - start_step;
+    eprintln!(
+        "done: {steps_run} steps in {seconds:.1} s ({:.2} steps/s); final val loss {}; \
+         checkpoint in {}",
+        steps_run as f64 / seconds.max(1e-9),
+        last_val.map_or("-".to_string(), |v| format!("{v:.4}")),
+        run_dir.join(ckpt_io::CKPT_DIR).display()
+    );
+    if args.sample_bytes > 0 {
+        print_sample(&trainer.model, &valid.bytes, args.sample_bytes, trainer.run.train.seed)?;
+    }
+    Ok(())
+}
+
+/// Prints a sample continuation of the start of the validation split.
+fn print_sample(model: &Model, val: &[u8], max_new: usize, seed: u64) -> Result<()> {
+    use std::io::Write;
+    let prompt = &val[..val.len().min(SAMPLE_PROMPT_BYTES)];
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "--- sample (prompt: first {} validation bytes) ---", prompt.len())?;
+    stdout.write_all(prompt)?;
+    generate::stream(model, prompt, max_new, 0.8, 0, seed, &mut stdout)?;
+    writeln!(stdout, "\n---")?;
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! End-to-end tests of the `vffn` binary: training on the built-in corpus, bit-exact resume,
+//! Ctrl-C, eval, generate, and one clear error line for every bad input.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A small model so that 50 steps take about a second.
+const SMALL_CONFIG: &str = "
+[model]
+d_model = 32
+n_heads = 2
+n_layers = 2
+hidden = 64
+seq_len = 32
+batch_size = 8
+[train]
+steps = 50
+warmup_steps = 10
+eval_every = 25
+eval_batches = 4
+log_every = 1
+";
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vffn-e2e-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn vffn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vffn")).args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs and expects success.
+fn ok(args: &[&str]) -> Output {
+    let out = vffn(args);
+    assert!(out.status.success(), "vffn {args:?} failed: {}", stderr(&out));
+    out
+}
+
+/// Runs and expects failure with exactly one line on stderr, `error: ...` containing `needle`.
+fn fails_with(args: &[&str], needle: &str) {
+    let out = vffn(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "vffn {args:?}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(last.starts_with("error: "), "vffn {args:?}: {err}");
+    assert!(last.contains(needle), "vffn {args:?}: expected `{needle}` in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Only progress lines before the error (never a backtrace or a multi-line message).
+    for line in &lines[..lines.len() - 1] {
+        assert!(line.starts_with("training ") || line.starts_with("step "), "{err}");
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Row {
+    step: u64,
+    loss: f32,
+    val_loss: Option<f32>,
+}
+
+fn metrics(run: &Path) -> Vec<Row> {
+    fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
+    let dir = scratch("train");
+    let config = write(&dir, "small.toml", SMALL_CONFIG);
+    let run = dir.join("run");
+    let out = ok(&["train", "--config", path(&config), "--out", path(&run), "--threads", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("--- sample"), "the run ends with sample text: {stdout}");
+    let rows = metrics(&run);
+    assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), (1..=50).collect::<Vec<_>>());
+    let mean = |rows: &[Row]| rows.iter().map(|r| r.loss).sum::<f32>() / rows.len() as f32;
+    let (first, last) = (mean(&rows[..5]), mean(&rows[45..]));
+    assert!(first > 5.3, "starts near ln 256 = 5.55: {first}");
+    assert!(last < first - 0.5, "loss falls: first {first}, last {last}");
+    let vals: Vec<f32> = rows.iter().filter_map(|r| r.val_loss).collect();
+    assert_eq!(vals.len(), 2, "validation at steps 25 and 50");
+    assert!(vals[1] < vals[0], "{vals:?}");
+    for file in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        assert!(run.join("ckpt").join(file).is_file(), "{file}");
+    }
+
+    // eval --json: one line, bits_per_byte = loss / ln 2, every validation window.
+    let out = ok(&["eval", "--checkpoint", path(&run), "--json"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.starts_with("{\"loss\":"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let loss = json["loss"].as_f64().unwrap();
+    let bpb = json["bits_per_byte"].as_f64().unwrap();
+    assert!((bpb - loss / std::f64::consts::LN_2).abs() < 1e-9);
+    // 256 KiB of validation in windows of 32: (262144 − 1) / 32 = 8191 windows of 32 targets.
+    assert_eq!(json["tokens"].as_u64(), Some(8191 * 32));
+    assert!(loss < 5.3 && (loss - *vals.last().unwrap() as f64).abs() < 0.3, "{loss} {vals:?}");
+
+    // generate: the prompt echoed, then exactly --max-new bytes; greedy is reproducible.
+    let gen = |seed: &str, temperature: &str| {
+        let args = [
+            "generate",
+            "--checkpoint",
+            path(&run),
+            "--prompt",
+            "12+",
+            "--max-new",
+            "70",
+            "--temperature",
+            temperature,
+            "--seed",
+            seed,
+        ];
+        ok(&args).stdout
+    };
+    let greedy = gen("1", "0");
+    assert_eq!(greedy.len(), 3 + 70 + 1);
+    assert!(greedy.starts_with(b"12+"));
+    assert_eq!(greedy, gen("2", "0"), "greedy ignores the seed");
+    assert_eq!(gen("5", "1.0"), gen("5", "1.0"), "same seed, same sample");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn interrupted_and_resumed_run_equals_an_uninterrupted_one() {
+    let dir = scratch("resume");
+    let config = write(&dir, "small.toml", SMALL_CONFIG);
+    let (whole, parts) = (dir.join("whole"), dir.join("parts"));
+    let common = ["--steps", "20", "--threads", "2", "--sample-bytes", "0"];
+    let train = |run: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--config", path(&config), "--out", path(run)];
+        args.extend(common);
+        args.extend(extra);
+        ok(&args)
+    };
+    train(&whole, &[]);
+    let out = train(&parts, &["--stop-after", "10"]);
+    assert!(stderr(&out).contains("stopped (--stop-after) at step 10/20"), "{}", stderr(&out));
+    assert_eq!(metrics(&parts).len(), 10);
+    // Resuming needs no --config: the checkpoint holds the model and the recipe.
+    let mut args = vec!["train", "--resume", "--out", path(&parts)];
+    args.extend(common);
+    ok(&args);
+    let (a, b) = (metrics(&whole), metrics(&parts));
+    assert_eq!(a.len(), 20);
+    assert_eq!(b.len(), 20);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.step, y.step);
+        assert_eq!(x.loss.to_bits(), y.loss.to_bits(), "step {}", x.step);
+        assert_eq!(x.val_loss.map(f32::to_bits), y.val_loss.map(f32::to_bits), "step {}", x.step);
+    }
+    let read = |run: &Path| fs::read(run.join("ckpt/model.safetensors")).unwrap();
+    assert_eq!(read(&whole), read(&parts), "final weights bitwise equal");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    let dir = scratch("ctrlc");
+    let config = write(&dir, "small.toml", SMALL_CONFIG);
+    let run = dir.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_vffn"))
+        .args(["train", "--config", path(&config), "--out", path(&run), "--steps", "100000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way, then interrupt.
+    let started = Instant::now();
+    while fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 5 {
+        assert!(started.elapsed() < Duration::from_secs(60), "training did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("interrupted at step"), "{err}");
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("ckpt/state.json")).unwrap()).unwrap();
+    let step = state["step"].as_u64().unwrap();
+    assert!((5..100000).contains(&step), "{step}");
+    assert_eq!(metrics(&run).last().unwrap().step, step);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_bad_input_is_one_clear_error_line() {
+    let dir = scratch("bad");
+    let config = write(&dir, "small.toml", SMALL_CONFIG);
+    let cfg = path(&config);
+    let out = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let quick = ["--steps", "4", "--sample-bytes", "0"];
+    let train = |extra: &[&str], needle: &str| {
+        let mut args = vec!["train"];
+        args.extend(extra);
+        args.extend(quick);
+        fails_with(&args, needle);
+    };
+
+    // Data files: missing, empty, a directory, too short for one window.
+    let missing = out("no-such-file.txt");
+    train(&["--config", cfg, "--out", &out("r1"), "--data", &missing], "cannot read data file");
+    let empty = write(&dir, "empty.txt", "");
+    train(&["--config", cfg, "--out", &out("r1"), "--data", path(&empty)], "is empty");
+    train(&["--config", cfg, "--out", &out("r1"), "--data", path(&dir)], "is a directory");
+    let short = write(&dir, "short.txt", "just a few bytes of text, far too few");
+    train(&["--config", cfg, "--out", &out("r1"), "--data", path(&short)], "seq_len + 1");
+
+    // Config files: missing, unknown key (named, with a suggestion), bad values.
+    train(&["--config", &out("none.toml"), "--out", &out("r1")], "cannot read config file");
+    let typo = write(&dir, "typo.toml", "[model]\nd_modle = 64\n");
+    train(&["--config", path(&typo), "--out", &out("r1")], "unknown key `model.d_modle`");
+    let bad = write(&dir, "bad.toml", "[model]\nd_model = \"big\"\n");
+    train(&["--config", path(&bad), "--out", &out("r1")], "model.d_model");
+    let constraint = write(&dir, "c.toml", "[model]\nn_heads = 3\n");
+    train(&["--config", path(&constraint), "--out", &out("r1")], "model.n_heads");
+    let syntax = write(&dir, "syntax.toml", "[model\n");
+    train(&["--config", path(&syntax), "--out", &out("r1")], "not valid TOML");
+    train(&["--config", cfg, "--out", &out("r1"), "--steps", "0"], "train.steps");
+    train(&["--config", cfg, "--out", &out("r1"), "--threads", "0"], "--threads");
+
+    // Too big for the memory asked.
+    train(&["--preset", "small", "--out", &out("r1"), "--max-memory-mb", "16"], "model too big");
+
+    // Checkpoints: none there, of another architecture, truncated, corrupted.
+    fails_with(&["eval", "--checkpoint", &out("nothing")], "does not exist");
+    train(&["--config", cfg, "--out", &out("nothing"), "--resume"], "cannot resume");
+    let run = out("run");
+    ok(&["train", "--config", cfg, "--out", &run, "--steps", "3", "--sample-bytes", "0"]);
+    train(&["--config", cfg, "--out", &run], "already holds a checkpoint");
+    let wider = write(&dir, "wider.toml", &SMALL_CONFIG.replace("d_model = 32", "d_model = 48"));
+    train(&["--config", path(&wider), "--out", &run, "--resume"], "another architecture");
+    train(
+        &["--config", path(&wider), "--out", &out("r2"), "--init-from", &run],
+        "transformer.wte.weight",
+    );
+    // Continued pre-training into another block kind works.
+    ok(&[
+        "train",
+        "--config",
+        cfg,
+        "--block",
+        "dense",
+        "--out",
+        &out("r3"),
+        "--init-from",
+        &run,
+        "--steps",
+        "2",
+        "--sample-bytes",
+        "0",
+    ]);
+    train(&["--config", cfg, "--out", &run, "--resume", "--data", path(&short)], "trained on");
+
+    let model_file = dir.join("run/ckpt/model.safetensors");
+    let bytes = fs::read(&model_file).unwrap();
+    fs::write(&model_file, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&["eval", "--checkpoint", &run], "truncated or corrupted");
+    fails_with(&["generate", "--checkpoint", &run, "--prompt", "a"], "truncated or corrupted");
+    train(&["--out", &run, "--resume"], "truncated or corrupted");
+    let mut corrupted = bytes.clone();
+    corrupted[8..40].fill(b'#');
+    fs::write(&model_file, &corrupted).unwrap();
+    fails_with(&["eval", "--checkpoint", &run], "model.safetensors");
+    fs::write(&model_file, &bytes).unwrap();
+    fs::remove_file(dir.join("run/ckpt/optimizer.safetensors")).unwrap();
+    train(&["--out", &run, "--resume"], "optimizer.safetensors");
+
+    // Generation arguments.
+    fails_with(&["generate", "--checkpoint", &run, "--prompt", ""], "prompt is empty");
+    let negative = ["generate", "--checkpoint", &run, "--prompt", "a", "--temperature", "-1"];
+    fails_with(&negative, "--temperature");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_checkpoint() {
+    let dir = scratch("nan");
+    let config = write(
+        &dir,
+        "huge-lr.toml",
+        &SMALL_CONFIG.replace("steps = 50", "steps = 40\nlr = 1e30\nwarmup_steps = 1"),
+    );
+    let run = dir.join("run");
+    let args = ["train", "--config", path(&config), "--out", path(&run), "--save-every", "1"];
+    let out = vffn(&args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("training stopped"), "{err}");
+    // The checkpoint left behind is a good one: it evaluates to a finite loss.
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("ckpt/state.json")).unwrap()).unwrap();
+    assert!(state["step"].as_u64().unwrap() < 40);
+    ok(&["eval", "--checkpoint", path(&run), "--json"]);
+    fs::remove_dir_all(&dir).unwrap();
+}

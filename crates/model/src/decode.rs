@@ -1,0 +1,100 @@
+//! Incremental decoding with a KV cache: one token per step, logits of the next byte. Each layer
+//! caches the RoPE-rotated keys and the values of every past position, so a step costs one
+//! token's projections plus attention over the cache; results equal the full inference forward.
+
+use vffn_autograd::{Tape, Tensor};
+use vffn_kernels::attention::attention_decode;
+
+use crate::model::{Model, ModelError};
+
+/// A KV-cache decoder over a [`Model`] (see [`Model::decoder`]).
+pub struct Decoder<'a> {
+    model: &'a Model,
+    max_len: usize,
+    /// Tokens fed so far (the position of the next one).
+    len: usize,
+    /// Per layer: rotated keys [max_len, d] and values [max_len, d].
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+}
+
+impl<'a> Decoder<'a> {
+    pub(crate) fn new(model: &'a Model, max_len: usize) -> Decoder<'a> {
+        let size = max_len * model.config.d_model;
+        let layers = model.config.n_layers;
+        Decoder {
+            model,
+            max_len,
+            len: 0,
+            keys: (0..layers).map(|_| vec![0.0; size]).collect(),
+            values: (0..layers).map(|_| vec![0.0; size]).collect(),
+        }
+    }
+
+    /// Tokens fed so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Capacity in tokens.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Forgets every cached token.
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Feeds one token; returns the logits [V] of the next one.
+    pub fn push(&mut self, token: u32) -> Result<Vec<f32>, ModelError> {
+        let model = self.model;
+        let cfg = &model.config;
+        if token as usize >= cfg.vocab_size {
+            return Err(ModelError::TokenOutOfRange {
+                token,
+                position: self.len,
+                vocab_size: cfg.vocab_size,
+            });
+        }
+        if self.len >= self.max_len {
+            return Err(ModelError::DecoderFull { max_len: self.max_len });
+        }
+        let (d, pos) = (cfg.d_model, self.len);
+        let mut tape = Tape::no_grad();
+        let wte = tape.param(&model.params, model.wte);
+        let mut x = tape.embedding(&wte, &[token]); // [1, d]
+        for (layer, ids) in model.layers.iter().enumerate() {
+            let w = ids.load(&mut tape, &model.params);
+            let h = tape.rms_norm(&x, &w.attn_norm, cfg.norm_eps);
+            let qkv = tape.linear(&h, &w.att_proj); // [1, 3d]
+            let qkv = tape.rope(&qkv, &[0, d], cfg.n_heads, cfg.head_dim(), &[pos], cfg.rope_theta);
+            let qkv = qkv.data();
+            self.keys[layer][pos * d..(pos + 1) * d].copy_from_slice(&qkv[d..2 * d]);
+            self.values[layer][pos * d..(pos + 1) * d].copy_from_slice(&qkv[2 * d..3 * d]);
+            let mut attended = vec![0.0f32; d];
+            attention_decode(
+                cfg.n_heads,
+                cfg.head_dim(),
+                &qkv[..d],
+                &self.keys[layer],
+                &self.values[layer],
+                pos + 1,
+                &mut attended,
+            );
+            let attended = Tensor::from_vec(&[1, d], attended)?;
+            let a = tape.linear(&attended, &w.attn_out);
+            let x_attn = tape.add(&x, &a);
+            x = model.infer_ffn_part(&mut tape, &w, &x_attn);
+        }
+        self.len += 1;
+        let ln_f = tape.param(&model.params, model.ln_f);
+        let head = tape.param(&model.params, model.head);
+        let h = tape.rms_norm(&x, &ln_f, cfg.norm_eps);
+        Ok(tape.linear(&h, &head).to_vec())
+    }
+}

@@ -1,0 +1,409 @@
+//! The transformer: byte embedding → blocks → final RMSNorm → untied LM head.
+//!
+//! Each block is x + attn(attn_norm x) followed by the FFN part of its kind (dense, kloop, moe,
+//! versatile; see [`crate::blocks`] and [`crate::versatile`]).
+//!
+//! Public API (the CLI codes against it):
+//! - [`Model::new`], [`Model::from_checkpoint`], [`Model::init_from`], [`Model::tensor_refs`];
+//! - [`Model::train_forward`] (graph on a [`Tape`]; loss = mean CE + coef·Σ balance);
+//! - [`Model::infer`] (no tape, argmax depth, per-token early exit), [`Model::eval_loss`];
+//! - [`Model::decoder`] (KV-cache generation, see [`crate::decode::Decoder`]).
+
+use thiserror::Error;
+use vffn_autograd::{ParamId, ParamStore, Rng, Tape, Tensor};
+
+use crate::blocks::{attention, looped_part, moe_part, LayerIds, LayerWeights};
+use crate::checkpoint::{CheckpointError, LoadPlan, ModelCheckpoint, TensorRef};
+use crate::config::{BlockKind, Config, ConfigError, ParamKind};
+use crate::data::Batch;
+use crate::decode::Decoder;
+use crate::flops::{realized_inference_flops, FlopsBreakdown, FlopsError};
+use crate::versatile::{versatile_infer, versatile_train};
+
+/// Errors of building or running a model. Bad inputs (token ids, shapes) are errors, not panics.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("invalid config: {0}")]
+    Config(#[from] ConfigError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error("tensor engine: {0}")]
+    Autograd(#[from] vffn_autograd::Error),
+    #[error("token id {token} at position {position} is outside the vocabulary of {vocab_size}")]
+    TokenOutOfRange { token: u32, position: usize, vocab_size: usize },
+    #[error("empty input: batch {batch} × seq {seq}")]
+    EmptyInput { batch: usize, seq: usize },
+    #[error("{what}: expected {expected} tokens (batch × seq), got {got}")]
+    InputLength { what: &'static str, expected: usize, got: usize },
+    #[error("decoder cache is full ({max_len} tokens)")]
+    DecoderFull { max_len: usize },
+    #[error("flops: {0}")]
+    Flops(#[from] FlopsError),
+    #[error("not implemented: {0}")]
+    Unimplemented(&'static str),
+}
+
+/// Routing decisions per layer for every token of a forward.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Routing {
+    /// Per layer: chosen loop count 1..D per token [B·T]; empty for layers without a depth
+    /// router (dense, kloop, moe, width-only versatile).
+    pub depth: Vec<Vec<u8>>,
+    /// Per layer: chosen experts per token [B·T·k] (slots by descending router logit); empty for
+    /// layers without a router.
+    pub experts: Vec<Vec<u32>>,
+}
+
+/// What a training forward returns.
+pub struct TrainOutput {
+    /// mean CE + balance_loss_coef · Σ_layers balance (scalar, on the tape).
+    pub loss: Tensor,
+    /// Mean cross-entropy (nats).
+    pub ce: f32,
+    /// Σ over routed layers of the balance loss (before the coefficient).
+    pub balance: f32,
+    /// [B·T, V] on the tape.
+    pub logits: Tensor,
+    pub routing: Routing,
+}
+
+/// What an inference forward returns.
+#[derive(Clone, Debug)]
+pub struct InferOutput {
+    /// [B·T, V] row-major.
+    pub logits: Vec<f32>,
+    pub routing: Routing,
+}
+
+impl InferOutput {
+    /// Realized inference FLOPs per token of this batch from its depth routing (the paper's
+    /// `Base·N_mean + (MoE−Base)·P`); `mean_context` is the mean attended context length.
+    pub fn realized_flops(
+        &self,
+        config: &Config,
+        mean_context: f64,
+    ) -> Result<FlopsBreakdown, ModelError> {
+        let depths: Vec<Vec<usize>> = self
+            .routing
+            .depth
+            .iter()
+            .map(|layer| layer.iter().map(|&c| c as usize).collect())
+            .collect();
+        Ok(realized_inference_flops(config, mean_context, &depths)?)
+    }
+}
+
+/// The model: config, parameters (named as [`Config::param_specs`]) and per-layer handles.
+#[derive(Debug)]
+pub struct Model {
+    pub config: Config,
+    pub params: ParamStore,
+    pub(crate) wte: ParamId,
+    pub(crate) layers: Vec<LayerIds>,
+    pub(crate) ln_f: ParamId,
+    pub(crate) head: ParamId,
+}
+
+impl Model {
+    /// Fresh init: matrices N(0, init_std) truncated at ±3σ, norm weights 1. Deterministic per
+    /// seed (parameters drawn in param_specs order).
+    pub fn new(config: Config, seed: u64) -> Result<Model, ModelError> {
+        config.validate()?;
+        let mut rng = Rng::new(seed);
+        let mut params = ParamStore::new();
+        for spec in config.param_specs() {
+            let data = match spec.kind {
+                ParamKind::Matrix => {
+                    (0..spec.numel()).map(|_| rng.truncated_normal(config.init_std)).collect()
+                }
+                ParamKind::Norm => vec![1.0; spec.numel()],
+            };
+            params.add(&spec.name, &spec.shape, data, !spec.decays())?;
+        }
+        Model::from_store(config, params)
+    }
+
+    /// Exact load (resume): every tensor present with the right shape, nothing extra.
+    pub fn from_checkpoint(ckpt: &ModelCheckpoint) -> Result<Model, ModelError> {
+        let config = ckpt.config.clone();
+        config.validate()?;
+        let specs = config.param_specs();
+        ckpt.check_exact(&specs)?;
+        let mut params = ParamStore::new();
+        for spec in &specs {
+            let t = &ckpt.tensors[&spec.name];
+            params.add(&spec.name, &spec.shape, t.data.clone(), !spec.decays())?;
+        }
+        Model::from_store(config, params)
+    }
+
+    /// Continued pre-training: a fresh `config` model from `seed`, then every tensor the
+    /// checkpoint has with the right shape copied in (e.g. dense → versatile).
+    pub fn init_from(
+        config: Config,
+        seed: u64,
+        ckpt: &ModelCheckpoint,
+    ) -> Result<(Model, LoadPlan), ModelError> {
+        let mut model = Model::new(config, seed)?;
+        let plan = ckpt.plan_load(&model.config.param_specs())?;
+        for name in &plan.copied {
+            let id = model.params.id(name).expect("plan names come from param_specs");
+            let src = &ckpt.tensors[name].data;
+            model.params.get_mut(id).data_mut().copy_from_slice(src);
+        }
+        Ok((model, plan))
+    }
+
+    /// Builds the handles from a store filled in param_specs order.
+    fn from_store(config: Config, params: ParamStore) -> Result<Model, ModelError> {
+        let id = |name: String| {
+            params
+                .id(&name)
+                .ok_or(CheckpointError::MissingTensor { name })
+                .map_err(ModelError::from)
+        };
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for layer in 0..config.n_layers {
+            let p = format!("transformer.blocks.{layer}");
+            let routed = matches!(config.block, BlockKind::Moe | BlockKind::Versatile);
+            let mut experts = Vec::new();
+            if config.block == BlockKind::Moe {
+                for e in 0..config.n_experts {
+                    experts.push((
+                        id(format!("{p}.experts.{e}.ff_proj.weight"))?,
+                        id(format!("{p}.experts.{e}.ff_out.weight"))?,
+                    ));
+                }
+            }
+            layers.push(LayerIds {
+                attn_norm: id(format!("{p}.attn_norm.weight"))?,
+                att_proj: id(format!("{p}.att_proj.weight"))?,
+                attn_out: id(format!("{p}.attn_out.weight"))?,
+                ff_norm: id(format!("{p}.ff_norm.weight"))?,
+                ff_proj: id(format!("{p}.ff_proj.weight"))?,
+                ff_out: id(format!("{p}.ff_out.weight"))?,
+                expert_gate: if routed {
+                    Some(id(format!("{p}.expert_gate.weight"))?)
+                } else {
+                    None
+                },
+                depth_predictor: if config.block == BlockKind::Versatile {
+                    Some(id(format!("{p}.depth_predictor.weight"))?)
+                } else {
+                    None
+                },
+                experts,
+            });
+        }
+        Ok(Model {
+            wte: id("transformer.wte.weight".into())?,
+            ln_f: id("transformer.ln_f.weight".into())?,
+            head: id("transformer.ff_out.weight".into())?,
+            layers,
+            config,
+            params,
+        })
+    }
+
+    /// Named tensors in param_specs order, for [`crate::checkpoint::save_model`].
+    pub fn tensor_refs(&self) -> Vec<TensorRef<'_>> {
+        self.params
+            .iter()
+            .map(|(_, p)| TensorRef { name: p.name(), shape: p.shape(), data: p.data() })
+            .collect()
+    }
+
+    /// Checks token ids and sizes of a [B, T] input.
+    fn check_tokens(
+        &self,
+        what: &'static str,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<(), ModelError> {
+        if batch == 0 || seq == 0 {
+            return Err(ModelError::EmptyInput { batch, seq });
+        }
+        let expected = batch.checked_mul(seq).ok_or(ModelError::EmptyInput { batch, seq })?;
+        if tokens.len() != expected {
+            return Err(ModelError::InputLength { what, expected, got: tokens.len() });
+        }
+        let vocab_size = self.config.vocab_size;
+        if let Some(position) = tokens.iter().position(|&t| t as usize >= vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                token: tokens[position],
+                position,
+                vocab_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Embedding and every block; `train` selects the training or the inference FFN parts.
+    // inputs [B·T] -> (residual [B·T, d], Σ balance or None, routing)
+    fn trunk(
+        &self,
+        tape: &mut Tape,
+        inputs: &[u32],
+        batch: usize,
+        seq: usize,
+        mode: Mode<'_>,
+    ) -> (Tensor, Option<Tensor>, Routing) {
+        let cfg = &self.config;
+        let positions: Vec<usize> = (0..batch * seq).map(|i| i % seq).collect();
+        let wte = tape.param(&self.params, self.wte);
+        let mut x = tape.embedding(&wte, inputs);
+        let mut balance: Option<Tensor> = None;
+        let mut routing = Routing::default();
+        let (temperature, mut noise) = match mode {
+            Mode::Train { temperature, noise } => (Some(temperature), noise),
+            Mode::Infer => (None, None),
+        };
+        for ids in &self.layers {
+            let w = ids.load(tape, &self.params);
+            let a = attention(tape, cfg, &w, &x, batch, seq, &positions);
+            let x_attn = tape.add(&x, &a);
+            let (out, layer_balance, depth, experts) =
+                self.ffn_part(tape, &w, &x_attn, temperature, noise.as_deref_mut());
+            if let Some(b) = layer_balance {
+                balance = Some(match balance {
+                    Some(total) => tape.add(&total, &b),
+                    None => b,
+                });
+            }
+            routing.depth.push(depth);
+            routing.experts.push(experts);
+            x = out;
+        }
+        (x, balance, routing)
+    }
+
+    /// The FFN part of one block. `temperature: None` = inference mode.
+    // x [N, d] -> (out [N, d], balance, depth [N] or empty, experts [N·k] or empty)
+    fn ffn_part(
+        &self,
+        tape: &mut Tape,
+        w: &LayerWeights,
+        x: &Tensor,
+        temperature: Option<f32>,
+        noise: Option<&mut Rng>,
+    ) -> (Tensor, Option<Tensor>, Vec<u8>, Vec<u32>) {
+        let cfg = &self.config;
+        match cfg.block {
+            BlockKind::Dense | BlockKind::Kloop => {
+                (looped_part(tape, cfg, w, x), None, Vec::new(), Vec::new())
+            }
+            BlockKind::Moe => {
+                let (out, logits, experts) = moe_part(tape, cfg, w, x);
+                let balance =
+                    temperature.map(|_| crate::blocks::balance_loss(tape, &logits, &experts));
+                (out, balance, Vec::new(), experts)
+            }
+            BlockKind::Versatile => match temperature {
+                Some(t) => {
+                    let (out, balance, r) = versatile_train(tape, cfg, w, x, t, noise);
+                    (out, balance, r.depth, r.experts)
+                }
+                None => {
+                    let (out, r) = versatile_infer(tape, cfg, w, x);
+                    (out, None, r.depth, r.experts)
+                }
+            },
+        }
+    }
+
+    /// Final RMSNorm and the untied LM head.
+    // x [B·T, d] -> logits [B·T, V]
+    fn head(&self, tape: &mut Tape, x: &Tensor) -> Tensor {
+        let ln_f = tape.param(&self.params, self.ln_f);
+        let head = tape.param(&self.params, self.head);
+        let h = tape.rms_norm(x, &ln_f, self.config.norm_eps);
+        tape.linear(&h, &head)
+    }
+
+    /// Training forward: builds the graph on `tape`; loss = mean CE + balance_loss_coef·Σ
+    /// balance. `noise`: Some(rng) = Gumbel noise drawn from rng (layer by layer, row-major);
+    /// None = zero noise. inputs/targets [B·T] from the batch.
+    pub fn train_forward(
+        &self,
+        tape: &mut Tape,
+        batch: &Batch,
+        temperature: f32,
+        noise: Option<&mut Rng>,
+    ) -> Result<TrainOutput, ModelError> {
+        let (b, t) = (batch.batch_size, batch.seq_len);
+        self.check_tokens("inputs", &batch.inputs, b, t)?;
+        self.check_tokens("targets", &batch.targets, b, t)?;
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(ModelError::Config(ConfigError::Constraint {
+                key: "temperature".into(),
+                value: temperature.to_string(),
+                reason: "must be finite and positive".into(),
+            }));
+        }
+        let mode = Mode::Train { temperature, noise };
+        let (x, balance, routing) = self.trunk(tape, &batch.inputs, b, t, mode);
+        let logits = self.head(tape, &x);
+        let ce = tape.cross_entropy(&logits, &batch.targets);
+        let ce_value = ce.item();
+        let (loss, balance_value) = match balance {
+            Some(total) => {
+                let value = total.item();
+                let weighted = tape.scale(&total, self.config.balance_loss_coef);
+                (tape.add(&ce, &weighted), value)
+            }
+            None => (ce, 0.0),
+        };
+        Ok(TrainOutput { loss, ce: ce_value, balance: balance_value, logits, routing })
+    }
+
+    /// Inference forward (no tape): argmax depth, per-token early exit, width path only where
+    /// λ > 0. `inputs` is [batch · seq] row-major.
+    pub fn infer(
+        &self,
+        inputs: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<InferOutput, ModelError> {
+        let (logits, routing) = self.infer_tensor(inputs, batch, seq)?;
+        Ok(InferOutput { logits: logits.to_vec(), routing })
+    }
+
+    fn infer_tensor(
+        &self,
+        inputs: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<(Tensor, Routing), ModelError> {
+        self.check_tokens("inputs", inputs, batch, seq)?;
+        let mut tape = Tape::no_grad();
+        let (x, _, routing) = self.trunk(&mut tape, inputs, batch, seq, Mode::Infer);
+        Ok((self.head(&mut tape, &x), routing))
+    }
+
+    /// Mean CE (nats) of next-byte prediction in inference mode for one batch.
+    pub fn eval_loss(&self, batch: &Batch) -> Result<f32, ModelError> {
+        let (b, t) = (batch.batch_size, batch.seq_len);
+        self.check_tokens("targets", &batch.targets, b, t)?;
+        let (logits, _) = self.infer_tensor(&batch.inputs, b, t)?;
+        let mut tape = Tape::no_grad();
+        Ok(tape.cross_entropy(&logits, &batch.targets).item())
+    }
+
+    /// Incremental decoding with a KV cache of up to `max_len` tokens.
+    pub fn decoder(&self, max_len: usize) -> Decoder<'_> {
+        Decoder::new(self, max_len)
+    }
+
+    /// Inference FFN part of layer `layer` on rows `x` (used by the decoder).
+    // x [N, d] -> [N, d]
+    pub(crate) fn infer_ffn_part(&self, tape: &mut Tape, w: &LayerWeights, x: &Tensor) -> Tensor {
+        self.ffn_part(tape, w, x, None, None).0
+    }
+}
+
+/// Training (with temperature and optional noise) or inference.
+enum Mode<'a> {
+    Train { temperature: f32, noise: Option<&'a mut Rng> },
+    Infer,
+}

@@ -1,0 +1,442 @@
+//! The VersatileFFN block (Nie et al. 2025), one function per equation of the paper:
+//!
+//! - [`width_path`]: virtual experts that are slices of the one shared FFN, top-k routed from
+//!   the un-normalized post-attention residual x: out_w = x + Σ_k g_k·FFN_k(ff_norm x).
+//! - [`depth_path`]: the shared FFN looped, x_ℓ = x_{ℓ−1} + FFN(ff_norm x_{ℓ−1}), with a hard
+//!   Gumbel-softmax over the loop count ℓ ∈ 1..D: out_d = Σ_ℓ p_ℓ·x_ℓ.
+//! - [`fuse`]: λ = (D − Σ_ℓ ℓ·p_ℓ)/D, out = (1−λ)·out_d + λ·out_w.
+//! - [`crate::blocks::balance_loss`]: the router's load-balancing loss.
+//!
+//! Training computes every loop for every token ([`versatile_train`]); inference
+//! ([`versatile_infer`]) runs each token exactly its argmax loop count and the width path only
+//! for tokens with λ > 0. These path functions are kept separate so fused grouped-GEMM kernels
+//! can replace them later.
+
+use vffn_autograd::{Rng, Tape, Tensor};
+
+use crate::blocks::{balance_loss, ffn_step, matmul_nn, route_top_k, routed_sum, LayerWeights};
+use crate::config::{Config, Fusion, Paths};
+
+/// What a versatile layer decided, per token.
+pub(crate) struct VersatileRouting {
+    /// Chosen loop count 1..D per token (empty when the depth path is off). [N]
+    pub depth: Vec<u8>,
+    /// Chosen virtual experts per token (empty when the width path is off). [N·k]
+    pub experts: Vec<u32>,
+}
+
+/// Width path: virtual expert e is the SwiGLU slice with value rows e·s.., gate rows h+e·s.. of
+/// ff_proj and columns e·s.. of ff_out (s = h/E). The gate reads the raw residual x.
+// x [N, d], z = ff_norm(x) [N, d] -> (out_w [N, d], router logits [N, E], experts [N·k])
+pub(crate) fn width_path(
+    tape: &mut Tape,
+    cfg: &Config,
+    w: &LayerWeights,
+    x: &Tensor,
+    z: &Tensor,
+) -> (Tensor, Tensor, Vec<u32>) {
+    let (h, s) = (cfg.hidden, cfg.expert_width());
+    let gate = w.expert_gate.as_ref().expect("versatile layer has expert_gate");
+    let logits = tape.linear(x, gate); // [N, E]
+    let route = route_top_k(tape, &logits, cfg.top_k);
+    // Columns e·s.. of ff_out are rows e·s.. of its transpose: transpose once per layer.
+    let out_t = tape.transpose(&w.ff_out); // [h, d]
+    let routed = routed_sum(tape, z, &route, |tape, e, z_e| {
+        let value = w.ff_proj.narrow_rows(e * s, s).expect("value rows in range");
+        let gate = w.ff_proj.narrow_rows(h + e * s, s).expect("gate rows in range");
+        let proj_e = tape.concat(&[&value, &gate], 0); // [2s, d]
+        let u = tape.linear(z_e, &proj_e); // [M_e, 2s]
+        let a = tape.swiglu(&u); // [M_e, s]
+        let out_rows = out_t.narrow_rows(e * s, s).expect("ff_out columns in range"); // [s, d]
+        matmul_nn(tape, &a, &out_rows) // [M_e, d]
+    });
+    (tape.add(x, &routed), logits, route.experts)
+}
+
+/// Depth path (training): all D loops for every token, mixed by the hard Gumbel-softmax
+/// one-hot p over loop counts (straight-through gradient at temperature τ).
+// x [N, d] -> (out_d [N, d], p [N, D], chosen loop count per token [N])
+pub(crate) fn depth_path(
+    tape: &mut Tape,
+    cfg: &Config,
+    w: &LayerWeights,
+    x: &Tensor,
+    temperature: f32,
+    noise: Option<&mut Rng>,
+) -> (Tensor, Tensor, Vec<u8>) {
+    let predictor = w.depth_predictor.as_ref().expect("versatile layer has depth_predictor");
+    let logits = tape.linear(x, predictor); // [N, D]
+    let probs = tape.gumbel_softmax_hard(&logits, temperature, noise); // one-hot [N, D]
+    let depth = one_hot_choices(&probs);
+    let mut loops = Vec::with_capacity(cfg.max_depth);
+    let mut x_l = x.clone();
+    for _ in 0..cfg.max_depth {
+        x_l = ffn_step(tape, cfg, w, &x_l);
+        loops.push(x_l.clone());
+    }
+    let refs: Vec<&Tensor> = loops.iter().collect();
+    let stacked = tape.stack(&refs); // [D, N, d]
+    (tape.weighted_sum(&stacked, &probs), probs, depth)
+}
+
+/// Loop count 1..D of each row of a one-hot [N, D].
+fn one_hot_choices(probs: &Tensor) -> Vec<u8> {
+    let d = probs.cols();
+    probs
+        .data()
+        .chunks_exact(d.max(1))
+        .map(|row| row.iter().position(|&p| p == 1.0).map_or(d, |i| i + 1) as u8)
+        .collect()
+}
+
+/// Difficulty-aware fusion λ = (D − Σ_ℓ ℓ·p_ℓ)/D, out = out_d + λ·(out_w − out_d), i.e.
+/// (1−λ)·out_d + λ·out_w; `fusion = average` uses λ = 1/2.
+// out_d [N, d], out_w [N, d], p [N, D] -> [N, d]
+pub(crate) fn fuse(
+    tape: &mut Tape,
+    cfg: &Config,
+    out_d: &Tensor,
+    out_w: &Tensor,
+    probs: &Tensor,
+) -> Tensor {
+    let n = out_d.rows();
+    let diff = tape.sub(out_w, out_d);
+    let lambda = match cfg.fusion {
+        Fusion::Average => Tensor::full(&[n], 0.5),
+        Fusion::Gated => {
+            let depth = cfg.max_depth;
+            // Σ_ℓ (ℓ/D)·p_ℓ as one linear map, so λ = 1 − that.
+            let steps: Vec<f32> = (1..=depth).map(|l| l as f32 / depth as f32).collect();
+            let steps = Tensor::from_vec(&[1, depth], steps).expect("D elements");
+            let mean_frac = tape.linear(probs, &steps); // [N, 1]
+            let ones = Tensor::full(&[n, 1], 1.0);
+            let lambda = tape.sub(&ones, &mean_frac);
+            lambda.reshape(&[n]).expect("one λ per row")
+        }
+    };
+    let moved = tape.scale_rows(&diff, &lambda);
+    tape.add(out_d, &moved)
+}
+
+/// A versatile layer in training mode: both paths over all tokens, fused; plus the balance
+/// loss of the width router (None when the width path is off).
+// x [N, d] -> (out [N, d], balance scalar, routing)
+pub(crate) fn versatile_train(
+    tape: &mut Tape,
+    cfg: &Config,
+    w: &LayerWeights,
+    x: &Tensor,
+    temperature: f32,
+    noise: Option<&mut Rng>,
+) -> (Tensor, Option<Tensor>, VersatileRouting) {
+    let width = |tape: &mut Tape| {
+        let z = tape.rms_norm(x, &w.ff_norm, cfg.norm_eps);
+        let (out_w, logits, experts) = width_path(tape, cfg, w, x, &z);
+        let balance = balance_loss(tape, &logits, &experts);
+        (out_w, balance, experts)
+    };
+    match cfg.paths {
+        Paths::Width => {
+            let (out_w, balance, experts) = width(tape);
+            (out_w, Some(balance), VersatileRouting { depth: Vec::new(), experts })
+        }
+        Paths::Depth => {
+            let (out_d, _, depth) = depth_path(tape, cfg, w, x, temperature, noise);
+            (out_d, None, VersatileRouting { depth, experts: Vec::new() })
+        }
+        Paths::Both => {
+            let (out_w, balance, experts) = width(tape);
+            let (out_d, probs, depth) = depth_path(tape, cfg, w, x, temperature, noise);
+            let out = fuse(tape, cfg, &out_d, &out_w, &probs);
+            (out, Some(balance), VersatileRouting { depth, experts })
+        }
+    }
+}
+
+/// A versatile layer at inference: argmax loop count per token; each token runs exactly its
+/// loops (the running set is compacted after every loop); the width path runs only for tokens
+/// with λ > 0. `tape` must be a no-grad tape.
+// x [N, d] -> (out [N, d], routing)
+pub(crate) fn versatile_infer(
+    tape: &mut Tape,
+    cfg: &Config,
+    w: &LayerWeights,
+    x: &Tensor,
+) -> (Tensor, VersatileRouting) {
+    let (n, d_model, depth_max) = (x.rows(), x.cols(), cfg.max_depth);
+    let k = cfg.top_k;
+    if cfg.paths == Paths::Width {
+        let z = tape.rms_norm(x, &w.ff_norm, cfg.norm_eps);
+        let (out_w, _, experts) = width_path(tape, cfg, w, x, &z);
+        return (out_w, VersatileRouting { depth: Vec::new(), experts });
+    }
+    let depth = argmax_depth(tape, w, x);
+    let out_d = depth_path_early_exit(tape, cfg, w, x, &depth);
+    if cfg.paths == Paths::Depth {
+        return (out_d, VersatileRouting { depth, experts: Vec::new() });
+    }
+    // Router decisions for every token (cheap, and recorded); experts only where λ > 0.
+    let gate = w.expert_gate.as_ref().expect("versatile layer has expert_gate");
+    let logits = tape.linear(x, gate);
+    let (_, experts) = tape.top_k(&logits, k);
+    let lambda: Vec<f32> = depth
+        .iter()
+        .map(|&c| match cfg.fusion {
+            Fusion::Average => 0.5,
+            Fusion::Gated => 1.0 - c as f32 / depth_max as f32,
+        })
+        .collect();
+    let width_rows: Vec<u32> = (0..n as u32).filter(|&t| lambda[t as usize] != 0.0).collect();
+    let mut out = out_d.to_vec();
+    if !width_rows.is_empty() {
+        let x_w = tape.gather_rows(x, &width_rows); // [W, d]
+        let z_w = tape.rms_norm(&x_w, &w.ff_norm, cfg.norm_eps);
+        let (out_w, _, _) = width_path(tape, cfg, w, &x_w, &z_w);
+        for (r, &t) in width_rows.iter().enumerate() {
+            let t = t as usize;
+            let lam = lambda[t];
+            let dst = &mut out[t * d_model..(t + 1) * d_model];
+            let src = &out_w.data()[r * d_model..(r + 1) * d_model];
+            // Same arithmetic as `fuse`: out_d + λ·(out_w − out_d).
+            dst.iter_mut().zip(src).for_each(|(o, &wv)| *o += lam * (wv - *o));
+        }
+    }
+    let out = Tensor::from_vec(&[n, d_model], out).expect("[N, d]");
+    (out, VersatileRouting { depth, experts })
+}
+
+/// Argmax of the depth predictor per token (ties: lower index) as a loop count 1..D.
+// x [N, d] -> [N]
+fn argmax_depth(tape: &mut Tape, w: &LayerWeights, x: &Tensor) -> Vec<u8> {
+    let predictor = w.depth_predictor.as_ref().expect("versatile layer has depth_predictor");
+    let logits = tape.linear(x, predictor); // [N, D]
+    let (_, best) = tape.top_k(&logits, 1);
+    best.iter().map(|&i| i as u8 + 1).collect()
+}
+
+/// Depth path at inference: token t runs exactly `depth[t]` loops; after each loop the tokens
+/// that are done are written out and the rest are gathered into a smaller running set.
+// x [N, d], depth [N] (1..D) -> x_{depth[t]} per token [N, d]
+pub(crate) fn depth_path_early_exit(
+    tape: &mut Tape,
+    cfg: &Config,
+    w: &LayerWeights,
+    x: &Tensor,
+    depth: &[u8],
+) -> Tensor {
+    let (n, d) = (x.rows(), x.cols());
+    let mut out = vec![0.0f32; n * d];
+    let mut running: Vec<u32> = (0..n as u32).collect(); // token of each running row
+    let mut x_run = x.clone(); // [running, d]
+    for loop_count in 1..=cfg.max_depth {
+        if running.is_empty() {
+            break;
+        }
+        let next = ffn_step(tape, cfg, w, &x_run);
+        let mut keep = Vec::with_capacity(running.len());
+        for (row, &t) in running.iter().enumerate() {
+            if depth[t as usize] as usize <= loop_count {
+                let t = t as usize;
+                out[t * d..(t + 1) * d].copy_from_slice(&next.data()[row * d..(row + 1) * d]);
+            } else {
+                keep.push(row as u32);
+            }
+        }
+        if keep.len() == running.len() {
+            x_run = next;
+        } else {
+            x_run = tape.gather_rows(&next, &keep);
+            running = keep.iter().map(|&r| running[r as usize]).collect();
+        }
+    }
+    Tensor::from_vec(&[n, d], out).expect("[N, d]")
+}
+
+#[cfg(test)]
+mod tests {
+    //! Inference early exit against a run-everything reference, and central finite differences
+    //! of whole blocks (attention + FFN part) against the tape's gradients.
+
+    use vffn_autograd::{ParamId, Rng, Tape, Tensor};
+
+    use super::*;
+    use crate::blocks::{attention, moe_part};
+    use crate::config::BlockKind;
+    use crate::model::Model;
+
+    fn tiny(block: BlockKind, paths: Paths) -> Config {
+        Config {
+            vocab_size: 16,
+            d_model: 8,
+            n_heads: 2,
+            n_layers: 1,
+            hidden: 16,
+            block,
+            n_experts: 4,
+            top_k: 2,
+            max_depth: 3,
+            paths,
+            init_std: 0.5,
+            seq_len: 6,
+            batch_size: 1,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn early_exit_equals_running_everyone_to_the_max_and_gathering() {
+        let cfg = Config { hidden: 32, d_model: 16, ..tiny(BlockKind::Versatile, Paths::Both) };
+        let model = Model::new(cfg.clone(), 3).unwrap();
+        let mut tape = Tape::no_grad();
+        let w = model.layers[0].load(&mut tape, &model.params);
+        let n = 40;
+        let x = Tensor::randn(&[n, 16], 1.0, &mut Rng::new(8));
+        let depth = argmax_depth(&mut tape, &w, &x);
+        let distinct: std::collections::BTreeSet<u8> = depth.iter().copied().collect();
+        assert_eq!(distinct.len(), 3, "every loop count should occur: {depth:?}");
+        let got = depth_path_early_exit(&mut tape, &cfg, &w, &x, &depth);
+        // Reference: all tokens run the batch maximum of loops; pick x_{depth[t]} per token.
+        let max = *depth.iter().max().unwrap() as usize;
+        let mut states = Vec::new();
+        let mut x_l = x.clone();
+        for _ in 0..max {
+            x_l = ffn_step(&mut tape, &cfg, &w, &x_l);
+            states.push(x_l.to_vec());
+        }
+        for (t, &c) in depth.iter().enumerate() {
+            let want = &states[c as usize - 1][t * 16..(t + 1) * 16];
+            let row = &got.data()[t * 16..(t + 1) * 16];
+            // Row-wise ops on gathered rows give bit-identical rows.
+            assert_eq!(row, want, "token {t} (depth {c})");
+        }
+    }
+
+    /// One whole block (attention + FFN part) in training mode with fixed noise; the loss is
+    /// Σ out ⊙ r (f64) + coef·balance. Returns (loss, routing signature).
+    fn block_loss(
+        model: &Model,
+        x: &[f32],
+        r: &[f32],
+        grads: Option<&mut Vec<(ParamId, Vec<f32>)>>,
+        grad_x: Option<&mut Vec<f32>>,
+    ) -> (f64, Vec<u32>) {
+        let cfg = &model.config;
+        let (n, d) = (cfg.seq_len, cfg.d_model);
+        let mut tape = if grads.is_some() { Tape::new() } else { Tape::no_grad() };
+        let x0 = tape.watch(&Tensor::from_vec(&[n, d], x.to_vec()).unwrap());
+        let w = model.layers[0].load(&mut tape, &model.params);
+        let positions: Vec<usize> = (0..n).collect();
+        let a = attention(&mut tape, cfg, &w, &x0, 1, n, &positions);
+        let xa = tape.add(&x0, &a);
+        let mut noise = Rng::new(77);
+        let coef = 0.1;
+        let (out, balance, signature) = match cfg.block {
+            BlockKind::Moe => {
+                let (out, logits, experts) = moe_part(&mut tape, cfg, &w, &xa);
+                let balance = crate::blocks::balance_loss(&mut tape, &logits, &experts);
+                (out, Some(balance), experts)
+            }
+            _ => {
+                let (out, balance, routing) =
+                    versatile_train(&mut tape, cfg, &w, &xa, 0.7, Some(&mut noise));
+                let mut sig = routing.experts;
+                sig.extend(routing.depth.iter().map(|&c| u32::from(c) + 100));
+                (out, balance, sig)
+            }
+        };
+        let value = out.data().iter().zip(r).map(|(&o, &q)| f64::from(o) * f64::from(q)).sum::<f64>()
+            + balance.as_ref().map_or(0.0, |b| coef * f64::from(b.item()));
+        if let (Some(grads), Some(grad_x)) = (grads, grad_x) {
+            let rt = Tensor::from_vec(&[n, d], r.to_vec()).unwrap();
+            let prod = tape.mul(&out, &rt);
+            let mut loss = tape.sum(&prod);
+            if let Some(b) = balance {
+                let scaled = tape.scale(&b, coef as f32);
+                loss = tape.add(&loss, &scaled);
+            }
+            let g = tape.backward(&loss).unwrap();
+            *grad_x = g.get(&x0).unwrap().to_vec();
+            for (id, _) in model.params.iter() {
+                if let Some(p) = g.param(id) {
+                    grads.push((id, p.to_vec()));
+                }
+            }
+        }
+        (value, signature)
+    }
+
+    /// Central differences (step h, f64) of `block_loss` against the tape's gradients for every
+    /// entry of x and a spread of entries of each parameter named in `checked`.
+    fn check_block(cfg: Config, checked: &[&str], check_x: bool) {
+        let mut model = Model::new(cfg.clone(), 12).unwrap();
+        let (n, d) = (cfg.seq_len, cfg.d_model);
+        let mut rng = Rng::new(5);
+        let x: Vec<f32> = (0..n * d).map(|_| rng.normal()).collect();
+        let r: Vec<f32> = (0..n * d).map(|_| rng.normal()).collect();
+        let mut grads = Vec::new();
+        let mut grad_x = Vec::new();
+        let (_, base_sig) = block_loss(&model, &x, &r, Some(&mut grads), Some(&mut grad_x));
+        eprintln!("SIG {base_sig:?}");
+        let h = 1e-2f32;
+        let tol = |fd: f64, an: f64| (fd - an).abs() <= 2e-3 + 1e-2 * an.abs();
+        let mut checked_count = 0;
+        if check_x {
+            for i in 0..n * d {
+                let mut xp = x.clone();
+                xp[i] += h;
+                let (lp, sp) = block_loss(&model, &xp, &r, None, None);
+                xp[i] -= 2.0 * h;
+                let (lm, sm) = block_loss(&model, &xp, &r, None, None);
+                assert!(sp == base_sig && sm == base_sig, "routing flipped at x[{i}]");
+                let fd = (lp - lm) / (2.0 * f64::from(h));
+                let an = f64::from(grad_x[i]);
+                assert!(tol(fd, an), "{:?} x[{i}]: fd {fd:.6} vs tape {an:.6}", cfg.block);
+                checked_count += 1;
+            }
+        }
+        for (id, g) in &grads {
+            let name = model.params.get(*id).name().to_string();
+            if !checked.iter().any(|c| name.contains(c)) {
+                continue;
+            }
+            let len = g.len();
+            for i in (0..len).step_by((len / 7).max(1)) {
+                let orig = model.params.get(*id).data()[i];
+                model.params.get_mut(*id).data_mut()[i] = orig + h;
+                let (lp, sp) = block_loss(&model, &x, &r, None, None);
+                model.params.get_mut(*id).data_mut()[i] = orig - h;
+                let (lm, sm) = block_loss(&model, &x, &r, None, None);
+                model.params.get_mut(*id).data_mut()[i] = orig;
+                assert!(sp == base_sig && sm == base_sig, "routing flipped at {name}[{i}]");
+                let fd = (lp - lm) / (2.0 * f64::from(h));
+                let an = f64::from(g[i]);
+                eprintln!("ERR {name} {:.3e} {an:.3e}", (fd - an).abs());
+                assert!(tol(fd, an), "{name}[{i}]: fd {fd:.6} vs tape {an:.6}");
+                checked_count += 1;
+            }
+        }
+        assert!(checked_count > 20, "only {checked_count} entries checked");
+    }
+
+    /// Both paths: every weight of the FFN part. (The depth predictor and x get a
+    /// straight-through gradient, which is by design not the derivative of the hard forward;
+    /// it is checked against PyTorch in tests/tests/fixtures_pytorch.rs.)
+    #[test]
+    fn versatile_block_gradients_match_finite_differences() {
+        let names = ["ff_norm", "ff_proj", "ff_out", "expert_gate"];
+        check_block(tiny(BlockKind::Versatile, Paths::Both), &names, false);
+    }
+
+    /// Width path alone has no straight-through part: check x and the attention weights too.
+    #[test]
+    fn versatile_width_block_gradients_match_finite_differences() {
+        let names = ["attn_norm", "att_proj", "attn_out", "ff_norm", "ff_proj", "ff_out", "gate"];
+        check_block(tiny(BlockKind::Versatile, Paths::Width), &names, true);
+    }
+
+    #[test]
+    fn moe_block_gradients_match_finite_differences() {
+        let names = ["attn_norm", "att_proj", "attn_out", "ff_norm", "ff_proj", "ff_out", "gate"];
+        check_block(tiny(BlockKind::Moe, Paths::Both), &names, true);
+    }
+}

@@ -1,0 +1,200 @@
+//! AVX2 + FMA micro-kernel: 6 × 16 tile in 12 ymm accumulators (2 B loads + 6 broadcasts per k).
+
+use std::arch::x86_64::*;
+
+use super::{edge_load, edge_store, Tile, NR};
+
+/// Rows per tile.
+pub(crate) const MR: usize = 6;
+
+/// Dispatches on the tile height so edge rows cost only their own FMAs.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `t` must describe valid memory (see `run_tile`).
+pub(crate) unsafe fn tile(a_packed: bool, t: &Tile) {
+    // SAFETY (all arms): forwarded caller contract.
+    unsafe {
+        match (a_packed, t.mr) {
+            (true, 6) => tile_6::<true>(t),
+            (false, 6) => tile_6::<false>(t),
+            (true, 5) => tile_5::<true>(t),
+            (false, 5) => tile_5::<false>(t),
+            (true, 4) => tile_4::<true>(t),
+            (false, 4) => tile_4::<false>(t),
+            (true, 3) => tile_3::<true>(t),
+            (false, 3) => tile_3::<false>(t),
+            (true, 2) => tile_2::<true>(t),
+            (false, 2) => tile_2::<false>(t),
+            (true, 1) => tile_1::<true>(t),
+            (false, 1) => tile_1::<false>(t),
+            _ => unreachable!("tile height out of range"),
+        }
+    }
+}
+
+/// One kernel per tile height, accumulators as named locals (arrays indexed in loops end up in
+/// stack memory, costing a store per FMA).
+macro_rules! tile_kernel {
+    ($name:ident, $m:literal; $($i:literal: $c0:ident $c1:ident),+) => {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $name<const PACKED: bool>(t: &Tile) {
+            // Packed A: the M values of one k are contiguous and panels step by MR.
+            let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
+            let rs_b = t.rs_b;
+            $(
+                let mut $c0 = _mm256_setzero_ps();
+                let mut $c1 = _mm256_setzero_ps();
+            )+
+            let mut a = t.a;
+            let mut b = t.b;
+            // SAFETY (whole body): the caller guarantees A, B readable for p < k, C for the tile.
+            unsafe {
+                // The C tile is needed at the end; a 16-float row may straddle two lines.
+                $(
+                    _mm_prefetch::<_MM_HINT_T0>(t.c.wrapping_add($i * t.rs_c) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        t.c.wrapping_add($i * t.rs_c + 15 * t.cs_c) as *const i8,
+                    );
+                )+
+                macro_rules! step {
+                    ($ap:expr, $bp:expr) => {{
+                        let b0 = _mm256_loadu_ps($bp);
+                        let b1 = _mm256_loadu_ps($bp.add(8));
+                        $(
+                            let ai = _mm256_broadcast_ss(&*$ap.add($i * rs_a));
+                            $c0 = _mm256_fmadd_ps(ai, b0, $c0);
+                            $c1 = _mm256_fmadd_ps(ai, b1, $c1);
+                        )+
+                    }};
+                }
+                let mut left = t.k;
+                while left >= 4 {
+                    step!(a, b);
+                    step!(a.add(cs_a), b.add(rs_b));
+                    step!(a.add(2 * cs_a), b.add(2 * rs_b));
+                    step!(a.add(3 * cs_a), b.add(3 * rs_b));
+                    a = a.add(4 * cs_a);
+                    b = b.add(4 * rs_b);
+                    left -= 4;
+                }
+                while left > 0 {
+                    step!(a, b);
+                    a = a.add(cs_a);
+                    b = b.add(rs_b);
+                    left -= 1;
+                }
+                epilogue::<$m>([$([$c0, $c1]),+], t);
+            }
+        }
+    };
+}
+
+tile_kernel!(tile_6, 6; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51);
+tile_kernel!(tile_5, 5; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41);
+tile_kernel!(tile_4, 4; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31);
+tile_kernel!(tile_3, 3; 0: c00 c01, 1: c10 c11, 2: c20 c21);
+tile_kernel!(tile_2, 2; 0: c00 c01, 1: c10 c11);
+tile_kernel!(tile_1, 1; 0: c00 c01);
+
+/// `C = alpha·acc + beta·C` for one tile (kept out of line so the loop's accumulators stay in
+/// registers: the epilogue's stores take addresses).
+#[inline(never)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn epilogue<const M: usize>(acc: [[__m256; 2]; M], t: &Tile) {
+    let alpha = _mm256_set1_ps(t.alpha);
+    let beta = _mm256_set1_ps(t.beta);
+    let read_c = t.beta != 0.0;
+    // SAFETY (whole body): the caller guarantees C is valid for the tile.
+    unsafe {
+        macro_rules! store {
+            ($c:expr, $rs:expr) => {{
+                for i in 0..M {
+                    for h in 0..2 {
+                        let p = $c.add(i * $rs + 8 * h);
+                        let mut r = _mm256_mul_ps(acc[i][h], alpha);
+                        if read_c {
+                            r = _mm256_fmadd_ps(beta, _mm256_loadu_ps(p), r);
+                        }
+                        _mm256_storeu_ps(p, r);
+                    }
+                }
+            }};
+        }
+        if t.nr == NR && t.cs_c == 1 {
+            store!(t.c, t.rs_c);
+        } else if t.rs_c == 1 && t.nr == NR && M == MR {
+            store_transposed(acc, alpha, beta, read_c, t);
+        } else {
+            let mut buf = edge_load(t);
+            let p = buf.as_mut_ptr() as *mut f32;
+            store!(p, NR);
+            edge_store(t, &buf);
+        }
+    }
+}
+
+/// Epilogue for a column-major C tile (rs_c == 1): transposes the 6 × 16 accumulators in registers
+/// (two 8 × 8 transposes, rows 6 and 7 padding) and writes each C column's 6 values. Same per-element arithmetic as the row-major store.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_transposed<const M: usize>(
+    acc: [[__m256; 2]; M],
+    alpha: __m256,
+    beta: __m256,
+    read_c: bool,
+    t: &Tile,
+) {
+    for h in 0..2 {
+        let mut rows = [_mm256_setzero_ps(); 8];
+        for (row, acc_i) in rows.iter_mut().zip(&acc) {
+            *row = acc_i[h];
+        }
+        let cols = transpose8(rows);
+        for (q, col) in cols.iter().enumerate() {
+            // SAFETY: column 8h+q of the tile holds M = 6 valid values starting at this address.
+            unsafe {
+                // 4 + 2 floats with plain 128/64-bit moves (AMD's masked stores are microcoded).
+                let p = t.c.add((8 * h + q) * t.cs_c);
+                let mut r = _mm256_mul_ps(*col, alpha);
+                if read_c {
+                    let lo = _mm_loadu_ps(p);
+                    let hi = _mm_castpd_ps(_mm_load_sd(p.add(4) as *const f64));
+                    r = _mm256_fmadd_ps(beta, _mm256_set_m128(hi, lo), r);
+                }
+                _mm_storeu_ps(p, _mm256_castps256_ps128(r));
+                _mm_store_sd(p.add(4) as *mut f64, _mm_castps_pd(_mm256_extractf128_ps::<1>(r)));
+            }
+        }
+    }
+}
+
+/// 8 × 8 transpose of f32 lanes.
+#[target_feature(enable = "avx2")]
+pub(crate) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
+}

@@ -1,0 +1,218 @@
+//! Register-blocked micro-kernels: one `MR × NR` tile of `C = alpha·A·B + beta·C`.
+//!
+//! Every kernel has NR = 16 (so packed B panels are shared by all kernels) and its own MR. A is read
+//! by broadcasts from any strides (packed panels or the caller's matrix), B by vector loads of 16
+//! contiguous values per k (a packed panel, or a row-major matrix read in place).
+//!
+//! The kernel is chosen once per process by CPU feature detection; `VFFN_KERNEL=portable|avx2|avx512`
+//! forces one (an unavailable forced kernel is reported as a [`KernelError`], never executed).
+
+use std::fmt;
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+pub(crate) mod portable;
+
+/// Tile width (columns of C per micro-kernel call), common to every kernel.
+pub const NR: usize = 16;
+/// Largest MR of any kernel (sizes the stack tiles used for edges).
+pub(crate) const MR_MAX: usize = 14;
+
+/// Which micro-kernel family runs the products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelKind {
+    /// `wide::f32x8`, any CPU (2 × 16 tile).
+    Portable,
+    /// AVX2 + FMA intrinsics (6 × 16 tile, 12 ymm accumulators).
+    Avx2,
+    /// AVX-512F intrinsics (14 × 16 tile, 14 zmm accumulators).
+    Avx512,
+}
+
+impl KernelKind {
+    /// Every kernel, fastest last.
+    pub const ALL: [KernelKind; 3] = [KernelKind::Portable, KernelKind::Avx2, KernelKind::Avx512];
+
+    /// Rows of C per micro-kernel call.
+    pub const fn mr(self) -> usize {
+        match self {
+            KernelKind::Portable => portable::MR,
+            KernelKind::Avx2 => 6,
+            KernelKind::Avx512 => MR_MAX,
+        }
+    }
+
+    /// Name as accepted by `VFFN_KERNEL`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KernelKind::Portable => "portable",
+            KernelKind::Avx2 => "avx2",
+            KernelKind::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            KernelKind::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest kernel this CPU supports.
+    pub fn detect() -> KernelKind {
+        *KernelKind::ALL.iter().rev().find(|k| k.is_available()).unwrap_or(&KernelKind::Portable)
+    }
+
+    /// `Ok(self)` if the CPU can run it, else the typed error.
+    pub fn check(self) -> Result<KernelKind, KernelError> {
+        if self.is_available() {
+            Ok(self)
+        } else {
+            Err(KernelError::Unavailable(self))
+        }
+    }
+}
+
+impl fmt::Display for KernelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a kernel cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelError {
+    /// The kernel needs CPU features this machine lacks.
+    Unavailable(KernelKind),
+    /// `VFFN_KERNEL` holds a name that is not a kernel.
+    UnknownName(String),
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelError::Unavailable(k) => write!(
+                f,
+                "micro-kernel `{k}` is not supported by this CPU (detected best: `{}`)",
+                KernelKind::detect()
+            ),
+            KernelError::UnknownName(s) => {
+                write!(f, "VFFN_KERNEL=`{s}` is not one of portable, avx2, avx512")
+            }
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+/// Parses a `VFFN_KERNEL` value (case-insensitive) and checks the CPU supports it.
+pub fn kernel_from_name(name: &str) -> Result<KernelKind, KernelError> {
+    let kind = match name.trim().to_ascii_lowercase().as_str() {
+        "portable" => KernelKind::Portable,
+        "avx2" => KernelKind::Avx2,
+        "avx512" | "avx512f" => KernelKind::Avx512,
+        _ => return Err(KernelError::UnknownName(name.to_string())),
+    };
+    kind.check()
+}
+
+/// The kernel `gemm` uses: `VFFN_KERNEL` if set (read once per process), else the best detected.
+pub fn selected_kernel() -> Result<KernelKind, KernelError> {
+    static SELECTED: OnceLock<Result<KernelKind, KernelError>> = OnceLock::new();
+    SELECTED
+        .get_or_init(|| match std::env::var("VFFN_KERNEL") {
+            Ok(name) if !name.trim().is_empty() => kernel_from_name(&name),
+            _ => Ok(KernelKind::detect()),
+        })
+        .clone()
+}
+
+/// One micro-kernel call. Element (i, p) of A is at `a + i·rs_a + p·cs_a`, element (p, j) of B at
+/// `b + p·rs_b + j` (16 readable values per p), element (i, j) of C at `c + i·rs_c + j·cs_c`.
+/// Only the `mr × nr` top-left part of C is read and written (`mr ≤ MR`, `nr ≤ NR`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tile {
+    pub k: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub a: *const f32,
+    pub rs_a: usize,
+    pub cs_a: usize,
+    pub b: *const f32,
+    pub rs_b: usize,
+    pub c: *mut f32,
+    pub rs_c: usize,
+    pub cs_c: usize,
+    pub mr: usize,
+    pub nr: usize,
+}
+
+/// Runs one tile with `kind`. `a_packed` promises `rs_a == 1 && cs_a == kind.mr()`.
+///
+/// # Safety
+/// `kind` must be available on this CPU and every address described by `t` must be valid
+/// (reads of A and B for all `p < k`, 16 values of B per p, and C inside its `mr × nr` part).
+#[inline]
+pub(crate) unsafe fn run_tile(kind: KernelKind, a_packed: bool, t: &Tile) {
+    debug_assert!(t.mr >= 1 && t.mr <= kind.mr() && t.nr >= 1 && t.nr <= NR);
+    match kind {
+        // SAFETY: forwarded caller contract.
+        KernelKind::Portable => unsafe { portable::tile(a_packed, t) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded caller contract (the caller checked AVX2+FMA are present).
+        KernelKind::Avx2 => unsafe { avx2::tile(a_packed, t) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded caller contract (the caller checked AVX-512F is present).
+        KernelKind::Avx512 => unsafe { avx512::tile(a_packed, t) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("non-x86 kernels are never available"),
+    }
+}
+
+/// Dense `[MR_MAX][NR]` stack copy of an edge tile of C, so edge tiles run the exact same vector
+/// arithmetic as full ones (bitwise equal results). Loaded only when beta ≠ 0.
+pub(crate) type EdgeTile = [[f32; NR]; MR_MAX];
+
+/// Copies the valid `mr × nr` part of C into a zeroed edge tile.
+///
+/// # Safety
+/// C must be valid for the `mr × nr` part described by `t`.
+#[inline(always)]
+pub(crate) unsafe fn edge_load(t: &Tile) -> EdgeTile {
+    let mut buf = [[0.0f32; NR]; MR_MAX];
+    if t.beta != 0.0 {
+        for (i, row) in buf.iter_mut().enumerate().take(t.mr) {
+            for (j, v) in row.iter_mut().enumerate().take(t.nr) {
+                // SAFETY: (i, j) is inside the valid mr × nr part of C.
+                *v = unsafe { *t.c.add(i * t.rs_c + j * t.cs_c) };
+            }
+        }
+    }
+    buf
+}
+
+/// Writes the valid `mr × nr` part of an edge tile back to C.
+///
+/// # Safety
+/// C must be valid for the `mr × nr` part described by `t`.
+#[inline(always)]
+pub(crate) unsafe fn edge_store(t: &Tile, buf: &EdgeTile) {
+    for (i, row) in buf.iter().enumerate().take(t.mr) {
+        for (j, v) in row.iter().enumerate().take(t.nr) {
+            // SAFETY: (i, j) is inside the valid mr × nr part of C.
+            unsafe { *t.c.add(i * t.rs_c + j * t.cs_c) = *v };
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Packing of GEMM operands into 64-byte aligned panels.
+//!
+//! A block (rows × kc) is packed into MR-row panels: panel q holds, for each p, the MR values
+//! A(q·MR + i, p) contiguously (rows past the end are zero). B (k × n) is packed panel-major into
+//! NR = 16-wide panels: panel q holds, for each p, B(p, 16q .. 16q+16) (columns past the end are
+//! zero), so a K sub-range is an offset inside every panel and a 16-aligned column range is a range of
+//! panels — [`PackedB`] serves any such sub-product without repacking.
+
+use std::cell::Cell;
+
+use crate::gemm::MatRef;
+use crate::microkernel::NR;
+
+/// One 64-byte line of floats: the unit of the aligned buffers.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A growable, 64-byte aligned f32 buffer.
+#[derive(Default)]
+pub(crate) struct AlignedBuf {
+    lines: Vec<Line>,
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of at least `len` floats.
+    pub(crate) fn zeroed(len: usize) -> Self {
+        AlignedBuf { lines: vec![Line([0.0; 16]); len.div_ceil(16)] }
+    }
+
+    /// The first `len` floats, growing the buffer if needed (contents unspecified).
+    pub(crate) fn slice_mut(&mut self, len: usize) -> &mut [f32] {
+        let lines = len.div_ceil(16);
+        if self.lines.len() < lines {
+            self.lines.resize(lines, Line([0.0; 16]));
+        }
+        // SAFETY: `Line` is `repr(C)` over `[f32; 16]` (no padding), so the first `lines` lines are
+        // 16·lines ≥ len initialized, contiguous, exclusively borrowed floats.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut f32, len) }
+    }
+
+    /// The first `len` floats (must be within the buffer).
+    pub(crate) fn slice(&self, len: usize) -> &[f32] {
+        assert!(len <= self.lines.len() * 16);
+        // SAFETY: as in `slice_mut`; `len` floats are inside the allocation.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const f32, len) }
+    }
+}
+
+thread_local! {
+    static PACK_A: Cell<AlignedBuf> = Cell::new(AlignedBuf::default());
+    static PACK_B: Cell<AlignedBuf> = Cell::new(AlignedBuf::default());
+}
+
+/// Which per-thread reusable buffer to borrow.
+#[derive(Clone, Copy)]
+pub(crate) enum Scratch {
+    A,
+    B,
+}
+
+/// Runs `f` with this thread's reusable buffer (taken out while in use, so a nested call on the same
+/// thread — e.g. through rayon work stealing — simply gets a fresh one instead of aliasing).
+pub(crate) fn with_scratch<R>(which: Scratch, f: impl FnOnce(&mut AlignedBuf) -> R) -> R {
+    let key = match which {
+        Scratch::A => &PACK_A,
+        Scratch::B => &PACK_B,
+    };
+    let mut buf = key.with(|c| c.take());
+    let out = f(&mut buf);
+    key.with(|c| c.set(buf));
+    out
+}
+
+/// Which rows of A a packed block reads: a contiguous range, or an index list (gathering the rows of
+/// the tokens routed to one expert).
+#[derive(Clone, Copy, Debug)]
+pub enum RowSource<'a> {
+    /// Block row r is A row `start + r`.
+    Range { start: usize },
+    /// Block row r is A row `index[r]`.
+    Index(&'a [usize]),
+}
+
+impl RowSource<'_> {
+    #[inline]
+    pub(crate) fn row(&self, r: usize) -> usize {
+        match self {
+            RowSource::Range { start } => start + r,
+            RowSource::Index(ix) => ix[r],
+        }
+    }
+}
+
+/// Packs rows `0..rows` (through `src`) and columns `p0 .. p0+kc` of A into MR-row panels.
+// a [m,k] -> dst [ceil(rows/mr)·mr·kc]
+pub(crate) fn pack_a(
+    mr: usize,
+    a: MatRef<'_>,
+    src: RowSource<'_>,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    dst: &mut [f32],
+) {
+    let panels = rows.div_ceil(mr);
+    debug_assert!(dst.len() >= panels * mr * kc);
+    let mut starts = [0usize; crate::microkernel::MR_MAX];
+    for q in 0..panels {
+        let panel = &mut dst[q * mr * kc..(q + 1) * mr * kc];
+        let live = mr.min(rows - q * mr);
+        for (i, s) in starts.iter_mut().enumerate().take(live) {
+            let row = src.row(q * mr + i);
+            assert!(row < a.rows, "pack_a: row index {row} out of range ({} rows)", a.rows);
+            *s = row * a.row_stride + p0 * a.col_stride;
+        }
+        if live < mr {
+            panel.fill(0.0);
+        }
+        let cs = a.col_stride;
+        #[cfg(target_arch = "x86_64")]
+        if mr == 6 && cs == 1 && kc >= 8 && has_avx2() {
+            // Rows contiguous in p: 8 × 8 register transposes instead of 6 strided reads per p.
+            for &s in &starts[..live] {
+                assert!(s + kc <= a.data.len(), "pack_a: row out of bounds");
+            }
+            // SAFETY: AVX2 present; every live row has kc readable values from its start
+            // (checked above) and the panel holds 6·kc floats.
+            unsafe { pack_a6_rows_avx2(a.data.as_ptr(), &starts[..live], kc, panel) };
+            continue;
+        }
+        for (p, out) in panel.chunks_exact_mut(mr).enumerate() {
+            for (i, v) in out.iter_mut().enumerate().take(live) {
+                *v = a.data[starts[i] + p * cs];
+            }
+        }
+    }
+}
+
+/// Packs rows `p0 .. p0+kc` and columns `j0 .. j0+cols` of B into 16-wide panels; panel q starts
+/// at `q·panel_stride` and holds its kc rows of 16 values contiguously.
+// b [k,n] -> dst [ceil(cols/16)·panel_stride]
+pub(crate) fn pack_b(
+    b: MatRef<'_>,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    cols: usize,
+    panel_stride: usize,
+    dst: &mut [f32],
+) {
+    let panels = cols.div_ceil(NR);
+    for (q, panel) in dst.chunks_mut(panel_stride).take(panels).enumerate() {
+        pack_b_panel(b, p0, kc, j0 + q * NR, NR.min(cols - q * NR), &mut panel[..kc * NR]);
+    }
+}
+
+/// One 16-wide panel: `dst[p·16 + j] = B(p0 + p, j0 + j)` for j < nr, zero beyond.
+pub(crate) fn pack_b_panel(
+    b: MatRef<'_>,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nr: usize,
+    dst: &mut [f32],
+) {
+    debug_assert!(dst.len() >= kc * NR && nr <= NR);
+    if kc == 0 {
+        return;
+    }
+    let (rs, cs) = (b.row_stride, b.col_stride);
+    let base = p0 * rs + j0 * cs;
+    if nr == NR && cs == 1 {
+        for (p, out) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
+            out.copy_from_slice(&b.data[base + p * rs..base + p * rs + NR]);
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if nr == NR && rs == 1 && kc >= 8 && has_avx2() {
+        // Bounds of the transposing loads: column j0+15 up to row p0+kc-1 must exist.
+        assert!(base + (kc - 1) + (NR - 1) * cs < b.data.len());
+        // SAFETY: AVX2 present; all loads are inside `b.data` (checked above) and all stores
+        // inside `dst[..kc*16]` (checked by debug_assert and slice length use below).
+        unsafe {
+            pack_b_panel_transpose_avx2(b.data.as_ptr().add(base), cs, kc, &mut dst[..kc * NR])
+        };
+        return;
+    }
+    for (p, out) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
+        for (j, v) in out.iter_mut().enumerate() {
+            *v = if j < nr { b.data[base + p * rs + j * cs] } else { 0.0 };
+        }
+    }
+}
+
+/// One 6-row A panel from rows contiguous in p (`starts` = offsets of the live rows, ≤ 6):
+/// `dst[p·6 + i] = data[starts[i] + p]`, zero for missing rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_a6_rows_avx2(data: *const f32, starts: &[usize], kc: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(dst.len() >= 6 * kc && starts.len() <= 6);
+    let out = dst.as_mut_ptr();
+    let mut p = 0;
+    while p + 8 <= kc {
+        let mut rows = [_mm256_setzero_ps(); 8];
+        for (r, &s) in rows.iter_mut().zip(starts) {
+            // SAFETY: p + 8 ≤ kc values of this row are readable (caller contract).
+            *r = unsafe { _mm256_loadu_ps(data.add(s + p)) };
+        }
+        let t = crate::microkernel::avx2::transpose8(rows);
+        for (q, v) in t.iter().enumerate() {
+            // SAFETY: floats (p+q)·6 .. (p+q)·6+6 lie inside dst (p + q < kc).
+            unsafe {
+                let o = out.add((p + q) * 6);
+                _mm_storeu_ps(o, _mm256_castps256_ps128(*v));
+                _mm_store_sd(o.add(4) as *mut f64, _mm_castps_pd(_mm256_extractf128_ps::<1>(*v)));
+            }
+        }
+        p += 8;
+    }
+    for pp in p..kc {
+        for i in 0..6 {
+            // SAFETY: as above, one element at a time.
+            unsafe { *out.add(pp * 6 + i) = starts.get(i).map_or(0.0, |&s| *data.add(s + pp)) };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
+/// Panel of 16 columns that are each contiguous in p (column stride `cs`): 8 × 8 register
+/// transposes instead of 16 strided reads per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_b_panel_transpose_avx2(src: *const f32, cs: usize, kc: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let out = dst.as_mut_ptr();
+    let mut p = 0;
+    while p + 8 <= kc {
+        for h in 0..2 {
+            let mut rows = [_mm256_setzero_ps(); 8];
+            for (q, r) in rows.iter_mut().enumerate() {
+                // SAFETY: column 8h+q, rows p..p+8 lie inside B (caller checked the far corner).
+                *r = unsafe { _mm256_loadu_ps(src.add((8 * h + q) * cs + p)) };
+            }
+            let t = crate::microkernel::avx2::transpose8(rows);
+            for (r, v) in t.iter().enumerate() {
+                // SAFETY: (p + r)·16 + 8h + 8 ≤ kc·16 = dst.len().
+                unsafe { _mm256_storeu_ps(out.add((p + r) * NR + 8 * h), *v) };
+            }
+        }
+        p += 8;
+    }
+    for pp in p..kc {
+        for j in 0..NR {
+            // SAFETY: same bounds as above, one element at a time.
+            unsafe { *out.add(pp * NR + j) = *src.add(j * cs + pp) };
+        }
+    }
+}
+
+/// B (k × n) packed once into 16-wide panels for repeated products (weights).
+///
+/// Any K sub-range and any column range starting at a multiple of 16 can be multiplied without
+/// repacking (see [`crate::gemm::gemm_packed`]).
+pub struct PackedB {
+    buf: AlignedBuf,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    /// Packs all of B.
+    // b [k,n] -> panels [ceil(n/16), k, 16]
+    pub fn pack(b: MatRef<'_>) -> PackedB {
+        let (k, n) = (b.rows, b.cols);
+        let panels = n.div_ceil(NR);
+        let mut buf = AlignedBuf::zeroed(panels * k * NR);
+        if k > 0 && n > 0 {
+            let dst = buf.slice_mut(panels * k * NR);
+            let panel_stride = k * NR;
+            if panels >= 8 && k * n >= 1 << 16 {
+                use rayon::prelude::*;
+                dst.par_chunks_mut(panel_stride).enumerate().for_each(|(q, panel)| {
+                    pack_b_panel(b, 0, k, q * NR, NR.min(n - q * NR), panel);
+                });
+            } else {
+                pack_b(b, 0, k, 0, n, panel_stride, dst);
+            }
+        }
+        PackedB { buf, k, n }
+    }
+
+    /// K: rows of the packed B.
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    /// N: columns of the packed B.
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// All panels (`ceil(n/16)` panels of `k × 16` floats).
+    pub(crate) fn data(&self) -> &[f32] {
+        self.buf.slice(self.n.div_ceil(NR) * self.k * NR)
+    }
+
+    /// Element B(p, j) (for tests and debugging).
+    pub fn at(&self, p: usize, j: usize) -> f32 {
+        assert!(p < self.k && j < self.n);
+        self.data()[(j / NR) * self.k * NR + p * NR + j % NR]
+    }
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedB {{ k: {}, n: {} }}", self.k, self.n)
+    }
+}
