@@ -14,6 +14,8 @@ use vffn_kernels::{gemm, MatMut, MatRef};
 const T: usize = 2048;
 const K: usize = 256;
 const N: usize = 1024;
+/// Interleaved rounds of the side-by-side report (min over them filters out other load).
+const ROUNDS: usize = 60;
 
 struct Setup {
     store: ParamStore,
@@ -99,7 +101,7 @@ fn report_ratios(s: &Setup) {
         t.elapsed().as_secs_f64()
     };
     let mut best = [f64::INFINITY; 6];
-    for _ in 0..30 {
+    for _ in 0..ROUNDS {
         let seed = Buffer::copy_of(&s.dy); // made outside the timed region
         let mut seed = Some(seed);
         let r = [
@@ -123,7 +125,7 @@ fn report_ratios(s: &Setup) {
     }
     let [raw_f, raw_fb, tape_f, tape_fb, dx_t, dw_t] = best;
     println!(
-        "linear x[{T}x{K}]·W[{N}x{K}]ᵀ, {} rayon threads (min of 30): raw fwd {:.2} ms, \
+        "linear x[{T}x{K}]·W[{N}x{K}]ᵀ, {} rayon threads (min of {ROUNDS}): raw fwd {:.2} ms, \
          raw fwd+bwd {:.2} ms; tape fwd {:.2} ms, tape fwd+bwd {:.2} ms",
         vffn_kernels::rayon::current_num_threads(),
         raw_f * 1e3,

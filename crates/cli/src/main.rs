@@ -11,6 +11,7 @@ mod common;
 mod eval;
 mod forward;
 mod generate;
+mod inspect;
 mod metrics;
 mod svg;
 mod train;
@@ -30,6 +31,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Stream sampled bytes from a checkpoint.
     Generate(generate::GenerateArgs),
+    /// Routing statistics of a checkpoint: depth histograms, expert load, λ, realized FLOPs.
+    Inspect(inspect::InspectArgs),
     /// One forward pass over a text: logits, routing (and loss, gradients) as safetensors.
     Forward(forward::ForwardArgs),
     /// Benchmarks: GEMM, FFN paths, training and decoding throughput.
@@ -37,17 +40,29 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout as usual; a usage error is its first line only.
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            let text = err.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::Forward(args) => forward::run(args),
         Command::Bench(args) => bench::run(args),
     };
     if let Err(err) = result {
-        // One line: the error and its causes, joined.
-        eprintln!("error: {err:#}");
+        // One line: the error and its causes, joined; multi-line messages folded.
+        let text = format!("{err:#}");
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        eprintln!("error: {}", lines.join(" "));
         std::process::exit(1);
     }
 }

@@ -99,7 +99,7 @@ mod tests {
             loss,
             ce: loss,
             balance: 0.0,
-            val_loss: (step % 2 == 0).then_some(loss + 0.5),
+            val_loss: step.is_multiple_of(2).then_some(loss + 0.5),
             lr: 1e-3,
             temperature: 5.0,
             tokens_per_s: 1000.0,

@@ -12,8 +12,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vffn_autograd::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, Rng, Tape};
 use vffn_model::{
-    save_model, save_optimizer, AdamMomentsRef, Batcher, Config, Model, RunConfig, Split,
-    TrainConfig, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_STATE_FORMAT,
+    save_model, save_optimizer, AdamMomentsRef, Batcher, Config, ConfigError, Model, RunConfig,
+    Split, TrainConfig, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_STATE_FORMAT,
 };
 
 use crate::ckpt_io;
@@ -24,10 +24,10 @@ use crate::metrics::{MetricsLog, MetricsRow};
 
 /// Steps of the default run (`vffn train` with no flags: tiny preset, built-in corpus), chosen
 /// so that it finishes in about five minutes on 2 cores.
-pub const DEFAULT_QUICK_STEPS: u64 = 200;
+pub const DEFAULT_QUICK_STEPS: u64 = 300;
 /// Validation cadence and size of the quick run (the recipe's 200 × 20 batches would cost as
 /// much time as a quarter of the training).
-const QUICK_EVAL_EVERY: u64 = 50;
+const QUICK_EVAL_EVERY: u64 = 100;
 const QUICK_EVAL_BATCHES: u64 = 4;
 /// Salts that derive the Gumbel-noise and data RNG seeds from the run seed.
 const NOISE_SALT: u64 = 0x6E6F_6973_6521; // "noise!"
@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// built-in synthetic corpus.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Optimizer steps (default: the recipe's 2000, or 200 for the no-flag quick run).
+    /// Optimizer steps (default: the recipe's 2000, or 300 for the no-flag quick run).
     #[arg(long)]
     pub steps: Option<u64>,
     /// Seed of initialization, data order and Gumbel noise.
@@ -98,6 +98,7 @@ fn requested_config(args: &TrainArgs) -> Result<RunConfig> {
             let text = String::from_utf8(bytes)
                 .with_context(|| format!("config file `{}` is not UTF-8", path.display()))?;
             RunConfig::from_toml(&text)
+                .map_err(one_line_config_error)
                 .with_context(|| format!("config file `{}`", path.display()))?
         }
         None => {
@@ -124,6 +125,23 @@ fn requested_config(args: &TrainArgs) -> Result<RunConfig> {
         None => {}
     }
     Ok(run)
+}
+
+/// TOML syntax errors come as a multi-line excerpt with a caret: keep the position line and
+/// the reason ("TOML parse error at line 1, column 7: unclosed table, expected `]`").
+fn one_line_config_error(err: ConfigError) -> ConfigError {
+    match err {
+        ConfigError::Syntax { format, message } => {
+            let lines: Vec<&str> =
+                message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let message = match (lines.first(), lines.last()) {
+                (Some(first), Some(last)) if lines.len() > 1 => format!("{first}: {last}"),
+                _ => message.trim().to_string(),
+            };
+            ConfigError::Syntax { format, message }
+        }
+        other => other,
+    }
 }
 
 /// Everything the loop mutates, restorable from a checkpoint.
@@ -192,7 +210,9 @@ fn resume_trainer(args: &TrainArgs) -> Result<Trainer> {
     run.validate()?;
     let source = match &args.data {
         None => BUILTIN_SOURCE.to_string(),
-        Some(path) => path.display().to_string(),
+        Some(path) => {
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string()
+        }
     };
     if source != ckpt.state.data_source {
         bail!(
@@ -343,11 +363,7 @@ impl Trainer {
             .with_context(|| format!("training forward at step {}", step + 1))?;
         let loss = out.loss.item();
         if !loss.is_finite() {
-            bail!(
-                "loss is {loss} at step {} (lr {lr:.3e}): training stopped; the last good \
-                 checkpoint stays in place",
-                step + 1
-            );
+            bail!("loss is {loss} at step {} (lr {lr:.3e}): training stopped", step + 1);
         }
         let grads = tape.backward(&out.loss).context("backward")?;
         self.model.params.zero_grad();
@@ -360,8 +376,7 @@ impl Trainer {
         };
         if !grad_norm.is_finite() {
             bail!(
-                "gradient norm is {grad_norm} at step {} (loss {loss}): training stopped; the \
-                 last good checkpoint stays in place",
+                "gradient norm is {grad_norm} at step {} (loss {loss}): training stopped",
                 step + 1
             );
         }
@@ -429,19 +444,33 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
         run_dir.display()
     );
     let bar = progress_bar(total, trainer.step);
-    let (mut last_val, mut window_tokens, mut window_start) = (None::<f32>, 0u64, Instant::now());
+    // Throughput counts training time only (evaluations and checkpoints excluded).
+    let (mut last_val, mut window_tokens, mut window_time) = (None::<f32>, 0u64, Duration::ZERO);
     let tokens_per_step = (trainer.run.model.batch_size * trainer.run.model.seq_len) as u64;
     let started = Instant::now();
     let start_step = trainer.step;
+    let mut last_saved = args.resume.then_some(start_step);
     while trainer.step < total {
-        let mut row = trainer.step_once().map_err(|err| {
-            bar.abandon();
-            err
-        })?;
+        let step_started = Instant::now();
+        let mut row = match trainer.step_once() {
+            Ok(row) => row,
+            Err(err) => {
+                bar.abandon();
+                let kept = match last_saved {
+                    Some(step) => format!(
+                        "; the last good checkpoint (step {step}) stays in {}",
+                        run_dir.join(ckpt_io::CKPT_DIR).display()
+                    ),
+                    None => "; no checkpoint was written yet".to_string(),
+                };
+                return Err(anyhow::anyhow!("{err:#}{kept}"));
+            }
+        };
         window_tokens += tokens_per_step;
+        window_time += step_started.elapsed();
         let done = trainer.step;
         let last = done == total;
-        let evaluate_now = done % train.eval_every == 0 || last;
+        let evaluate_now = done.is_multiple_of(train.eval_every) || last;
         if evaluate_now {
             let result = evaluate(&trainer.model, &valid, eval_batches)?;
             last_val = Some(result.loss as f32);
@@ -450,8 +479,8 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
                 eprintln!("step {done}: train loss {:.4}, val loss {:.4}", row.loss, result.loss)
             });
         }
-        let elapsed = window_start.elapsed().max(Duration::from_micros(1)).as_secs_f64();
-        let tokens_per_s = window_tokens as f64 / elapsed;
+        let tokens_per_s =
+            window_tokens as f64 / window_time.max(Duration::from_micros(1)).as_secs_f64();
         bar.set_position(done);
         bar.set_message(format!(
             "loss {:.3} val {} {:.0} tok/s lr {:.2e} T {:.2}",
@@ -461,11 +490,11 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
             row.lr,
             row.temperature
         ));
-        if done % train.log_every == 0 || last || evaluate_now {
+        if done.is_multiple_of(train.log_every) || last || evaluate_now {
             row.tokens_per_s = tokens_per_s;
             metrics.write(&row)?;
             window_tokens = 0;
-            window_start = Instant::now();
+            window_time = Duration::ZERO;
         }
         let stop_now = args.stop_after.is_some_and(|s| done >= s);
         let stop_signal = interrupted.load(Ordering::SeqCst);
@@ -473,9 +502,10 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
             || evaluate_now
             || stop_now
             || stop_signal
-            || args.save_every.is_some_and(|every| every > 0 && done % every == 0);
+            || args.save_every.is_some_and(|every| every > 0 && done.is_multiple_of(every));
         if save_now {
             let dir = trainer.save(&run_dir)?;
+            last_saved = Some(done);
             if stop_now || stop_signal {
                 bar.abandon();
                 let why = if stop_signal { "interrupted" } else { "stopped (--stop-after)" };
@@ -487,7 +517,7 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
             }
         }
     }
-    bar.finish();
+    bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let steps_run = trainer.step - start_step;
     eprintln!(

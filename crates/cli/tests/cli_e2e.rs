@@ -143,6 +143,19 @@ fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
     assert!(greedy.starts_with(b"12+"));
     assert_eq!(greedy, gen("2", "0"), "greedy ignores the seed");
     assert_eq!(gen("5", "1.0"), gen("5", "1.0"), "same seed, same sample");
+
+    // inspect: per-layer routing, FLOPs against dense, easy vs hard depth, SVG plots.
+    let svg = dir.join("svg");
+    let out = ok(&["inspect", "--checkpoint", path(&run), "--svg", path(&svg), "--batches", "4"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in ["layer 0: depth [1:", "layer 1: depth", "mean λ", "expert load %", "dense"] {
+        assert!(text.contains(needle), "`{needle}` in {text}");
+    }
+    assert!(text.contains("mean depth by target difficulty: easy"), "{text}");
+    for file in ["loss-curves.svg", "depth-histograms.svg", "expert-load.svg"] {
+        let body = fs::read_to_string(svg.join(file)).unwrap();
+        assert!(body.starts_with("<svg") || body.starts_with("<?xml"), "{file}");
+    }
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -174,6 +187,16 @@ fn interrupted_and_resumed_run_equals_an_uninterrupted_one() {
         assert_eq!(x.loss.to_bits(), y.loss.to_bits(), "step {}", x.step);
         assert_eq!(x.val_loss.map(f32::to_bits), y.val_loss.map(f32::to_bits), "step {}", x.step);
     }
+    // The thread count does not change the numbers either (work splits never reorder sums).
+    let one_thread = dir.join("one-thread");
+    let mut args = vec!["train", "--config", path(&config), "--out", path(&one_thread)];
+    args.extend(["--steps", "20", "--threads", "1", "--sample-bytes", "0"]);
+    ok(&args);
+    let c = metrics(&one_thread);
+    assert_eq!(
+        a.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>(),
+        c.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>()
+    );
     let read = |run: &Path| fs::read(run.join("ckpt/model.safetensors")).unwrap();
     assert_eq!(read(&whole), read(&parts), "final weights bitwise equal");
     fs::remove_dir_all(&dir).unwrap();
@@ -243,8 +266,17 @@ fn every_bad_input_is_one_clear_error_line() {
     train(&["--config", path(&constraint), "--out", &out("r1")], "model.n_heads");
     let syntax = write(&dir, "syntax.toml", "[model\n");
     train(&["--config", path(&syntax), "--out", &out("r1")], "not valid TOML");
-    train(&["--config", cfg, "--out", &out("r1"), "--steps", "0"], "train.steps");
+    fails_with(&["train", "--config", cfg, "--out", &out("r1"), "--steps", "0"], "train.steps");
     train(&["--config", cfg, "--out", &out("r1"), "--threads", "0"], "--threads");
+
+    // Command-line values clap refuses: one line too (exit code 2, clap's convention).
+    for args in [&["train", "--steps", "abc"][..], &["train", "--block", "mlp"], &["eval"]] {
+        let out = vffn(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
 
     // Too big for the memory asked.
     train(&["--preset", "small", "--out", &out("r1"), "--max-memory-mb", "16"], "model too big");
@@ -295,7 +327,7 @@ fn every_bad_input_is_one_clear_error_line() {
 
     // Generation arguments.
     fails_with(&["generate", "--checkpoint", &run, "--prompt", ""], "prompt is empty");
-    let negative = ["generate", "--checkpoint", &run, "--prompt", "a", "--temperature", "-1"];
+    let negative = ["generate", "--checkpoint", &run, "--prompt", "a", "--temperature=-1"];
     fails_with(&negative, "--temperature");
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -306,7 +338,9 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_checkpoint() {
     let config = write(
         &dir,
         "huge-lr.toml",
-        &SMALL_CONFIG.replace("steps = 50", "steps = 40\nlr = 1e30\nwarmup_steps = 1"),
+        &SMALL_CONFIG
+            .replace("steps = 50", "steps = 40\nlr = 1e30")
+            .replace("warmup_steps = 10", "warmup_steps = 1"),
     );
     let run = dir.join("run");
     let args = ["train", "--config", path(&config), "--out", path(&run), "--save-every", "1"];
@@ -317,7 +351,10 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_checkpoint() {
     // The checkpoint left behind is a good one: it evaluates to a finite loss.
     let state: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(run.join("ckpt/state.json")).unwrap()).unwrap();
-    assert!(state["step"].as_u64().unwrap() < 40);
+    let step = state["step"].as_u64().unwrap();
+    assert!(step < 40);
+    let kept = format!("the last good checkpoint (step {step}) stays in");
+    assert!(err.contains(&kept), "{err}");
     ok(&["eval", "--checkpoint", path(&run), "--json"]);
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -39,8 +39,6 @@ pub enum ModelError {
     DecoderFull { max_len: usize },
     #[error("flops: {0}")]
     Flops(#[from] FlopsError),
-    #[error("not implemented: {0}")]
-    Unimplemented(&'static str),
 }
 
 /// Routing decisions per layer for every token of a forward.
@@ -52,6 +50,28 @@ pub struct Routing {
     /// Per layer: chosen experts per token [B·T·k] (slots by descending router logit); empty for
     /// layers without a router.
     pub experts: Vec<Vec<u32>>,
+}
+
+impl Routing {
+    /// Per-layer histograms of the chosen loop counts, `counts[layer][ℓ − 1]` (ℓ = 1..=D), for
+    /// accumulating over batches into
+    /// [`crate::flops::realized_inference_flops_from_counts`]. Layers without a depth router
+    /// give all-zero rows.
+    pub fn depth_counts(&self, max_depth: usize) -> Vec<Vec<u64>> {
+        self.depth
+            .iter()
+            .map(|layer| {
+                let mut counts = vec![0u64; max_depth];
+                for &c in layer {
+                    if let Some(slot) = (c as usize).checked_sub(1).and_then(|i| counts.get_mut(i))
+                    {
+                        *slot += 1;
+                    }
+                }
+                counts
+            })
+            .collect()
+    }
 }
 
 /// What a training forward returns.

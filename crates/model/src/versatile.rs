@@ -344,8 +344,9 @@ mod tests {
                 (out, balance, sig)
             }
         };
-        let value = out.data().iter().zip(r).map(|(&o, &q)| f64::from(o) * f64::from(q)).sum::<f64>()
-            + balance.as_ref().map_or(0.0, |b| coef * f64::from(b.item()));
+        let value =
+            out.data().iter().zip(r).map(|(&o, &q)| f64::from(o) * f64::from(q)).sum::<f64>()
+                + balance.as_ref().map_or(0.0, |b| coef * f64::from(b.item()));
         if let (Some(grads), Some(grad_x)) = (grads, grad_x) {
             let rt = Tensor::from_vec(&[n, d], r.to_vec()).unwrap();
             let prod = tape.mul(&out, &rt);
@@ -376,9 +377,9 @@ mod tests {
         let mut grads = Vec::new();
         let mut grad_x = Vec::new();
         let (_, base_sig) = block_loss(&model, &x, &r, Some(&mut grads), Some(&mut grad_x));
-        eprintln!("SIG {base_sig:?}");
         let h = 1e-2f32;
-        let tol = |fd: f64, an: f64| (fd - an).abs() <= 2e-3 + 1e-2 * an.abs();
+        // f32 forward: rounding ~1e-6/h plus O(h²) truncation; measured worst ≈ 3e-4·|g|.
+        let tol = |fd: f64, an: f64| (fd - an).abs() <= 5e-4 + 5e-3 * an.abs();
         let mut checked_count = 0;
         if check_x {
             for i in 0..n * d {
@@ -410,7 +411,6 @@ mod tests {
                 assert!(sp == base_sig && sm == base_sig, "routing flipped at {name}[{i}]");
                 let fd = (lp - lm) / (2.0 * f64::from(h));
                 let an = f64::from(g[i]);
-                eprintln!("ERR {name} {:.3e} {an:.3e}", (fd - an).abs());
                 assert!(tol(fd, an), "{name}[{i}]: fd {fd:.6} vs tape {an:.6}");
                 checked_count += 1;
             }

@@ -163,6 +163,36 @@ fn training_with_zero_noise_equals_inference() {
 }
 
 #[test]
+fn ablation_variants_train_equals_infer() {
+    use vffn_model::{Fusion, Paths};
+    let (base, _, batch) = varied_versatile();
+    let variants = [
+        (Paths::Width, Fusion::Gated),
+        (Paths::Depth, Fusion::Gated),
+        (Paths::Both, Fusion::Average),
+    ];
+    for (paths, fusion) in variants {
+        let config = Config { paths, fusion, ..base.clone() };
+        let model = Model::new(config.clone(), 5).unwrap();
+        let mut tape = Tape::new();
+        let train = model.train_forward(&mut tape, &batch, 0.7, None).unwrap();
+        let infer = model.infer(&batch.inputs, batch.batch_size, batch.seq_len).unwrap();
+        let err = max_abs_diff(train.logits.data(), &infer.logits);
+        assert!(err <= 1e-5, "{paths:?}/{fusion:?}: logits differ by {err:.2e}");
+        assert_eq!(train.routing, infer.routing, "{paths:?}/{fusion:?}");
+        assert_eq!(train.routing.depth[0].is_empty(), paths == Paths::Width);
+        assert_eq!(train.routing.experts[0].is_empty(), paths == Paths::Depth);
+        assert_eq!(train.balance > 0.0, paths != Paths::Depth);
+        let grads = tape.backward(&train.loss).unwrap();
+        for (id, p) in model.params.iter() {
+            let unused = (paths == Paths::Width && p.name().contains("depth_predictor"))
+                || (paths == Paths::Depth && p.name().contains("expert_gate"));
+            assert_eq!(grads.param(id).is_none(), unused, "{paths:?}: {}", p.name());
+        }
+    }
+}
+
+#[test]
 fn realized_flops_come_from_the_routing() {
     let (config, model, batch) = varied_versatile();
     let out = model.infer(&batch.inputs, batch.batch_size, batch.seq_len).unwrap();
@@ -170,6 +200,11 @@ fn realized_flops_come_from_the_routing() {
         out.routing.depth.iter().map(|l| l.iter().map(|&c| c as usize).collect()).collect();
     let want = realized_inference_flops(&config, 6.5, &depths).unwrap();
     assert_eq!(out.realized_flops(&config, 6.5).unwrap(), want);
+    let counts = out.routing.depth_counts(config.max_depth);
+    assert_eq!(counts.iter().map(|c| c.iter().sum::<u64>()).collect::<Vec<_>>(), vec![36, 36]);
+    let from_counts =
+        vffn_model::realized_inference_flops_from_counts(&config, 6.5, &counts).unwrap();
+    assert_eq!(from_counts, want);
     // Fewer loops than D everywhere would cost less than the all-D routing.
     let all_max: Vec<Vec<usize>> = depths.iter().map(|l| vec![config.max_depth; l.len()]).collect();
     let max_flops = realized_inference_flops(&config, 6.5, &all_max).unwrap();
@@ -287,4 +322,35 @@ fn same_seed_same_model() {
     let data = |m: &Model| m.params.iter().map(|(_, p)| p.data().to_vec()).collect::<Vec<_>>();
     assert_eq!(data(&a), data(&b));
     assert_ne!(data(&a), data(&c));
+}
+
+#[test]
+fn training_step_is_bitwise_deterministic_across_thread_counts() {
+    // Large enough that GEMMs and row loops split across threads.
+    let config =
+        Config { n_layers: 2, seq_len: 64, batch_size: 2, init_std: 0.1, ..Config::tiny() };
+    let model = Model::new(config.clone(), 8).unwrap();
+    let batch = random_batch(&config, 9);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut tape = Tape::new();
+            let mut noise = Rng::new(42);
+            let out = model.train_forward(&mut tape, &batch, 0.9, Some(&mut noise)).unwrap();
+            let loss = out.loss.item().to_bits();
+            let grads = tape.backward(&out.loss).unwrap();
+            let g: Vec<Vec<u32>> = model
+                .params
+                .iter()
+                .map(|(id, _)| grads.param(id).unwrap().iter().map(|x| x.to_bits()).collect())
+                .collect();
+            let infer = model.infer(&batch.inputs, config.batch_size, config.seq_len).unwrap();
+            let logits: Vec<u32> = infer.logits.iter().map(|x| x.to_bits()).collect();
+            (loss, g, logits)
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(1));
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
 }

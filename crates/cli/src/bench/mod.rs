@@ -2,6 +2,7 @@
 
 use clap::{Args, Subcommand};
 
+mod ffn;
 mod gemm;
 
 #[derive(Args, Debug)]
@@ -14,10 +15,13 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// GFLOP/s of one GEMM shape (median over repeated runs).
     Gemm(gemm::GemmArgs),
+    /// Median ms of the FFN kernels (dense, width, depth, naive baselines, training fwd+bwd).
+    Ffn(ffn::FfnArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Gemm(a) => gemm::run(a),
+        BenchCommand::Ffn(a) => ffn::run(a),
     }
 }

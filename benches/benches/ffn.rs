@@ -1,0 +1,110 @@
+//! Criterion bench `ffn`: the FFN kernels at T = 2048, d = 256, h = 1024 (E = 8, top-2, D = 4),
+//! single-threaded, side by side with their naive references (same items as `vffn bench ffn`).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::time::Duration;
+use vffn_kernels::ffn::{self, naive, DepthSaved, PackedFfn, WidthSaved};
+use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
+use vffn_kernels::rayon;
+
+const T: usize = 2048;
+const D: usize = 256;
+const H: usize = 1024;
+const E: usize = 8;
+const K: usize = 2;
+const LOOPS: usize = 4;
+
+fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn bench_ffn(c: &mut Criterion) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("thread pool");
+    let w1 = values(2 * H * D, 1, 1.0 / (D as f32).sqrt());
+    let w2 = values(D * H, 2, 1.0 / (H as f32).sqrt());
+    let wn = vec![1.0f32; D];
+    let x = values(T * D, 3, 1.0);
+    // Routing: token t → experts (t·3 + j·5) mod 8 (distinct for j = 0, 1), depths 1..=4.
+    let ids: Vec<u32> = (0..T * K).map(|i| (((i / K) * 3 + (i % K) * 5) % E) as u32).collect();
+    let gates = vec![0.5f32; T * K];
+    let depth: Vec<u8> = (0..T).map(|t| (1 + (t * 7 + t / 5) % LOOPS) as u8).collect();
+    let d_out = values(T * D, 4, 1.0);
+    let d_states = values(LOOPS * T * D, 5, 1.0);
+    let packed = PackedFfn::pack(&w1, &w2, D, H, E, false).expect("pack");
+    let mut out = vec![0.0f32; T * D];
+    let mut group = c.benchmark_group("ffn");
+    group.sample_size(10).warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("dense", |b| {
+        pool.install(|| b.iter(|| ffn::dense_forward(&packed, &x, &mut out).expect("dense")))
+    });
+    group.bench_function("width", |b| {
+        pool.install(|| {
+            b.iter(|| ffn::width_forward(&packed, &x, &ids, &gates, K, &mut out).expect("width"))
+        })
+    });
+    group.bench_function("width_naive", |b| {
+        pool.install(|| {
+            b.iter(|| naive::width_naive(&w1, &w2, D, H, E, &x, &ids, &gates, K, &mut out))
+        })
+    });
+    group.bench_function("depth", |b| {
+        pool.install(|| {
+            b.iter(|| {
+                ffn::depth_forward(&packed, &wn, 1e-6, &x, &depth, LOOPS, &mut out).expect("depth")
+            })
+        })
+    });
+    group.bench_function("depth_naive", |b| {
+        pool.install(|| {
+            b.iter(|| naive::depth_naive(&w1, &w2, D, H, &wn, 1e-6, &x, &depth, &mut out))
+        })
+    });
+    let (mut z, mut rstd) = (vec![0.0f32; T * D], vec![0.0f32; T]);
+    let mut states = vec![0.0f32; LOOPS * T * D];
+    let (mut ws, mut ds) = (WidthSaved::default(), DepthSaved::default());
+    let (mut dz, mut dx, mut dg) = (vec![0.0f32; T * D], vec![0.0f32; T * D], vec![0.0; T * K]);
+    let (mut dw1, mut dw2, mut dwn) = (vec![0.0f32; 2 * H * D], vec![0.0; D * H], vec![0.0; D]);
+    group.bench_function("train_fwd_bwd", |b| {
+        pool.install(|| {
+            b.iter(|| {
+                let p = PackedFfn::pack(&w1, &w2, D, H, E, true).expect("pack");
+                rms_norm_forward(&x, &wn, &mut z, &mut rstd, 1e-6);
+                out.copy_from_slice(&x);
+                ffn::width_forward_train(&p, &z, &ids, &gates, K, &mut out, &mut ws).expect("w");
+                ffn::depth_forward_train(&p, &wn, 1e-6, &x, LOOPS, &mut states, &mut ds)
+                    .expect("d");
+                dz.fill(0.0);
+                dx.fill(0.0);
+                ffn::width_backward(
+                    &p, &ws, &z, &gates, K, &d_out, &mut dz, &mut dg, &mut dw1, &mut dw2,
+                )
+                .expect("wb");
+                ffn::depth_backward(
+                    &p, &wn, &ds, &x, &states, &d_states, &mut dx, &mut dwn, &mut dw1, &mut dw2,
+                )
+                .expect("db");
+                rms_norm_backward(
+                    &x,
+                    &wn,
+                    &rstd,
+                    &dz,
+                    Some((&mut dx, true)),
+                    Some((&mut dwn, true)),
+                );
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_ffn);
+criterion_main!(benches);

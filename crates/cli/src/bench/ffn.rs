@@ -1,0 +1,230 @@
+//! `vffn bench ffn --tokens T --d D --h H [--threads N] [--json]`
+//!
+//! Median milliseconds of the FFN kernels, all measured side by side (each sample round runs
+//! every item once, in the same order): `dense` (one FFN over T tokens), `width` (top-k of E
+//! virtual experts, random routing), `width_naive`, `depth` (depths uniform in 1..=D, compacted),
+//! `depth_naive` (masked, all tokens to the deepest loop), `train_fwd_bwd` (the whole versatile
+//! FFN in training mode: pack, norm, width + all D loops forward, both backwards) and
+//! `dense_fwd_bwd` (pack + one FFN forward + backward, the unit of the FLOP-proportional time).
+//! Inference items use weights packed beforehand (`pack` reports that cost).
+
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use vffn_kernels::ffn::{self, naive, DepthSaved, PackedFfn, WidthSaved};
+use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
+use vffn_kernels::rayon;
+
+#[derive(Args, Debug)]
+pub struct FfnArgs {
+    #[arg(long, default_value_t = 2048)]
+    tokens: usize,
+    #[arg(long, default_value_t = 256)]
+    d: usize,
+    #[arg(long, default_value_t = 1024)]
+    h: usize,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, default_value_t = 8)]
+    experts: usize,
+    #[arg(long, default_value_t = 2)]
+    top_k: usize,
+    #[arg(long, default_value_t = 4)]
+    max_depth: usize,
+    /// Sample rounds (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    samples: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Deterministic values in [-scale, scale).
+fn fill(len: usize, salt: u64, scale: f32) -> Vec<f32> {
+    let mut s = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+struct Rand(u64);
+impl Rand {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 33) as usize % n
+    }
+}
+
+const ITEMS: [&str; 8] = [
+    "dense",
+    "width",
+    "width_naive",
+    "depth",
+    "depth_naive",
+    "train_fwd_bwd",
+    "dense_fwd_bwd",
+    "pack",
+];
+
+pub fn run(args: FfnArgs) -> anyhow::Result<()> {
+    let (t, d, h, e, k, depth_max) =
+        (args.tokens, args.d, args.h, args.experts, args.top_k, args.max_depth);
+    anyhow::ensure!(args.threads >= 1 && args.samples >= 1, "--threads and --samples must be ≥ 1");
+    anyhow::ensure!(t >= 1 && d >= 1 && (1..=e).contains(&k), "bad sizes");
+    anyhow::ensure!((1..=255).contains(&depth_max), "--max-depth must be in 1..=255");
+    let eps = 1e-6f32;
+    let w1 = fill(2 * h * d, 1, 1.0 / (d as f32).sqrt());
+    let w2 = fill(d * h, 2, 1.0 / (h as f32).sqrt());
+    let w_norm: Vec<f32> = fill(d, 3, 0.1).iter().map(|v| 1.0 + v).collect();
+    let x = fill(t * d, 4, 1.0);
+    let mut rng = Rand(0x5EED);
+    let mut ids = Vec::with_capacity(t * k);
+    for _ in 0..t {
+        let mut chosen = Vec::with_capacity(k);
+        while chosen.len() < k {
+            let c = rng.below(e) as u32;
+            if !chosen.contains(&c) {
+                chosen.push(c);
+            }
+        }
+        ids.extend(chosen);
+    }
+    let gates: Vec<f32> = (0..t * k).map(|i| 0.3 + 0.4 * ((i % 7) as f32 / 7.0)).collect();
+    let depth: Vec<u8> = (0..t).map(|_| 1 + rng.below(depth_max) as u8).collect();
+    let mean_depth = depth.iter().map(|&c| c as f64).sum::<f64>() / t as f64;
+    let d_out = fill(t * d, 5, 1.0);
+    let d_states = fill(depth_max * t * d, 6, 1.0);
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()
+        .context("building the thread pool")?;
+    let times = pool.install(|| -> anyhow::Result<Vec<Vec<f64>>> {
+        let packed = PackedFfn::pack(&w1, &w2, d, h, e, false)?;
+        let mut out = vec![0.0f32; t * d];
+        let mut z = vec![0.0f32; t * d];
+        let mut rstd = vec![0.0f32; t];
+        let mut states = vec![0.0f32; depth_max * t * d];
+        let (mut wsaved, mut dsaved) = (WidthSaved::default(), DepthSaved::default());
+        let mut u_dense = Vec::new();
+        let (mut dz, mut dx, mut dg) = (vec![0.0f32; t * d], vec![0.0f32; t * d], vec![0.0; t * k]);
+        let (mut dw1, mut dw2, mut dwn) = (vec![0.0f32; 2 * h * d], vec![0.0; d * h], vec![0.0; d]);
+        let mut item = |i: usize| -> anyhow::Result<()> {
+            match i {
+                0 => ffn::dense_forward(&packed, &x, &mut out)?,
+                1 => ffn::width_forward(&packed, &x, &ids, &gates, k, &mut out)?,
+                2 => naive::width_naive(&w1, &w2, d, h, e, &x, &ids, &gates, k, &mut out),
+                3 => ffn::depth_forward(&packed, &w_norm, eps, &x, &depth, depth_max, &mut out)?,
+                4 => naive::depth_naive(&w1, &w2, d, h, &w_norm, eps, &x, &depth, &mut out),
+                5 => {
+                    let p = PackedFfn::pack(&w1, &w2, d, h, e, true)?;
+                    rms_norm_forward(&x, &w_norm, &mut z, &mut rstd, eps);
+                    out.copy_from_slice(&x);
+                    ffn::width_forward_train(&p, &z, &ids, &gates, k, &mut out, &mut wsaved)?;
+                    ffn::depth_forward_train(
+                        &p,
+                        &w_norm,
+                        eps,
+                        &x,
+                        depth_max,
+                        &mut states,
+                        &mut dsaved,
+                    )?;
+                    dz.fill(0.0);
+                    dx.fill(0.0);
+                    ffn::width_backward(
+                        &p, &wsaved, &z, &gates, k, &d_out, &mut dz, &mut dg, &mut dw1, &mut dw2,
+                    )?;
+                    ffn::depth_backward(
+                        &p, &w_norm, &dsaved, &x, &states, &d_states, &mut dx, &mut dwn, &mut dw1,
+                        &mut dw2,
+                    )?;
+                    rms_norm_backward(
+                        &x,
+                        &w_norm,
+                        &rstd,
+                        &dz,
+                        Some((&mut dx, true)),
+                        Some((&mut dwn, true)),
+                    );
+                }
+                6 => {
+                    let p = PackedFfn::pack(&w1, &w2, d, h, e, true)?;
+                    ffn::dense_forward_train(&p, &x, &mut out, &mut u_dense)?;
+                    dz.fill(0.0);
+                    ffn::dense_backward(&p, &x, &u_dense, &d_out, &mut dz, &mut dw1, &mut dw2)?;
+                }
+                _ => {
+                    std::hint::black_box(PackedFfn::pack(&w1, &w2, d, h, e, false)?);
+                }
+            }
+            Ok(())
+        };
+        for i in 0..ITEMS.len() {
+            item(i)?; // warm-up (buffers, caches)
+        }
+        let mut per_item = vec![Vec::with_capacity(args.samples); ITEMS.len()];
+        for _ in 0..args.samples {
+            for (i, v) in per_item.iter_mut().enumerate() {
+                let t0 = Instant::now();
+                item(i)?;
+                v.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(per_item)
+    })?;
+    let med: Vec<f64> = times
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        })
+        .collect();
+    let get = |name: &str| med[ITEMS.iter().position(|&n| n == name).expect("item")];
+    let frac = k as f64 / e as f64;
+    let flop_units = depth_max as f64 + frac;
+    let ratios = [
+        ("width_over_frac_dense", get("width") / (frac * get("dense"))),
+        ("depth_over_mean_depth_dense", get("depth") / (mean_depth * get("dense"))),
+        ("width_naive_over_width", get("width_naive") / get("width")),
+        ("depth_naive_over_depth", get("depth_naive") / get("depth")),
+        (
+            "train_over_flop_proportional",
+            get("train_fwd_bwd") / (flop_units * get("dense_fwd_bwd")),
+        ),
+    ];
+    if args.json {
+        let mut line = format!(
+            "{{\"tokens\":{t},\"d\":{d},\"h\":{h},\"threads\":{},\"experts\":{e},\"top_k\":{k},\"max_depth\":{depth_max},\"mean_depth\":{mean_depth:.4}",
+            args.threads
+        );
+        for (name, v) in ITEMS.iter().zip(&med) {
+            line.push_str(&format!(",\"{name}\":{v:.3}"));
+        }
+        for (name, v) in ratios {
+            line.push_str(&format!(",\"{name}\":{v:.3}"));
+        }
+        line.push('}');
+        println!("{line}");
+    } else {
+        println!(
+            "ffn T={t} d={d} h={h} E={e} k={k} D={depth_max} threads={} (median ms of {})",
+            args.threads, args.samples
+        );
+        for (name, v) in ITEMS.iter().zip(&med) {
+            println!("  {name:<14} {v:9.3} ms");
+        }
+        println!("  mean_depth     {mean_depth:9.3}");
+        for (name, v) in ratios {
+            println!("  {name:<30} {v:.3}");
+        }
+    }
+    Ok(())
+}
