@@ -596,6 +596,9 @@ fn routed_backward(
     grads: RoutedGrads<'_>,
 ) -> Result<(), FfnError> {
     let (d, s, kind) = ex.check(true)?;
+    if k == 0 {
+        return Err(FfnError::Routing("top-k must be at least 1".to_string()));
+    }
     let t = z.len() / d.max(1);
     let n = t * k;
     let g = &saved.grouping;

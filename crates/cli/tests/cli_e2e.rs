@@ -358,3 +358,69 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_checkpoint() {
     ok(&["eval", "--checkpoint", path(&run), "--json"]);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `vffn forward` (issue 4 §7): inference writes logits and per-layer routing; `--train-mode
+/// --zero-noise` adds the loss and one gradient per parameter, and its logits give that loss.
+#[test]
+fn forward_writes_logits_routing_loss_and_gradients() {
+    let dir = scratch("forward");
+    let config = write(&dir, "small.toml", SMALL_CONFIG);
+    let run = dir.join("run");
+    ok(&["train", "--config", path(&config), "--block", "versatile", "--steps", "3"]
+        .iter()
+        .copied()
+        .chain(["--out", path(&run), "--threads", "1"])
+        .collect::<Vec<_>>());
+    let text = "12+34=46 copy ab > ab";
+    let t = text.len();
+
+    let infer_out = dir.join("infer.safetensors");
+    ok(&["forward", "--checkpoint", path(&run), "--text", text, "--out", path(&infer_out)]);
+    let infer = vffn_model::read_tensors(&fs::read(&infer_out).unwrap()).unwrap();
+    assert_eq!(infer.tensors["logits"].shape, vec![t, 256]);
+    for layer in 0..2 {
+        let depth = &infer.tensors[&format!("blocks.{layer}.depth")];
+        assert_eq!(depth.shape, vec![t]);
+        assert!(depth.data.iter().all(|&d| (1.0..=4.0).contains(&d) && d.fract() == 0.0));
+        let experts = &infer.tensors[&format!("blocks.{layer}.experts")];
+        assert_eq!(experts.shape, vec![t, 2]);
+        assert!(experts.data.iter().all(|&e| (0.0..8.0).contains(&e) && e.fract() == 0.0));
+    }
+
+    let train_out = dir.join("train.safetensors");
+    ok(&[
+        "forward",
+        "--checkpoint",
+        path(&run),
+        "--text",
+        text,
+        "--out",
+        path(&train_out),
+        "--train-mode",
+        "--zero-noise",
+    ]);
+    let train = vffn_model::read_tensors(&fs::read(&train_out).unwrap()).unwrap();
+    let logits = &train.tensors["logits"];
+    assert_eq!(logits.shape, vec![t - 1, 256]);
+    // The stored loss is the mean next-byte cross-entropy of the stored logits.
+    let bytes = text.as_bytes();
+    let mut ce = 0.0f64;
+    for (row, &target) in logits.data.chunks(256).zip(&bytes[1..]) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        ce += lse - row[target as usize] as f64;
+    }
+    ce /= (t - 1) as f64;
+    let loss = train.tensors["loss"].data[0] as f64;
+    assert!((loss - ce).abs() < 1e-4 * ce.max(1.0), "loss {loss} vs ce of logits {ce}");
+    // Every parameter of the checkpoint has a gradient of its own shape, and some are non-zero.
+    let model =
+        vffn_model::read_tensors(&fs::read(run.join("ckpt/model.safetensors")).unwrap()).unwrap();
+    for (name, tensor) in &model.tensors {
+        let grad = &train.tensors[&format!("{name}.grad")];
+        assert_eq!(grad.shape, tensor.shape, "{name}.grad");
+        assert!(grad.data.iter().all(|g| g.is_finite()), "{name}.grad");
+    }
+    let ff_grad = &train.tensors["transformer.blocks.0.ff_proj.weight.grad"];
+    assert!(ff_grad.data.iter().any(|&g| g != 0.0));
+}
