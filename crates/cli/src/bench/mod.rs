@@ -1,9 +1,18 @@
 //! `vffn bench …`: throughput measurements printed as text or one JSON line.
 
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use vffn_model::{Config, RunConfig, TrainConfig};
+
+use crate::common::read_input_file;
 
 mod ffn;
+mod forward;
 mod gemm;
+mod generate;
+mod train;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -17,11 +26,90 @@ enum BenchCommand {
     Gemm(gemm::GemmArgs),
     /// Median ms of the FFN kernels (dense, width, depth, naive baselines, training fwd+bwd).
     Ffn(ffn::FfnArgs),
+    /// Tokens/s of full training steps (forward, backward, clip, AdamW) on one preset batch.
+    Train(train::TrainBenchArgs),
+    /// Tokens/s of the inference forward over one preset batch.
+    Forward(forward::ForwardBenchArgs),
+    /// Tokens/s of greedy decoding with the KV cache, one token at a time.
+    Generate(generate::GenerateBenchArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Gemm(a) => gemm::run(a),
         BenchCommand::Ffn(a) => ffn::run(a),
+        BenchCommand::Train(a) => train::run(a),
+        BenchCommand::Forward(a) => forward::run(a),
+        BenchCommand::Generate(a) => generate::run(a),
     }
+}
+
+/// The model a model-level benchmark runs: preset or TOML config, block, threads, seed.
+#[derive(Args, Debug)]
+pub struct ModelChoice {
+    /// Model preset: tiny or small (default tiny).
+    #[arg(long, conflicts_with = "config")]
+    preset: Option<String>,
+    /// TOML file: `preset = ..`, `[model]` and `[train]` overrides.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Feed-forward block of every layer (overrides the preset / config).
+    #[arg(long, value_parser = ["dense", "kloop", "moe", "versatile"])]
+    block: Option<String>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seed of the fresh initialization (and of the data / noise draws).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ModelChoice {
+    /// The run configuration these flags select (default: the tiny preset, versatile block).
+    fn run_config(&self) -> Result<RunConfig> {
+        let mut run = match &self.config {
+            Some(path) => {
+                let bytes = read_input_file(path, "config file")?;
+                let text = String::from_utf8(bytes)
+                    .with_context(|| format!("config file `{}` is not UTF-8", path.display()))?;
+                RunConfig::from_toml(&text)
+                    .with_context(|| format!("config file `{}`", path.display()))?
+            }
+            None => {
+                let preset = self.preset.as_deref().unwrap_or("tiny");
+                RunConfig { model: Config::preset(preset)?, train: TrainConfig::default() }
+            }
+        };
+        if let Some(block) = &self.block {
+            run.set("model.block", block)?;
+        }
+        run.validate()?;
+        Ok(run)
+    }
+
+    /// What the report calls the model: the preset name or the config file.
+    fn model_name(&self) -> String {
+        match (&self.config, &self.preset) {
+            (Some(path), _) => path.display().to_string(),
+            (None, preset) => preset.as_deref().unwrap_or("tiny").to_string(),
+        }
+    }
+}
+
+/// The median of `samples` (upper median for an even count); `samples` must not be empty.
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// The block name as the config serializes it ("versatile", "dense", …).
+fn block_name(config: &Config) -> String {
+    serde_json::to_value(config.block)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{:?}", config.block))
 }

@@ -1,0 +1,82 @@
+//! `vffn bench generate [--preset P | --config F] [--block B] [--threads N] [--tokens N] [--json]`
+//!
+//! Tokens/s of greedy decoding with the KV cache (`Decoder::push`, one token at a time) of a
+//! freshly initialized model. The realized FLOPs come from one untimed inference forward over
+//! the decoded sequence, which routes every token exactly as the decoder did.
+
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+use vffn_autograd::Rng;
+use vffn_model::{causal_mean_context, Model};
+
+use super::{block_name, ModelChoice};
+use crate::common::{in_pool, sample_token};
+
+/// The first token fed to the decoder (a newline byte).
+const START_TOKEN: u32 = b'\n' as u32;
+
+#[derive(Args, Debug)]
+pub struct GenerateBenchArgs {
+    #[command(flatten)]
+    model: ModelChoice,
+    /// Tokens decoded (timed); default: the model's seq_len.
+    #[arg(long)]
+    tokens: Option<usize>,
+}
+
+pub fn run(args: GenerateBenchArgs) -> Result<()> {
+    let config = args.model.run_config()?.model;
+    let tokens = args.tokens.unwrap_or(config.seq_len);
+    ensure!(tokens >= 1, "--tokens must be at least 1");
+    let seed = args.model.seed;
+    let (seconds, sequence, threads) = in_pool(args.model.threads, || {
+        let model = Model::new(config.clone(), seed)?;
+        // Untimed warm-up push on a separate decoder (allocator, caches, thread pool).
+        model.decoder(1).push(START_TOKEN).context("decoding")?;
+        let mut decoder = model.decoder(tokens);
+        // Greedy: the RNG is never consulted at temperature 0.
+        let mut rng = Rng::new(seed);
+        let mut sequence = Vec::with_capacity(tokens);
+        let mut next = START_TOKEN;
+        let start = Instant::now();
+        for _ in 0..tokens {
+            sequence.push(next);
+            let logits = decoder.push(next).context("decoding")?;
+            next = sample_token(&logits, 0.0, 0, &mut rng);
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        Ok((seconds, sequence, rayon::current_num_threads()))
+    })?;
+    let tokens_per_s = tokens as f64 / seconds;
+    let model = Model::new(config.clone(), seed)?;
+    let routed = model.infer(&sequence, 1, sequence.len())?;
+    let flops = routed.realized_flops(&config, causal_mean_context(sequence.len()))?;
+    let gflops = flops.total * tokens_per_s / 1e9;
+    let (name, block) = (args.model.model_name(), block_name(&config));
+    if args.model.json {
+        let line = serde_json::json!({
+            "tokens_per_s": tokens_per_s,
+            "ms_per_token": seconds * 1e3 / tokens as f64,
+            "tokens": tokens,
+            "preset": name,
+            "block": block,
+            "threads": threads,
+            "realized_flops_per_token": flops.total,
+            "gflops": gflops,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "generate {name}/{block}, {threads} threads, {tokens} tokens greedy with KV cache"
+        );
+        println!("  per token   {:10.3} ms", seconds * 1e3 / tokens as f64);
+        println!("  throughput  {tokens_per_s:10.0} tokens/s");
+        println!(
+            "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token realized)",
+            flops.total / 1e6
+        );
+    }
+    Ok(())
+}
