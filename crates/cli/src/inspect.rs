@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use vffn_model::{
-    causal_mean_context, inference_flops, realized_inference_flops_from_counts, validation_batches,
-    BlockKind, Config, DepthRouting, Difficulty, Fusion, Model, Routing,
+    causal_mean_context, inference_flops, realized_inference_flops_from_counts, training_flops,
+    validation_batches, BlockKind, Config, DepthRouting, Difficulty, FlopsBreakdown, Fusion, Model,
+    Routing,
 };
 
 use crate::ckpt_io;
@@ -35,6 +36,9 @@ pub struct InspectArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Print one JSON line (routing statistics, parameters, FLOPs/token) instead of the text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Routing counts accumulated over batches.
@@ -141,7 +145,12 @@ fn run_in_pool(args: InspectArgs) -> Result<()> {
         stats.add(&config, &out.routing, batch.target_difficulty.as_deref());
         stats.tokens += (batch.batch_size * batch.seq_len) as u64;
     }
-    print!("{}", report(&config, &stats, &dir, &source)?);
+    if args.json {
+        let line = json_report(&model, &stats)?;
+        println!("{}", serde_json::to_string(&line).context("inspect result")?);
+    } else {
+        print!("{}", report(&config, &stats, &dir, &source)?);
+    }
     if let Some(svg_dir) = &args.svg {
         write_svgs(svg_dir, &config, &stats, &run_dir_of(&args.checkpoint, &dir))?;
     }
@@ -154,6 +163,63 @@ fn run_dir_of(given: &Path, ckpt_dir: &Path) -> PathBuf {
         return given.to_path_buf();
     }
     ckpt_dir.parent().map_or_else(|| given.to_path_buf(), Path::to_path_buf)
+}
+
+/// Realized and dense inference FLOPs per token of the routed statistics.
+fn realized_and_dense(
+    config: &Config,
+    stats: &RoutingStats,
+) -> Result<(f64, FlopsBreakdown, FlopsBreakdown)> {
+    let context = causal_mean_context(config.seq_len);
+    let counts: Vec<Vec<u64>> = if config.block == BlockKind::Versatile
+        && stats.depth_counts.iter().all(|c| c.len() == config.max_depth)
+    {
+        stats.depth_counts.clone()
+    } else {
+        Vec::new()
+    };
+    let realized = if counts.is_empty() && config.block == BlockKind::Versatile {
+        // No depth router (width-only ablation): every token takes the width path.
+        inference_flops(config, context, DepthRouting { mean_loops: 1.0, width_fraction: 1.0 })
+    } else {
+        realized_inference_flops_from_counts(config, context, &counts).context("realized FLOPs")?
+    };
+    let dense = Config { block: BlockKind::Dense, ..config.clone() };
+    let dense_flops = inference_flops(&dense, context, DepthRouting::uniform(config.max_depth));
+    Ok((context, realized, dense_flops))
+}
+
+/// The `--json` line: everything of the text report, as numbers.
+fn json_report(model: &Model, stats: &RoutingStats) -> Result<serde_json::Value> {
+    let config = &model.config;
+    let (context, realized, dense) = realized_and_dense(config, stats)?;
+    let train = training_flops(config, context);
+    let layers: Vec<serde_json::Value> = (0..config.n_layers)
+        .map(|layer| {
+            serde_json::json!({
+                "layer": layer,
+                "depth_counts": stats.depth_counts[layer],
+                "mean_depth": stats.mean_depth(layer),
+                "mean_lambda": stats.mean_lambda(config, layer),
+                "expert_counts": stats.expert_counts[layer],
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "block": config.block,
+        "params": model.params.num_elements(),
+        "tokens": stats.tokens,
+        "mean_context": context,
+        "train_flops_per_token": train.total,
+        "inference_flops_per_token": realized.total,
+        "inference_ffn_flops_per_token": realized.ffn_figure(),
+        "dense_inference_flops_per_token": dense.total,
+        "dense_inference_ffn_flops_per_token": dense.ffn_figure(),
+        "mean_depth_easy": stats.mean_depth_of(Difficulty::Easy),
+        "mean_depth_hard": stats.mean_depth_of(Difficulty::Hard),
+        "mean_depth_other": stats.mean_depth_of(Difficulty::Other),
+        "layers": layers,
+    }))
 }
 
 /// The text report.
@@ -206,22 +272,7 @@ fn report(config: &Config, stats: &RoutingStats, dir: &Path, source: &str) -> Re
         }
         out.push('\n');
     }
-    let context = causal_mean_context(config.seq_len);
-    let counts: Vec<Vec<u64>> = if config.block == BlockKind::Versatile
-        && stats.depth_counts.iter().all(|c| c.len() == config.max_depth)
-    {
-        stats.depth_counts.clone()
-    } else {
-        Vec::new()
-    };
-    let realized = if counts.is_empty() && config.block == BlockKind::Versatile {
-        // No depth router (width-only ablation): every token takes the width path.
-        inference_flops(config, context, DepthRouting { mean_loops: 1.0, width_fraction: 1.0 })
-    } else {
-        realized_inference_flops_from_counts(config, context, &counts).context("realized FLOPs")?
-    };
-    let dense = Config { block: BlockKind::Dense, ..config.clone() };
-    let dense_flops = inference_flops(&dense, context, DepthRouting::uniform(config.max_depth));
+    let (context, realized, dense_flops) = realized_and_dense(config, stats)?;
     let _ = writeln!(
         out,
         "inference FLOPs/token (mean context {context:.1}): {:.3} M realized, dense {:.3} M \

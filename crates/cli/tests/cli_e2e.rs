@@ -156,6 +156,27 @@ fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
         let body = fs::read_to_string(svg.join(file)).unwrap();
         assert!(body.starts_with("<svg") || body.starts_with("<?xml"), "{file}");
     }
+    // inspect --json: the same statistics as one line of numbers.
+    let out = ok(&["inspect", "--checkpoint", path(&run), "--batches", "4", "--json"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let layers = json["layers"].as_array().unwrap();
+    let tokens = json["tokens"].as_u64().unwrap();
+    assert!(tokens > 0 && !layers.is_empty());
+    for layer in layers {
+        let depth: u64 =
+            layer["depth_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
+        assert_eq!(depth, tokens, "every token chose a depth: {layer}");
+        let mean = layer["mean_depth"].as_f64().unwrap();
+        let lambda = layer["mean_lambda"].as_f64().unwrap();
+        assert!((1.0..=4.0).contains(&mean) && (0.0..1.0).contains(&lambda), "{layer}");
+    }
+    let realized = json["inference_ffn_flops_per_token"].as_f64().unwrap();
+    let dense = json["dense_inference_ffn_flops_per_token"].as_f64().unwrap();
+    assert!(realized > 0.9 * dense && json["params"].as_u64().unwrap() > 0, "{json}");
+    assert!(json["train_flops_per_token"].as_f64().unwrap() > realized);
+    assert!(json["mean_depth_easy"].as_f64().is_some() && json["mean_depth_hard"].is_number());
     fs::remove_dir_all(&dir).unwrap();
 }
 
