@@ -6,6 +6,7 @@
 use vffn_autograd::{AttnShape, ParamId, ParamStore, Tape, Tensor, Trans};
 
 use crate::config::{BlockKind, Config};
+use crate::fused::{self, FusedFfn};
 
 /// Parameter handles of one transformer layer (names as in [`Config::param_specs`]).
 #[derive(Clone, Debug)]
@@ -35,6 +36,9 @@ pub(crate) struct LayerWeights {
     pub expert_gate: Option<Tensor>,
     pub depth_predictor: Option<Tensor>,
     pub experts: Vec<(Tensor, Tensor)>,
+    /// The FFN weights packed for the fused kernels (see [`crate::fused`]); `None` = the
+    /// composed autograd path (widths the kernels refuse, the decoder, or forced for tests).
+    pub fused: Option<FusedFfn>,
 }
 
 impl LayerIds {
@@ -51,6 +55,7 @@ impl LayerIds {
             expert_gate: self.expert_gate.map(&mut p),
             depth_predictor: self.depth_predictor.map(&mut p),
             experts: self.experts.iter().map(|&(a, b)| (p(a), p(b))).collect(),
+            fused: None,
         }
     }
 }
@@ -192,6 +197,13 @@ pub(crate) fn moe_part(
     x: &Tensor,
 ) -> (Tensor, Tensor, Vec<u32>) {
     let z = tape.rms_norm(x, &w.ff_norm, cfg.norm_eps);
+    if let Some(f) = &w.fused {
+        let gate = w.expert_gate.as_ref().expect("moe layer has expert_gate");
+        let logits = tape.linear(&z, gate); // [N, E]
+        let route = route_top_k(tape, &logits, cfg.top_k);
+        let ffn = fused::moe_ffn(tape, f, w, &z, &route.gates, &route.experts);
+        return (tape.add(x, &ffn), logits, route.experts);
+    }
     let shared = swiglu_ffn(tape, &z, &w.ff_proj, &w.ff_out);
     let gate = w.expert_gate.as_ref().expect("moe layer has expert_gate");
     let logits = tape.linear(&z, gate); // [N, E]
@@ -208,6 +220,17 @@ pub(crate) fn moe_part(
 // x [N, d] -> [N, d]
 pub(crate) fn looped_part(tape: &mut Tape, cfg: &Config, w: &LayerWeights, x: &Tensor) -> Tensor {
     let loops = if cfg.block == BlockKind::Kloop { cfg.max_depth } else { 1 };
+    if let Some(f) = &w.fused {
+        let (n, eps) = (x.rows(), cfg.norm_eps);
+        if !tape.wants_grad(&[x, &w.ff_norm, &w.ff_proj, &w.ff_out]) {
+            let depth = vec![loops as u8; n];
+            return fused::depth_infer(&f.shared, x, &w.ff_norm, eps, &depth, loops);
+        }
+        let states =
+            fused::depth_states(tape, &f.shared, x, &w.ff_norm, &w.ff_proj, &w.ff_out, eps, loops);
+        let states = states.reshape(&[loops * n, x.cols()]).expect("[loops·N, d]");
+        return states.narrow_rows((loops - 1) * n, n).expect("last state in range");
+    }
     let mut x = x.clone();
     for _ in 0..loops {
         x = ffn_step(tape, cfg, w, &x);

@@ -24,6 +24,7 @@ pub mod corpus;
 pub mod data;
 pub mod decode;
 pub mod flops;
+pub(crate) mod fused;
 pub mod model;
 pub(crate) mod versatile;
 

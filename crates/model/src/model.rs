@@ -122,6 +122,8 @@ pub struct Model {
     pub(crate) layers: Vec<LayerIds>,
     pub(crate) ln_f: ParamId,
     pub(crate) head: ParamId,
+    /// Forces the composed autograd FFN path (no fused kernels); for tests comparing the two.
+    pub(crate) composed_ffn: bool,
 }
 
 impl Model {
@@ -222,6 +224,7 @@ impl Model {
             layers,
             config,
             params,
+            composed_ffn: false,
         })
     }
 
@@ -280,7 +283,10 @@ impl Model {
             Mode::Infer => (None, None),
         };
         for ids in &self.layers {
-            let w = ids.load(tape, &self.params);
+            let mut w = ids.load(tape, &self.params);
+            if !self.composed_ffn {
+                w.fused = crate::fused::pack_layer(tape, cfg, &w);
+            }
             let a = attention(tape, cfg, &w, &x, batch, seq, &positions);
             let x_attn = tape.add(&x, &a);
             let (out, layer_balance, depth, experts) =

@@ -9,13 +9,15 @@
 //!
 //! Training computes every loop for every token ([`versatile_train`]); inference
 //! ([`versatile_infer`]) runs each token exactly its argmax loop count and the width path only
-//! for tokens with λ > 0. These path functions are kept separate so fused grouped-GEMM kernels
-//! can replace them later.
+//! for tokens with λ > 0. When the layer's weights are packed (`LayerWeights::fused`, see
+//! [`crate::fused`]) the width routed sum and the depth loops each run as one fused custom op
+//! over the FFN kernels; otherwise (expert widths the kernels refuse) the composed ops below.
 
 use vffn_autograd::{Rng, Tape, Tensor};
 
 use crate::blocks::{balance_loss, ffn_step, matmul_nn, route_top_k, routed_sum, LayerWeights};
 use crate::config::{Config, Fusion, Paths};
+use crate::fused;
 
 /// What a versatile layer decided, per token.
 pub(crate) struct VersatileRouting {
@@ -39,6 +41,18 @@ pub(crate) fn width_path(
     let gate = w.expert_gate.as_ref().expect("versatile layer has expert_gate");
     let logits = tape.linear(x, gate); // [N, E]
     let route = route_top_k(tape, &logits, cfg.top_k);
+    if let Some(f) = &w.fused {
+        let routed = fused::width_routed(
+            tape,
+            &f.shared,
+            z,
+            &route.gates,
+            &route.experts,
+            &w.ff_proj,
+            &w.ff_out,
+        );
+        return (tape.add(x, &routed), logits, route.experts);
+    }
     // Columns e·s.. of ff_out are rows e·s.. of its transpose: transpose once per layer.
     let out_t = tape.transpose(&w.ff_out); // [h, d]
     let routed = routed_sum(tape, z, &route, |tape, e, z_e| {
@@ -68,6 +82,12 @@ pub(crate) fn depth_path(
     let logits = tape.linear(x, predictor); // [N, D]
     let probs = tape.gumbel_softmax_hard(&logits, temperature, noise); // one-hot [N, D]
     let depth = one_hot_choices(&probs);
+    if let Some(f) = &w.fused {
+        let (loops, eps) = (cfg.max_depth, cfg.norm_eps);
+        let states =
+            fused::depth_states(tape, &f.shared, x, &w.ff_norm, &w.ff_proj, &w.ff_out, eps, loops);
+        return (tape.weighted_sum(&states, &probs), probs, depth);
+    }
     let mut loops = Vec::with_capacity(cfg.max_depth);
     let mut x_l = x.clone();
     for _ in 0..cfg.max_depth {
@@ -224,6 +244,9 @@ pub(crate) fn depth_path_early_exit(
     x: &Tensor,
     depth: &[u8],
 ) -> Tensor {
+    if let Some(f) = &w.fused {
+        return fused::depth_infer(&f.shared, x, &w.ff_norm, cfg.norm_eps, depth, cfg.max_depth);
+    }
     let (n, d) = (x.rows(), x.cols());
     let mut out = vec![0.0f32; n * d];
     let mut running: Vec<u32> = (0..n as u32).collect(); // token of each running row
@@ -324,7 +347,9 @@ mod tests {
         let (n, d) = (cfg.seq_len, cfg.d_model);
         let mut tape = if grads.is_some() { Tape::new() } else { Tape::no_grad() };
         let x0 = tape.watch(&Tensor::from_vec(&[n, d], x.to_vec()).unwrap());
-        let w = model.layers[0].load(&mut tape, &model.params);
+        let mut w = model.layers[0].load(&mut tape, &model.params);
+        // Fused kernels when they accept the widths (as in `Model`), else the composed path.
+        w.fused = crate::fused::pack_layer(&tape, cfg, &w);
         let positions: Vec<usize> = (0..n).collect();
         let a = attention(&mut tape, cfg, &w, &x0, 1, n, &positions);
         let xa = tape.add(&x0, &a);
@@ -369,6 +394,11 @@ mod tests {
     /// Central differences (step h, f64) of `block_loss` against the tape's gradients for every
     /// entry of x and a spread of entries of each parameter named in `checked`.
     fn check_block(cfg: Config, checked: &[&str], check_x: bool) {
+        check_block_step(cfg, checked, check_x, 1e-2);
+    }
+
+    /// [`check_block`] with finite-difference step `h`.
+    fn check_block_step(cfg: Config, checked: &[&str], check_x: bool, h: f32) {
         let mut model = Model::new(cfg.clone(), 12).unwrap();
         let (n, d) = (cfg.seq_len, cfg.d_model);
         let mut rng = Rng::new(5);
@@ -377,7 +407,6 @@ mod tests {
         let mut grads = Vec::new();
         let mut grad_x = Vec::new();
         let (_, base_sig) = block_loss(&model, &x, &r, Some(&mut grads), Some(&mut grad_x));
-        let h = 1e-2f32;
         // f32 forward: rounding ~1e-6/h plus O(h²) truncation; measured worst ≈ 3e-4·|g|.
         let tol = |fd: f64, an: f64| (fd - an).abs() <= 5e-4 + 5e-3 * an.abs();
         let mut checked_count = 0;
@@ -432,6 +461,36 @@ mod tests {
     fn versatile_width_block_gradients_match_finite_differences() {
         let names = ["attn_norm", "att_proj", "attn_out", "ff_norm", "ff_proj", "ff_out", "gate"];
         check_block(tiny(BlockKind::Versatile, Paths::Width), &names, true);
+    }
+
+    /// d 16, h 64, E 4: expert width 16, so the fused kernels run (checked here). init_std 0.25
+    /// and a step of 3e-3 (with 0.5 / 1e-2 the O(h²) term of this wider FFN exceeds the
+    /// tolerance on the composed path just the same; larger steps flip routings).
+    fn fused_cfg(block: BlockKind, paths: Paths) -> Config {
+        let cfg = Config { d_model: 16, hidden: 64, init_std: 0.25, ..tiny(block, paths) };
+        let model = Model::new(cfg.clone(), 12).unwrap();
+        let mut tape = Tape::new();
+        let w = model.layers[0].load(&mut tape, &model.params);
+        assert!(crate::fused::pack_layer(&tape, &cfg, &w).is_some(), "fused path not taken");
+        cfg
+    }
+
+    #[test]
+    fn fused_versatile_block_gradients_match_finite_differences() {
+        let names = ["ff_norm", "ff_proj", "ff_out", "expert_gate"];
+        check_block_step(fused_cfg(BlockKind::Versatile, Paths::Both), &names, false, 3e-3);
+    }
+
+    #[test]
+    fn fused_versatile_width_block_gradients_match_finite_differences() {
+        let names = ["attn_norm", "ff_norm", "ff_proj", "ff_out", "gate"];
+        check_block_step(fused_cfg(BlockKind::Versatile, Paths::Width), &names, true, 3e-3);
+    }
+
+    #[test]
+    fn fused_moe_block_gradients_match_finite_differences() {
+        let names = ["attn_norm", "ff_norm", "ff_proj", "ff_out", "gate"];
+        check_block_step(fused_cfg(BlockKind::Moe, Paths::Both), &names, true, 3e-3);
     }
 
     #[test]
