@@ -1,8 +1,12 @@
 //! Criterion bench `ffn`: the FFN kernels at T = 2048, d = 256, h = 1024 (E = 8, top-2, D = 4),
 //! single-threaded, side by side with their naive references (same items as `vffn bench ffn`).
+//! Throughput is in FLOPs (vffn-model's accounting, criterion's "elem/s" reads as FLOP/s):
+//! F = 6·h·d per token and pass; width (k/E)·F per token; depth each token's loops × F (the
+//! naive references do the same useful work); train_fwd_bwd 3 × (width + D·F) per token.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
+use vffn_benches::FfnCase;
 use vffn_kernels::ffn::{self, naive, DepthSaved, PackedFfn, WidthSaved};
 use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
 use vffn_kernels::rayon;
@@ -40,12 +44,17 @@ fn bench_ffn(c: &mut Criterion) {
     let d_states = values(LOOPS * T * D, 5, 1.0);
     let packed = PackedFfn::pack(&w1, &w2, D, H, E, false).expect("pack");
     let mut out = vec![0.0f32; T * D];
+    // Same shape and routing formulas as this bench: its FLOP counts apply.
+    let case = FfnCase::new(T, D, H, E, K, LOOPS).expect("ffn case");
+    let flops = |f: f64| Throughput::Elements(f as u64);
     let mut group = c.benchmark_group("ffn");
     group.sample_size(10).warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(3));
+    group.throughput(flops(case.dense_flops()));
     group.bench_function("dense", |b| {
         pool.install(|| b.iter(|| ffn::dense_forward(&packed, &x, &mut out).expect("dense")))
     });
+    group.throughput(flops(case.width_flops()));
     group.bench_function("width", |b| {
         pool.install(|| {
             b.iter(|| ffn::width_forward(&packed, &x, &ids, &gates, K, &mut out).expect("width"))
@@ -56,6 +65,7 @@ fn bench_ffn(c: &mut Criterion) {
             b.iter(|| naive::width_naive(&w1, &w2, D, H, E, &x, &ids, &gates, K, &mut out))
         })
     });
+    group.throughput(flops(case.depth_flops()));
     group.bench_function("depth", |b| {
         pool.install(|| {
             b.iter(|| {
@@ -73,6 +83,7 @@ fn bench_ffn(c: &mut Criterion) {
     let (mut ws, mut ds) = (WidthSaved::default(), DepthSaved::default());
     let (mut dz, mut dx, mut dg) = (vec![0.0f32; T * D], vec![0.0f32; T * D], vec![0.0; T * K]);
     let (mut dw1, mut dw2, mut dwn) = (vec![0.0f32; 2 * H * D], vec![0.0; D * H], vec![0.0; D]);
+    group.throughput(flops(3.0 * (case.width_flops() + LOOPS as f64 * case.dense_flops())));
     group.bench_function("train_fwd_bwd", |b| {
         pool.install(|| {
             b.iter(|| {

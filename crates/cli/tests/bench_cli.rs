@@ -58,3 +58,125 @@ fn model_bench_errors_are_one_line() {
         assert!(stderr.starts_with("error"), "{args:?}: {stderr}");
     }
 }
+
+/// `vffn bench all --json` with a short budget on a few items: one JSON document with the
+/// machine, the commit and each item's median and GFLOP/s; `--markdown` renders it.
+#[test]
+fn bench_all_writes_one_json_document() {
+    let out = vffn(&[
+        "bench",
+        "all",
+        "--json",
+        "--threads",
+        "2",
+        "--budget-ms",
+        "20",
+        "--presets",
+        "tiny",
+        "--filter",
+        "1x1024x1024",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    for key in ["date", "commit", "machine", "items", "elapsed_s"] {
+        assert!(doc.get(key).is_some(), "missing `{key}`: {doc}");
+    }
+    assert!(doc["dirty"].is_boolean() || doc["dirty"].is_null());
+    let machine = &doc["machine"];
+    assert_eq!(machine["threads"], 2);
+    assert!(!machine["cpu_model"].as_str().unwrap().is_empty());
+    assert!(machine["features"].is_array());
+    let items = doc["items"].as_array().unwrap();
+    let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["gemm/B_1x1024x1024", "gemm/Wt_1x1024x1024"]);
+    for item in items {
+        let median = item["median_ms"].as_f64().unwrap();
+        let gflops = item["gflops"].as_f64().unwrap();
+        assert!(median > 0.0 && median.is_finite(), "{item}");
+        assert!(gflops > 0.0 && gflops.is_finite(), "{item}");
+        assert_eq!(item["flops"].as_f64().unwrap(), 2.0 * 1024.0 * 1024.0);
+        assert!(item["samples"].as_u64().unwrap() >= 3, "{item}");
+        assert!(item.get("tokens_per_s").is_none(), "{item}");
+    }
+
+    // Model items carry tokens/s and FLOPs/token; their FLOPs per call are per batch / step.
+    let out = vffn(&[
+        "bench",
+        "all",
+        "--json",
+        "--threads",
+        "2",
+        "--budget-ms",
+        "1",
+        "--presets",
+        "tiny",
+        "--filter",
+        "tiny/dense",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("one JSON document");
+    let items = doc["items"].as_array().unwrap();
+    let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["model/tiny/dense/forward", "model/tiny/dense/train_step"]);
+    for item in items {
+        let rate = item["tokens_per_s"].as_f64().unwrap();
+        let per_token = item["flops_per_token"].as_f64().unwrap();
+        let flops = item["flops"].as_f64().unwrap();
+        assert!(rate > 0.0 && rate.is_finite() && per_token > 0.0, "{item}");
+        assert!((flops - per_token * 2048.0).abs() <= 1e-9 * flops, "{item}");
+        let gflops = item["gflops"].as_f64().unwrap();
+        assert!((gflops - per_token * rate / 1e9).abs() <= 1e-9 * gflops, "{item}");
+    }
+    // Training does 3× the forward's FLOPs (all loops), the forward only the routed work.
+    let (fwd, train) = (&items[0], &items[1]);
+    let (fwd, train) =
+        (fwd["flops_per_token"].as_f64().unwrap(), train["flops_per_token"].as_f64().unwrap());
+    assert!((train - 3.0 * fwd).abs() <= 1e-12 * train, "{train} vs 3 × {fwd}");
+
+    let dir = std::env::temp_dir().join(format!("vffn-bench-all-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("all.json");
+    std::fs::write(&file, &text).unwrap();
+    let md = vffn(&["bench", "all", "--markdown", file.to_str().unwrap()]);
+    assert!(md.status.success(), "{}", String::from_utf8_lossy(&md.stderr));
+    let md = String::from_utf8(md.stdout).unwrap();
+    let commit = doc["commit"].as_str().unwrap();
+    assert!(md.contains(&commit[..commit.len().min(12)]), "{md}");
+    let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| `model/")).collect();
+    assert_eq!(rows.len(), 2, "{md}");
+    assert!(rows[0].starts_with("| `model/tiny/dense/forward` |"), "{md}");
+
+    // Bad input: one error line, nothing on stdout.
+    std::fs::write(&file, "{\"date\": 1}").unwrap();
+    for args in [
+        &["bench", "all", "--markdown", file.to_str().unwrap()][..],
+        &["bench", "all", "--filter", "no-such-item"],
+        &["bench", "all", "--presets", "huge"],
+        &["bench", "all", "--threads", "0", "--filter", "gemm/B_1x"],
+    ] {
+        let out = vffn(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// docs/benchmarks.md shows the table of the `vffn bench all --json` run kept in
+/// benches/bench-all.json, exactly as `--markdown` renders it.
+#[test]
+fn benchmarks_doc_matches_its_bench_all_run() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let json = root.join("benches/bench-all.json");
+    let out = vffn(&["bench", "all", "--markdown", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.lines().filter(|l| l.starts_with("| `")).count() >= 20, "{table}");
+    let doc = std::fs::read_to_string(root.join("docs/benchmarks.md")).unwrap();
+    assert!(
+        doc.contains(&table),
+        "docs/benchmarks.md does not contain `vffn bench all --markdown benches/bench-all.json`"
+    );
+}

@@ -4,13 +4,12 @@
 //! initialized model over one preset batch (B×T tokens) of the built-in corpus; the median of
 //! the timed repeats after one warm-up run.
 
-use std::time::Instant;
-
 use anyhow::{ensure, Result};
 use clap::Args;
-use vffn_model::{causal_mean_context, Batcher, Model};
+use vffn_benches::ForwardCase;
+use vffn_model::{Config, Dataset};
 
-use super::{block_name, median, ModelChoice};
+use super::{block_name, median, sample, ModelChoice, Sampling};
 use crate::common::{in_pool, load_dataset};
 
 #[derive(Args, Debug)]
@@ -22,30 +21,60 @@ pub struct ForwardBenchArgs {
     repeats: usize,
 }
 
+/// A model-level measurement: median milliseconds per batch (forward) or step (training).
+pub(crate) struct ModelTiming {
+    pub ms: f64,
+    pub samples: usize,
+    /// Tokens per batch / step.
+    pub tokens: usize,
+    /// Realized inference FLOPs per token (forward) or training FLOPs per token (step).
+    pub flops_per_token: f64,
+}
+
+impl ModelTiming {
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / (self.ms / 1e3)
+    }
+
+    pub fn gflops(&self) -> f64 {
+        self.flops_per_token * self.tokens_per_s() / 1e9
+    }
+}
+
+/// Times the inference forward of a fresh `config` model (seed `seed`) over one validation
+/// batch of `dataset`, in the current thread pool.
+pub(crate) fn measure_forward(
+    config: &Config,
+    dataset: &Dataset,
+    seed: u64,
+    sampling: &Sampling,
+) -> Result<ModelTiming> {
+    let case = ForwardCase::new(config.clone(), dataset, seed)?;
+    let mut output = None;
+    let times = sample(sampling, || {
+        output = Some(case.run()?);
+        Ok(())
+    })?;
+    let output = output.expect("sample runs the forward at least once");
+    Ok(ModelTiming {
+        ms: median(&times) * 1e3,
+        samples: times.len(),
+        tokens: case.tokens(),
+        flops_per_token: case.flops_per_token(&output)?,
+    })
+}
+
 pub fn run(args: ForwardBenchArgs) -> Result<()> {
     ensure!(args.repeats >= 1, "--repeats must be at least 1");
     let config = args.model.run_config()?.model;
     let (dataset, _) = load_dataset(None, config.seq_len)?;
-    let seed = args.model.seed;
-    let (ms, output, threads) = in_pool(args.model.threads, || {
-        let model = Model::new(config.clone(), seed)?;
-        let batch =
-            Batcher::new(dataset.val, config.seq_len, config.batch_size, seed)?.next_batch();
-        let (b, t) = (batch.batch_size, batch.seq_len);
-        let mut output = model.infer(&batch.inputs, b, t)?;
-        let mut times = Vec::with_capacity(args.repeats);
-        for _ in 0..args.repeats {
-            let start = Instant::now();
-            output = model.infer(&batch.inputs, b, t)?;
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok((median(&times), output, rayon::current_num_threads()))
+    let sampling = Sampling::fixed(1, args.repeats);
+    let (timing, threads) = in_pool(args.model.threads, || {
+        let timing = measure_forward(&config, &dataset, args.model.seed, &sampling)?;
+        Ok((timing, rayon::current_num_threads()))
     })?;
-    ensure!(output.logits.iter().all(|v| v.is_finite()), "the forward produced non-finite logits");
-    let tokens = (config.batch_size * config.seq_len) as f64;
-    let tokens_per_s = tokens / (ms / 1e3);
-    let flops = output.realized_flops(&config, causal_mean_context(config.seq_len))?;
-    let gflops = flops.total * tokens_per_s / 1e9;
+    let (ms, tokens_per_s, gflops) = (timing.ms, timing.tokens_per_s(), timing.gflops());
+    let flops_per_token = timing.flops_per_token;
     let (name, block) = (args.model.model_name(), block_name(&config));
     if args.model.json {
         let line = serde_json::json!({
@@ -54,8 +83,8 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
             "preset": name,
             "block": block,
             "threads": threads,
-            "batch_tokens": tokens as u64,
-            "realized_flops_per_token": flops.total,
+            "batch_tokens": timing.tokens as u64,
+            "realized_flops_per_token": flops_per_token,
             "gflops": gflops,
         });
         println!("{line}");
@@ -68,7 +97,7 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
         println!("  throughput  {tokens_per_s:10.0} tokens/s");
         println!(
             "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token realized)",
-            flops.total / 1e6
+            flops_per_token / 1e6
         );
     }
     Ok(())

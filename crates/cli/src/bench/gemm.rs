@@ -4,13 +4,16 @@
 //! `--trans-a`: A stored as [k,m] (op(A) = Aᵀ). `--trans-b`: B stored as W [n,k], the linear-layer
 //! layout (op(B) = Wᵀ).
 
-use std::time::Instant;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use vffn_kernels::gemm::{gemm_with, GemmPath, MatMut, MatRef};
 use vffn_kernels::rayon;
 use vffn_kernels::selected_kernel;
+
+use super::{sample, Sampling};
+use vffn_benches::values;
 
 #[derive(Args, Debug)]
 pub struct GemmArgs {
@@ -33,18 +36,13 @@ pub struct GemmArgs {
     samples: usize,
 }
 
-/// Deterministic values in [-0.5, 0.5).
-fn fill(len: usize, salt: usize) -> Vec<f32> {
-    (0..len).map(|i| ((i.wrapping_mul(2654435761) ^ salt) % 1000) as f32 / 1000.0 - 0.5).collect()
-}
-
 pub fn run(args: GemmArgs) -> anyhow::Result<()> {
     let kernel = selected_kernel().context("choosing the GEMM micro-kernel")?;
     anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(args.samples >= 1, "--samples must be at least 1");
     let (m, k, n) = (args.m, args.k, args.n);
-    let a = fill(m * k, 1);
-    let b = fill(k * n, 2);
+    let a = values(m * k, 1);
+    let b = values(k * n, 2);
     let mut c = vec![0.0f32; m * n];
     // a [m,k] or [k,m]ᵀ; b [k,n] or W [n,k]ᵀ; c [m,n]
     let a_view = if args.trans_a { MatRef::new(&a, k, m).t() } else { MatRef::new(&a, m, k) };
@@ -58,26 +56,14 @@ pub fn run(args: GemmArgs) -> anyhow::Result<()> {
         Ok(())
     };
     let flops = 2.0 * (m as f64) * (n as f64) * (k as f64);
-    let secs = pool.install(|| -> anyhow::Result<Vec<f64>> {
-        // Warm up and size a sample to ~2 ms so timer resolution does not matter.
-        let t0 = Instant::now();
-        call()?;
-        let once = t0.elapsed().as_secs_f64().max(1e-9);
-        let reps = ((2e-3 / once) as usize).clamp(1, 100_000);
-        for _ in 0..reps {
-            call()?;
-        }
-        let mut per_call = Vec::with_capacity(args.samples);
-        for _ in 0..args.samples {
-            let t = Instant::now();
-            for _ in 0..reps {
-                call()?;
-            }
-            per_call.push(t.elapsed().as_secs_f64() / reps as f64);
-        }
-        Ok(per_call)
-    })?;
-    let mut secs = secs;
+    let sampling = Sampling {
+        warmup: 1,
+        min_samples: args.samples,
+        max_samples: args.samples,
+        budget: Duration::ZERO,
+        min_sample: Duration::from_millis(2),
+    };
+    let mut secs = pool.install(|| sample(&sampling, &mut call))?;
     secs.sort_by(|x, y| x.total_cmp(y));
     let median = secs[secs.len() / 2];
     let gflops = flops / median / 1e9;

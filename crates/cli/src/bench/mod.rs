@@ -1,6 +1,7 @@
 //! `vffn bench …`: throughput measurements printed as text or one JSON line.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -8,6 +9,7 @@ use vffn_model::{Config, RunConfig, TrainConfig};
 
 use crate::common::read_input_file;
 
+mod all;
 mod ffn;
 mod forward;
 mod gemm;
@@ -32,6 +34,9 @@ enum BenchCommand {
     Forward(forward::ForwardBenchArgs),
     /// Tokens/s of greedy decoding with the KV cache, one token at a time.
     Generate(generate::GenerateBenchArgs),
+    /// Everything (GEMM shapes, FFN paths, attention, each preset × block forward and train
+    /// step), a second or so per item, as one table or one JSON document.
+    All(all::AllArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -41,6 +46,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Train(a) => train::run(a),
         BenchCommand::Forward(a) => forward::run(a),
         BenchCommand::Generate(a) => generate::run(a),
+        BenchCommand::All(a) => all::run(a),
     }
 }
 
@@ -97,6 +103,60 @@ impl ModelChoice {
             (None, preset) => preset.as_deref().unwrap_or("tiny").to_string(),
         }
     }
+}
+
+/// How [`sample`] times a call: untimed warm-up calls, then timed samples until at least
+/// `min_samples` are taken and `budget` has passed (at most `max_samples`). When `min_sample`
+/// is non-zero, the first warm-up call sizes a sample to that many calls that it lasts at least
+/// `min_sample` (so timer resolution does not matter) and one untimed sample follows it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sampling {
+    pub warmup: usize,
+    pub min_samples: usize,
+    pub max_samples: usize,
+    pub budget: Duration,
+    pub min_sample: Duration,
+}
+
+impl Sampling {
+    /// Exactly `samples` one-call samples after `warmup` untimed calls.
+    pub fn fixed(warmup: usize, samples: usize) -> Self {
+        Sampling {
+            warmup,
+            min_samples: samples,
+            max_samples: samples,
+            budget: Duration::ZERO,
+            min_sample: Duration::ZERO,
+        }
+    }
+}
+
+/// Seconds per call of each timed sample of `call` (see [`Sampling`]).
+pub(crate) fn sample(s: &Sampling, mut call: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut reps = 1usize;
+    let mut warmup = s.warmup;
+    if !s.min_sample.is_zero() {
+        let start = Instant::now();
+        call()?;
+        let once = start.elapsed().as_secs_f64().max(1e-9);
+        reps = ((s.min_sample.as_secs_f64() / once).ceil() as usize).clamp(1, 100_000);
+        warmup = if reps > 1 { reps } else { warmup.saturating_sub(1) };
+    }
+    for _ in 0..warmup {
+        call()?;
+    }
+    let started = Instant::now();
+    let mut per_call = Vec::with_capacity(s.min_samples);
+    while per_call.len() < s.max_samples.max(1)
+        && (per_call.len() < s.min_samples.max(1) || started.elapsed() < s.budget)
+    {
+        let t = Instant::now();
+        for _ in 0..reps {
+            call()?;
+        }
+        per_call.push(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    Ok(per_call)
 }
 
 /// The median of `samples` (upper median for an even count); `samples` must not be empty.
