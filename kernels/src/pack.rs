@@ -129,10 +129,42 @@ pub(crate) fn pack_a(
             unsafe { pack_a6_rows_avx2(a.data.as_ptr(), &starts[..live], kc, panel) };
             continue;
         }
-        for (p, out) in panel.chunks_exact_mut(mr).enumerate() {
-            for (i, v) in out.iter_mut().enumerate().take(live) {
-                *v = a.data[starts[i] + p * cs];
+        // Column-major A (a transposed view, e.g. dYᵀ of a weight gradient) with consecutive
+        // rows: the live values of one p are contiguous, so each p is one short copy instead of
+        // `live` strided, bounds-checked loads (measured: this pack fell from 6.2 % to
+        // 3.4–3.9 % of a linear layer's forward + backward profile, all of it in dW = dYᵀ·X).
+        if a.row_stride == 1 && (0..live).all(|i| starts[i] == starts[0] + i) {
+            match mr {
+                6 => pack_a_cols::<6>(a.data, starts[0], cs, live, panel),
+                2 => pack_a_cols::<2>(a.data, starts[0], cs, live, panel),
+                14 => pack_a_cols::<14>(a.data, starts[0], cs, live, panel),
+                _ => pack_a_strided(a.data, &starts[..live], cs, mr, panel),
             }
+            continue;
+        }
+        pack_a_strided(a.data, &starts[..live], cs, mr, panel);
+    }
+}
+
+/// Generic A panel: `panel[p·mr + i] = data[starts[i] + p·cs]` for the live rows i.
+fn pack_a_strided(data: &[f32], starts: &[usize], cs: usize, mr: usize, panel: &mut [f32]) {
+    for (p, out) in panel.chunks_exact_mut(mr).enumerate() {
+        for (v, &s) in out.iter_mut().zip(starts) {
+            *v = data[s + p * cs];
+        }
+    }
+}
+
+/// A panel whose `live` rows are consecutive in memory: `panel[p·M + i] = data[s0 + p·cs + i]`
+/// (rows ≥ live were zeroed by the caller). A fixed `M` makes a full row one inline copy.
+fn pack_a_cols<const M: usize>(data: &[f32], s0: usize, cs: usize, live: usize, panel: &mut [f32]) {
+    for (p, out) in panel.chunks_exact_mut(M).enumerate() {
+        let s = s0 + p * cs;
+        if live == M {
+            let src: &[f32; M] = data[s..s + M].try_into().expect("M values");
+            out.copy_from_slice(src);
+        } else {
+            out[..live].copy_from_slice(&data[s..s + live]);
         }
     }
 }
@@ -321,5 +353,52 @@ impl PackedB {
 impl std::fmt::Debug for PackedB {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PackedB {{ k: {}, n: {} }}", self.k, self.n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Element (i, p) of the packed block: panel i / mr, depth p, lane i % mr.
+    fn packed_at(dst: &[f32], mr: usize, kc: usize, i: usize, p: usize) -> f32 {
+        dst[(i / mr) * mr * kc + p * mr + i % mr]
+    }
+
+    /// `pack_a` of a column-major A (the contiguous-copy path) and of gathered rows (the strided
+    /// path) place every value where the micro-kernel reads it and zero the padding rows, for
+    /// every kernel height, ragged row counts and depth sub-blocks.
+    #[test]
+    fn pack_a_places_every_value() {
+        let (m, k) = (37usize, 29usize);
+        // A = Bᵀ for a row-major B [k, m]: row stride 1, column stride m.
+        let data: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() + 2.0).collect();
+        let a = MatRef::new(&data, k, m).t();
+        let ix: Vec<usize> = (0..m).rev().step_by(2).collect();
+        for mr in [1usize, 2, 5, 6, 14] {
+            for (start, rows) in [(0usize, m), (3, 6), (5, 13), (36, 1), (0, 14)] {
+                for (p0, kc) in [(0usize, k), (4, 9), (28, 1)] {
+                    let len = rows.div_ceil(mr) * mr * kc;
+                    let mut dst = vec![f32::NAN; len];
+                    pack_a(mr, a, RowSource::Range { start }, rows, p0, kc, &mut dst);
+                    for i in 0..rows.div_ceil(mr) * mr {
+                        for p in 0..kc {
+                            let want = if i < rows { a.at(start + i, p0 + p) } else { 0.0 };
+                            let got = packed_at(&dst, mr, kc, i, p);
+                            assert_eq!(got.to_bits(), want.to_bits(), "mr {mr} ({i},{p})");
+                        }
+                    }
+                    let rows = rows.min(ix.len());
+                    let mut dst = vec![f32::NAN; rows.div_ceil(mr) * mr * kc];
+                    pack_a(mr, a, RowSource::Index(&ix), rows, p0, kc, &mut dst);
+                    for (i, &row) in ix.iter().enumerate().take(rows) {
+                        for p in 0..kc {
+                            let want = a.at(row, p0 + p);
+                            assert_eq!(packed_at(&dst, mr, kc, i, p).to_bits(), want.to_bits());
+                        }
+                    }
+                }
+            }
+        }
     }
 }
