@@ -818,11 +818,13 @@ fn dense_core(w: &PackedFfn, z: &[f32], u: &mut [f32], a: &mut [f32], beta: f32,
 }
 
 /// One FFN backward: dz [n,d] = overwritten; dW1(perm) [2h,d] and dW2 [d,h] accumulated.
+/// `a_saved` is the forward's SwiGLU output [n,h] when kept (else it is recomputed from u).
 #[allow(clippy::too_many_arguments)]
 fn dense_backward_core(
     w: &PackedFfn,
     z: &[f32],
     u: &[f32],
+    a_saved: Option<&[f32]>,
     dy: &[f32],
     dz: &mut [f32],
     dw1p: &mut [f32],
@@ -835,9 +837,16 @@ fn dense_backward_core(
         return Ok(());
     }
     let (w1p, w2) = w.bwd()?;
-    let (mut a, mut da, mut du) = (take(n * h), take(n * h), take(n * 2 * h));
-    let (a, da, du) = (&mut a[..n * h], &mut da[..n * h], &mut du[..n * 2 * h]);
-    swiglu_forward(u, a, s);
+    let (mut a_buf, mut da_buf, mut du_buf) = (take(0), take(n * h), take(n * 2 * h));
+    let a: &[f32] = match a_saved {
+        Some(a) => a,
+        None => {
+            let a = sized(&mut a_buf, n * h);
+            swiglu_forward(u, a, s);
+            a
+        }
+    };
+    let (da, du) = (&mut da_buf[..n * h], &mut du_buf[..n * 2 * h]);
     let dyv = MatRef::new(dy, n, d);
     gemm_packed_with(kind, 1.0, dyv, None, w2, 0..h, 0..d, 0.0, MatMut::new(da, n, h))?;
     let gemm = |a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>| {
@@ -848,6 +857,9 @@ fn dense_backward_core(
     let duv = MatRef::new(du, n, 2 * h);
     gemm(duv.t(), MatRef::new(z, n, d), MatMut::new(dw1p, 2 * h, d))?;
     gemm_packed_with(kind, 1.0, duv, None, w1p, 0..d, 0..2 * h, 0.0, MatMut::new(dz, n, d))?;
+    for v in [a_buf, da_buf, du_buf] {
+        give(v);
+    }
     Ok(())
 }
 
@@ -910,7 +922,7 @@ pub fn dense_backward(
     }
     let (mut dzt, mut dw1p) = (take(n * d), take(2 * h * d));
     dw1p[..2 * h * d].fill(0.0);
-    dense_backward_core(w, z, u_saved, dy, &mut dzt[..n * d], &mut dw1p[..2 * h * d], dw2)?;
+    dense_backward_core(w, z, u_saved, None, dy, &mut dzt[..n * d], &mut dw1p[..2 * h * d], dw2)?;
     for (o, &v) in dz.iter_mut().zip(&dzt[..n * d]) {
         *o += v;
     }
@@ -1012,8 +1024,9 @@ pub fn depth_forward(
 }
 
 /// What the depth training forward keeps: per loop ℓ the normalized input z_ℓ [T,d], its rstd
-/// [T] and the pre-activation u_ℓ [T,2h]: D·T·(d + 1 + 2h) floats (x_ℓ themselves are the
-/// caller's `states`). The SwiGLU output is recomputed in the backward (element-wise).
+/// [T], the pre-activation u_ℓ [T,2h] and the SwiGLU output a_ℓ [T,h]: D·T·(d + 1 + 3h) floats
+/// (x_ℓ themselves are the caller's `states`). Keeping a_ℓ costs what the composed autograd path
+/// keeps anyway and saves recomputing SwiGLU (an exp per element) in the backward.
 #[derive(Clone, Debug, Default)]
 pub struct DepthSaved {
     loops: usize,
@@ -1021,6 +1034,7 @@ pub struct DepthSaved {
     z: Vec<f32>,
     rstd: Vec<f32>,
     u: Vec<f32>,
+    a: Vec<f32>,
 }
 
 /// Depth path (training): all D loops for every token; states [D,T,d] gets x_1..x_D.
@@ -1044,7 +1058,7 @@ pub fn depth_forward_train(
     let z_all = sized(&mut saved.z, max_depth * t * d);
     let rstd_all = sized(&mut saved.rstd, max_depth * t);
     let u_all = sized(&mut saved.u, max_depth * t * 2 * h);
-    let mut a = take(t * h);
+    let a_all = sized(&mut saved.a, max_depth * t * h);
     for l in 0..max_depth {
         let (prev, rest) = states.split_at_mut(l * t * d);
         let input = if l == 0 { x } else { &prev[(l - 1) * t * d..] };
@@ -1053,9 +1067,8 @@ pub fn depth_forward_train(
         rms_norm_forward(input, w_norm, z, &mut rstd_all[l * t..(l + 1) * t], eps);
         state.copy_from_slice(input);
         let u = &mut u_all[l * t * 2 * h..(l + 1) * t * 2 * h];
-        dense_core(w, z, u, &mut a[..t * h], 1.0, state);
+        dense_core(w, z, u, &mut a_all[l * t * h..(l + 1) * t * h], 1.0, state);
     }
-    give(a);
     Ok(())
 }
 
@@ -1098,7 +1111,8 @@ pub fn depth_backward(
         let z = &saved.z[l * t * d..(l + 1) * t * d];
         let u = &saved.u[l * t * 2 * h..(l + 1) * t * 2 * h];
         let rstd = &saved.rstd[l * t..(l + 1) * t];
-        dense_backward_core(w, z, u, dcur_s, dz, dw1p_s, dw2)?;
+        let a = &saved.a[l * t * h..(l + 1) * t * h];
+        dense_backward_core(w, z, u, Some(a), dcur_s, dz, dw1p_s, dw2)?;
         // Residual: ∂x_{ℓ−1} = ∂x_ℓ + norm backward of ∂z, plus the outside gradient of x_{ℓ−1}.
         rms_norm_backward(input, w_norm, rstd, dz, Some((dcur_s, true)), Some((d_w_norm, true)));
         if l > 0 {
