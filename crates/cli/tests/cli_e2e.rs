@@ -182,8 +182,22 @@ fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
 
 #[test]
 fn interrupted_and_resumed_run_equals_an_uninterrupted_one() {
-    let dir = scratch("resume");
-    let config = write(&dir, "small.toml", SMALL_CONFIG);
+    // Expert width 64/8 = 8: the layers run the composed autograd path.
+    resume_equals_uninterrupted("resume", SMALL_CONFIG);
+}
+
+#[test]
+fn resume_is_bit_exact_on_the_fused_kernel_path_too() {
+    // Expert width 64/4 = 16: the layers run the fused FFN kernels (versatile, then moe).
+    let versatile = SMALL_CONFIG.replace("[model]\n", "[model]\nn_experts = 4\n");
+    resume_equals_uninterrupted("resume-fused", &versatile);
+    let moe = SMALL_CONFIG.replace("[model]\n", "[model]\nn_experts = 4\nblock = \"moe\"\n");
+    resume_equals_uninterrupted("resume-fused-moe", &moe);
+}
+
+fn resume_equals_uninterrupted(name: &str, config_text: &str) {
+    let dir = scratch(name);
+    let config = write(&dir, "small.toml", config_text);
     let (whole, parts) = (dir.join("whole"), dir.join("parts"));
     let common = ["--steps", "20", "--threads", "2", "--sample-bytes", "0"];
     let train = |run: &Path, extra: &[&str]| {
