@@ -62,7 +62,7 @@ for (threads, mode, block), eng in rows.items():
     v = statistics.median(r["tokens_per_s"] for r in eng["vffn"])
     t = statistics.median(r["tokens_per_s"] for r in eng["torch"])
     tm = statistics.median(r["peak_rss_mb"] for r in eng["torch"])
-    vm = [r["peak_rss_mb"] for r in eng["vffn"] if "peak_rss_mb" in r]  # not reported by vffn yet
+    vm = [r["peak_rss_mb"] for r in eng["vffn"] if r.get("peak_rss_mb")]
     vm = f"{statistics.median(vm):.0f}" if vm else "-"
     print(f"{threads:>7} {mode:<8} {block:<10} {v:>11.0f} {t:>12.0f} {v / t:>7.2f} {vm:>8} {tm:>9.0f}")
 EOF

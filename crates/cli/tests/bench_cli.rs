@@ -38,6 +38,13 @@ fn model_benches_print_one_json_line() {
         bench_json(&[&["forward"], &common[..], &["--block", "dense", "--repeats", "1"]].concat());
     assert_eq!(forward["block"], "dense");
     assert!(forward["realized_flops_per_token"].as_f64().unwrap() > 0.0);
+    // Peak RSS beside the speed (Linux: VmHWM); a training process holds at least the batch.
+    if cfg!(target_os = "linux") {
+        for v in [&train, &forward] {
+            let mb = v["peak_rss_mb"].as_f64().expect("peak_rss_mb on Linux");
+            assert!(mb > 1.0 && mb < 64.0 * 1024.0, "{v}");
+        }
+    }
 
     let generate = bench_json(&[&["generate"], &common[..], &["--tokens", "4"]].concat());
     assert_eq!(generate["tokens"], 4);

@@ -9,7 +9,7 @@ use clap::Args;
 use vffn_benches::ForwardCase;
 use vffn_model::{Config, Dataset};
 
-use super::{block_name, median, sample, ModelChoice, Sampling};
+use super::{block_name, median, peak_rss_mb, sample, ModelChoice, Sampling};
 use crate::common::{in_pool, load_dataset};
 
 #[derive(Args, Debug)]
@@ -86,6 +86,7 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
             "batch_tokens": timing.tokens as u64,
             "realized_flops_per_token": flops_per_token,
             "gflops": gflops,
+            "peak_rss_mb": peak_rss_mb(),
         });
         println!("{line}");
     } else {
@@ -99,6 +100,9 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
             "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token realized)",
             flops_per_token / 1e6
         );
+        if let Some(mb) = peak_rss_mb() {
+            println!("  peak RSS    {mb:10.0} MB (whole process)");
+        }
     }
     Ok(())
 }

@@ -166,10 +166,41 @@ fn median(samples: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
+/// Peak resident set size of this process so far in MB (`VmHWM` of /proc/self/status), when
+/// the platform reports it: what `/usr/bin/time -v` would print as its maximum RSS.
+pub(crate) fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+/// `VmHWM:   123456 kB` → 120.56 (MB of 2^20 bytes).
+fn parse_vm_hwm(status: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let mut parts = line["VmHWM:".len()..].split_whitespace();
+    let kb: f64 = parts.next()?.parse().ok()?;
+    (parts.next()? == "kB").then_some(kb / 1024.0)
+}
+
 /// The block name as the config serializes it ("versatile", "dense", …).
 fn block_name(config: &Config) -> String {
     serde_json::to_value(config.block)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| format!("{:?}", config.block))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_parses_and_rejects() {
+        let status = "Name:\tvffn\nVmPeak:\t 999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t1 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(200.0));
+        assert_eq!(parse_vm_hwm("VmRSS:\t1 kB\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM:\t12 pages\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM:\tlots kB\n"), None);
+        #[cfg(target_os = "linux")]
+        assert!(peak_rss_mb().is_some_and(|mb| mb > 0.0));
+    }
 }

@@ -10,7 +10,7 @@ use vffn_benches::TrainStep;
 use vffn_model::{Dataset, RunConfig};
 
 use super::forward::ModelTiming;
-use super::{block_name, median, sample, ModelChoice, Sampling};
+use super::{block_name, median, peak_rss_mb, sample, ModelChoice, Sampling};
 use crate::common::{in_pool, load_dataset};
 
 #[derive(Args, Debug)]
@@ -68,6 +68,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "steps": args.steps,
             "flops_per_token": flops_per_token,
             "gflops": gflops,
+            "peak_rss_mb": peak_rss_mb(),
         });
         println!("{line}");
     } else {
@@ -81,6 +82,9 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token)",
             flops_per_token / 1e6
         );
+        if let Some(mb) = peak_rss_mb() {
+            println!("  peak RSS    {mb:10.0} MB (whole process)");
+        }
     }
     Ok(())
 }
