@@ -5,6 +5,9 @@
 #
 #   docs/results/run.sh                 # everything (≈ 6 h on 2 cores)
 #   ONLY='^(scratch-dense|scratch-versatile)-s0$' docs/results/run.sh   # a subset (regex)
+#   THREADS=1 taskset -c 0 docs/results/run.sh & THREADS=1 taskset -c 1 docs/results/run.sh
+#                                       # two copies, one per core: each run is locked
+#                                       # ($OUT/<name>.lock), so the copies share out the runs
 #
 # Environment: VFFN (binary, default target/release/vffn), DATA (default
 # ../shared/data/tinyshakespeare.txt), OUT (default runs/results), THREADS (2), SEEDS ("0 1 2").
@@ -38,7 +41,9 @@ variant() {
 
 config_of() {
   local file="$OUT/configs/$1.toml"
-  printf 'preset = "tiny"\n[model]\n%s\n[train]\nsteps = %d\n' "$(variant "$1")" "$STEPS" >"$file"
+  # Written aside and renamed: a second copy of this script may be reading it.
+  printf 'preset = "tiny"\n[model]\n%s\n[train]\nsteps = %d\n' "$(variant "$1")" "$STEPS" >"$file.$$"
+  mv "$file.$$" "$file"
   echo "$file"
 }
 
@@ -53,7 +58,19 @@ PY
 run() {
   local name=$1 var=$2 seed=$3 data=${4:-$DATA} init=${5:-}
   [[ $name =~ $ONLY ]] || return 0
-  local dir="$OUT/$name" cfg args
+  local dir="$OUT/$name" cfg args lock
+  # One run.sh per run at a time: a second copy (e.g. one per core with THREADS=1) skips it.
+  exec {lock}>"$dir.lock"
+  if ! flock -n "$lock"; then
+    echo "== $name: another run.sh holds it, skipped"
+    exec {lock}>&-
+    return 0
+  fi
+  if [ -n "$init" ] && ! finished "$init" && ! [ -f "$dir/ckpt/state.json" ]; then
+    echo "== $name: base $init not finished yet (another copy may be training it), skipped"
+    exec {lock}>&-
+    return 0
+  fi
   cfg=$(config_of "$var")
   args=(train --config "$cfg" --seed "$seed" --threads "$THREADS" --out "$dir" --sample-bytes 0)
   [ "$data" = builtin ] || args+=(--data "$data")
@@ -73,6 +90,7 @@ run() {
   [ -s "$dir/eval.json" ] || "$VFFN" eval --checkpoint "$dir" "${evaldata[@]}" --json >"$dir/eval.json"
   [ -s "$dir/inspect.json" ] ||
     "$VFFN" inspect --checkpoint "$dir" "${evaldata[@]}" --batches 0 --json >"$dir/inspect.json"
+  exec {lock}>&-
 }
 
 for seed in $SEEDS; do
