@@ -5,7 +5,8 @@
 
 One row per (group, variant): seeds found, params, training FLOPs/token, realized inference
 feed-forward FLOPs/token, validation loss (vffn eval: every window of the validation split;
-mean ± sample std over seeds), training tokens/s (median of the logged rates) and peak RSS.
+mean ± sample std over seeds), training tokens/s (median of the logged rates; the thread count
+from the run's `/usr/bin/time -v` log) and peak RSS.
 """
 import json
 import re
@@ -39,11 +40,14 @@ def load(run):
         row = json.loads(line)
         if row.get("step", 0) > 0 and row.get("tokens_per_s"):
             rates.append(row["tokens_per_s"])
-    rss = None
+    rss, threads = None, None
     timing = run.parent / (run.name + ".time")
     if timing.is_file():
-        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing.read_text())
+        text = timing.read_text()
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
         rss = int(m.group(1)) / 1024 if m else None
+        m = re.search(r"--threads (\d+)", text)
+        threads = int(m.group(1)) if m else None
     return {
         "loss": ev["loss"],
         "params": ins["params"],
@@ -52,6 +56,7 @@ def load(run):
         "dense_ffn_flops": ins["dense_inference_ffn_flops_per_token"],
         "rate": statistics.median(rates) if rates else float("nan"),
         "rss": rss,
+        "threads": threads,
     }
 
 
@@ -75,7 +80,7 @@ def main():
                          ("cont", "Continued from the dense checkpoint, +2000 steps")]:
         print(f"\n**{title}**\n")
         print("| model | seeds | params | train FLOPs/token | inference FFN FLOPs/token "
-              "(× dense) | val loss (nats) | train tokens/s | peak RSS |")
+              "(× dense) | val loss (nats) | train tokens/s (threads) | peak RSS |")
         print("|---|---|---|---|---|---|---|---|")
         for var in ORDER:
             runs = sorted(groups.get((group, var), []))
@@ -89,7 +94,8 @@ def main():
                 f"| {LABEL[var]} | {','.join(str(s) for s, _ in runs)} | {first['params']:,} | "
                 f"{first['train_flops'] / 1e6:.2f} M | {ffn / 1e6:.2f} M "
                 f"({ffn / first['dense_ffn_flops']:.2f}×) | {fmt_loss([r['loss'] for r in rows])} | "
-                f"{statistics.median(r['rate'] for r in rows):,.0f} | "
+                f"{statistics.median(r['rate'] for r in rows):,.0f} "
+                f"({'/'.join(sorted({str(r['threads'] or '?') for r in rows}))}) | "
                 + (f"{max(rss):.0f} MB |" if rss else "– |")
             )
 
