@@ -8,6 +8,10 @@ use vffn_kernels::{gemm, MatMut, MatRef};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map_or("dw", String::as_str).to_string();
+    if !matches!(which.as_str(), "fwd" | "dx" | "dw") {
+        eprintln!("error: product `{which}` is not one of fwd, dx, dw");
+        std::process::exit(2);
+    }
     let iters: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);
     let (t, d, o) = (2048usize, 256usize, 1024usize);
     let fill =
@@ -38,7 +42,7 @@ fn main() {
                 1.0,
                 MatRef::new(&dy, t, o).t(),
                 MatRef::new(&x, t, d),
-                1.0,
+                0.0,
                 MatMut::new(&mut out[..o * d], o, d),
             ),
         }
