@@ -22,9 +22,12 @@ use std::fmt;
 
 use rayon::prelude::*;
 
-use crate::fused::{rms_norm_backward, rms_norm_forward, swiglu_backward, swiglu_forward};
+use crate::fused::{
+    rms_norm_backward, rms_norm_rows, swiglu_backward, swiglu_forward, swiglu_rows,
+};
 use crate::gemm::{
-    compute, gemm_packed_with, ASource, BSource, GemmError, MatMut, MatRef, OutView,
+    compute, gemm_packed_par, gemm_packed_with, ASource, BSource, GemmError, MatMut, MatRef,
+    OutView,
 };
 use crate::microkernel::{selected_kernel, KernelKind, NR};
 use crate::pack::{PackedB, RowSource};
@@ -434,7 +437,7 @@ fn grouped_forward(
         let b_src = BSource::from_packed(&p.w.w1t, p.col);
         let u_out = OutView::from_mat(MatMut::new(ut, m, 2 * s));
         compute(kind, 1.0, 0.0, a_src, b_src, 0..d, u_out, false);
-        swiglu_forward(ut, at, s);
+        swiglu_rows(ut, at, s);
         let a_view = MatRef::new(at, m, s);
         let a_src =
             ASource { mat: a_view, pack: Some(RowSource::Range { start: 0 }), p_origin: p.k0 };
@@ -801,6 +804,19 @@ pub fn moe_backward<'a>(
 /// u [n,2h] = z·W1(perm)ᵀ; a [n,h] = SwiGLU per expert segment; out = beta·out + a·W2ᵀ.
 // z [n,d] -> u [n,2h], a [n,h], out [n,d]
 fn dense_core(w: &PackedFfn, z: &[f32], u: &mut [f32], a: &mut [f32], beta: f32, out: &mut [f32]) {
+    dense_core_par(w, z, u, a, beta, out, true);
+}
+
+/// [`dense_core`] on the calling thread alone when `parallel` is false (same result).
+fn dense_core_par(
+    w: &PackedFfn,
+    z: &[f32],
+    u: &mut [f32],
+    a: &mut [f32],
+    beta: f32,
+    out: &mut [f32],
+    parallel: bool,
+) {
     let (d, h, kind) = (w.d, w.h, w.kind);
     let n = z.len() / d;
     if n == 0 {
@@ -808,13 +824,27 @@ fn dense_core(w: &PackedFfn, z: &[f32], u: &mut [f32], a: &mut [f32], beta: f32,
     }
     let s = w.expert_width();
     let zv = MatRef::new(z, n, d);
-    gemm_packed_with(kind, 1.0, zv, None, &w.w1t, 0..2 * h, 0..d, 0.0, MatMut::new(u, n, 2 * h))
+    let uv = MatMut::new(u, n, 2 * h);
+    gemm_packed_par(kind, 1.0, zv, None, &w.w1t, 0..2 * h, 0..d, 0.0, uv, parallel)
         .expect("shapes checked by the caller");
     // Perm layout: each row is E segments [v_e | g_e], i.e. [n·E, 2s] SwiGLU rows.
-    swiglu_forward(u, a, s);
+    if parallel {
+        swiglu_forward(u, a, s);
+    } else {
+        swiglu_rows(u, a, s);
+    }
     let av = MatRef::new(a, n, h);
-    gemm_packed_with(kind, 1.0, av, None, &w.w2t, 0..d, 0..h, beta, MatMut::new(out, n, d))
+    let ov = MatMut::new(out, n, d);
+    gemm_packed_par(kind, 1.0, av, None, &w.w2t, 0..d, 0..h, beta, ov, parallel)
         .expect("shapes checked by the caller");
+}
+
+/// Rows per tile of the tiled depth recursion: the tile's pre-activations u [rows, 2h] take
+/// about 256 KiB, so u, a and z stay in L2 from one GEMM to the next; a multiple of the
+/// micro-kernel height.
+fn depth_tile_rows(h: usize, mr: usize) -> usize {
+    let rows = (1usize << 16) / (2 * h).max(1);
+    (rows / mr * mr).clamp(mr, 16 * mr)
 }
 
 /// One FFN backward: dz [n,d] = overwritten; dW1(perm) [2h,d] and dW2 [d,h] accumulated.
@@ -998,28 +1028,44 @@ pub fn depth_forward(
     }
     // active[i] = tokens with depth ≥ i+1
     let active: Vec<usize> = (0..max_depth).map(|i| start[max_depth - i]).collect();
-    let (mut cur, mut z, mut rstd, mut u, mut a) =
-        (take(t * d), take(t * d), take(t), take(t * 2 * h), take(t * h));
-    cur[..t * d].par_chunks_mut(d).zip(order.par_iter()).for_each(|(row, &tok)| {
-        row.copy_from_slice(&x[tok * d..(tok + 1) * d]);
+    // Tiles of consecutive rows of the compact order run all their loops on one thread each:
+    // one parallel region instead of one per GEMM / norm / SwiGLU and loop, and a tile's
+    // intermediates stay in cache. Every row's arithmetic is the same as untiled (rows are
+    // independent; the GEMM's per-element order does not depend on the row count), so the
+    // result does not depend on the tiling or the thread count.
+    let tile = depth_tile_rows(h, w.kind.mr());
+    let mut cur = take(t * d);
+    cur[..t * d].par_chunks_mut(tile * d).with_max_len(1).enumerate().for_each(|(ti, cur_t)| {
+        let (r0, rows) = (ti * tile, cur_t.len() / d);
+        for (row, &tok) in cur_t.chunks_exact_mut(d).zip(&order[r0..r0 + rows]) {
+            row.copy_from_slice(&x[tok * d..(tok + 1) * d]);
+        }
+        let (mut z, mut rstd, mut u, mut a) =
+            (take(rows * d), take(rows), take(rows * 2 * h), take(rows * h));
+        for &act in &active {
+            // Rows of this tile still running (a prefix: the order is deepest first).
+            let n = act.saturating_sub(r0).min(rows);
+            if n == 0 {
+                break;
+            }
+            let (xs, zs) = (&mut cur_t[..n * d], &mut z[..n * d]);
+            rms_norm_rows(xs, w_norm, zs, &mut rstd[..n], d, eps);
+            let (us, as_) = (&mut u[..n * 2 * h], &mut a[..n * h]);
+            dense_core_par(w, zs, us, as_, 1.0, xs, false);
+        }
+        for v in [z, rstd, u, a] {
+            give(v);
+        }
     });
-    for i in 0..max_depth {
-        let n = active[i];
-        if n == 0 {
-            break;
-        }
-        rms_norm_forward(&cur[..n * d], w_norm, &mut z[..n * d], &mut rstd[..n], eps);
-        dense_core(w, &z[..n * d], &mut u[..n * 2 * h], &mut a[..n * h], 1.0, &mut cur[..n * d]);
-        // Tokens whose last loop was this one: rows active[i+1]..n.
-        let done = if i + 1 < max_depth { active[i + 1] } else { 0 };
-        for r in done..n {
-            let tok = order[r];
-            out[tok * d..(tok + 1) * d].copy_from_slice(&cur[r * d..(r + 1) * d]);
-        }
+    // A row's state after its last loop stays in place: out[tok] = cur[position of tok].
+    let mut pos = vec![0usize; t];
+    for (r, &tok) in order.iter().enumerate() {
+        pos[tok] = r;
     }
-    for v in [cur, z, u, a, rstd] {
-        give(v);
-    }
+    out.par_chunks_mut(d).zip(pos.par_iter()).for_each(|(row, &r)| {
+        row.copy_from_slice(&cur[r * d..(r + 1) * d]);
+    });
+    give(cur);
     Ok(())
 }
 
@@ -1059,17 +1105,57 @@ pub fn depth_forward_train(
     let rstd_all = sized(&mut saved.rstd, max_depth * t);
     let u_all = sized(&mut saved.u, max_depth * t * 2 * h);
     let a_all = sized(&mut saved.a, max_depth * t * h);
-    for l in 0..max_depth {
-        let (prev, rest) = states.split_at_mut(l * t * d);
-        let input = if l == 0 { x } else { &prev[(l - 1) * t * d..] };
-        let state = &mut rest[..t * d];
-        let z = &mut z_all[l * t * d..(l + 1) * t * d];
-        rms_norm_forward(input, w_norm, z, &mut rstd_all[l * t..(l + 1) * t], eps);
-        state.copy_from_slice(input);
-        let u = &mut u_all[l * t * 2 * h..(l + 1) * t * 2 * h];
-        dense_core(w, z, u, &mut a_all[l * t * h..(l + 1) * t * h], 1.0, state);
+    // As in `depth_forward`: tiles of rows run every loop on one thread (same result as
+    // untiled). Each tile gets its rows of every loop's slice of the five [D, T, ·] buffers.
+    if t == 0 {
+        return Ok(());
     }
+    let tile = depth_tile_rows(h, w.kind.mr());
+    let tiles = t.div_ceil(tile);
+    let split = |buf, width| split_levels(buf, t * width, tile * width, tiles);
+    let parts = split(states, d)
+        .into_iter()
+        .zip(split(z_all, d))
+        .zip(split(rstd_all, 1))
+        .zip(split(u_all, 2 * h))
+        .zip(split(a_all, h))
+        .enumerate()
+        .collect::<Vec<_>>();
+    parts.into_par_iter().with_max_len(1).for_each(|(ti, ((((st, z), rstd), u), a))| {
+        let r0 = ti * tile;
+        let rows = st[0].len() / d;
+        let mut levels = st.into_iter().zip(z).zip(rstd).zip(u).zip(a);
+        let mut prev: Option<&mut [f32]> = None;
+        for _ in 0..max_depth {
+            let ((((state, z), rstd), u), a) = levels.next().expect("one slice per loop");
+            let input: &[f32] = match &prev {
+                Some(p) => p,
+                None => &x[r0 * d..(r0 + rows) * d],
+            };
+            rms_norm_rows(input, w_norm, z, rstd, d, eps);
+            state.copy_from_slice(input);
+            dense_core_par(w, z, u, a, 1.0, state, false);
+            prev = Some(state);
+        }
+    });
     Ok(())
+}
+
+/// Cuts each `level_len` level of `buf` into parts of `part_len` and groups them by part index:
+/// result[i] holds part i of every level, in level order.
+fn split_levels(
+    buf: &mut [f32],
+    level_len: usize,
+    part_len: usize,
+    parts: usize,
+) -> Vec<Vec<&mut [f32]>> {
+    let mut per_part: Vec<Vec<&mut [f32]>> = (0..parts).map(|_| Vec::new()).collect();
+    for level in buf.chunks_exact_mut(level_len) {
+        for (i, part) in level.chunks_mut(part_len).enumerate() {
+            per_part[i].push(part);
+        }
+    }
+    per_part
 }
 
 /// Depth path backward. `d_states` [D,T,d] holds ∂L/∂x_ℓ from outside the recursion (e.g.

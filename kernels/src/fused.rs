@@ -34,9 +34,9 @@ fn avx2_fma() -> bool {
 
 /// Defines `fn name(args)` whose body runs in an AVX2+FMA-compiled copy when the CPU has them.
 macro_rules! simd_fn {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
-        fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
@@ -190,8 +190,19 @@ pub fn silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
 // ---------------------------------------------------------------------------------------------
 // SwiGLU over [value | gate]: x [R, 2h] -> y [R, h], y = value·silu(gate).
 
+/// x [R, 2h] -> y [R, h] on the calling thread (AVX2 + FMA vector math when available).
+pub(crate) fn swiglu_rows(x: &[f32], y: &mut [f32], h: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: `avx2_fma()` confirmed AVX2 and FMA at run time; the callers pass
+        // x.len() == 2·y.len() with y.len() a multiple of h (asserted by `swiglu_forward`).
+        return unsafe { crate::vmath::swiglu_rows(x, y, h) };
+    }
+    swiglu_rows_scalar(x, y, h);
+}
+
 simd_fn! {
-    fn swiglu_rows(x: &[f32], y: &mut [f32], h: usize) {
+    fn swiglu_rows_scalar(x: &[f32], y: &mut [f32], h: usize) {
         for (xr, yr) in x.chunks_exact(2 * h).zip(y.chunks_exact_mut(h)) {
             let (value, gate) = xr.split_at(h);
             for ((yi, &v), &g) in yr.iter_mut().zip(value).zip(gate) {
@@ -201,8 +212,26 @@ simd_fn! {
     }
 }
 
+/// dx [R, 2h] (+)= SwiGLU gradient given dy [R, h] on the calling thread (AVX2 + FMA vector
+/// math when available).
+fn swiglu_backward_rows(x: &[f32], dy: &[f32], dx: &mut [f32], h: usize, accumulate: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: `avx2_fma()` confirmed AVX2 and FMA at run time; `swiglu_backward` asserted
+        // x.len() == dx.len() == 2·dy.len(), and its chunks hold whole rows.
+        return unsafe { crate::vmath::swiglu_backward_rows(x, dy, dx, h, accumulate) };
+    }
+    swiglu_backward_rows_scalar(x, dy, dx, h, accumulate);
+}
+
 simd_fn! {
-    fn swiglu_backward_rows(x: &[f32], dy: &[f32], dx: &mut [f32], h: usize, accumulate: bool) {
+    fn swiglu_backward_rows_scalar(
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        h: usize,
+        accumulate: bool,
+    ) {
         let rows = x.chunks_exact(2 * h).zip(dx.chunks_exact_mut(2 * h)).zip(dy.chunks_exact(h));
         for ((xr, dxr), dyr) in rows {
             let (value, gate) = xr.split_at(h);
@@ -249,7 +278,7 @@ pub fn swiglu_backward(x: &[f32], dy: &[f32], dx: &mut [f32], h: usize, accumula
 // Backward: with x̂ = x·rstd and g = dy·w: dx = rstd·(g − x̂·mean(g·x̂)); dw = Σ_rows dy·x̂.
 
 simd_fn! {
-    fn rms_norm_rows(x: &[f32], w: &[f32], y: &mut [f32], rstd: &mut [f32], d: usize, eps: f32) {
+    pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], y: &mut [f32], rstd: &mut [f32], d: usize, eps: f32) {
         let rows = x.chunks_exact(d).zip(y.chunks_exact_mut(d)).zip(rstd.iter_mut());
         for ((xr, yr), rs) in rows {
             let r = 1.0 / (lanes_dot(xr, xr) / d as f32 + eps).sqrt();

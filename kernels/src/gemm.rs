@@ -644,6 +644,24 @@ pub fn gemm_packed_with(
     beta: f32,
     c: MatMut<'_>,
 ) -> Result<(), GemmError> {
+    gemm_packed_par(kind, alpha, a, rows, b, cols, ks, beta, c, true)
+}
+
+/// [`gemm_packed_with`] that runs on the calling thread alone when `parallel` is false (for
+/// callers that already split independent rows over threads). The result is the same either way.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_packed_par(
+    kind: KernelKind,
+    alpha: f32,
+    a: MatRef<'_>,
+    rows: Option<&[usize]>,
+    b: &PackedB,
+    cols: Range<usize>,
+    ks: Range<usize>,
+    beta: f32,
+    c: MatMut<'_>,
+    parallel: bool,
+) -> Result<(), GemmError> {
     kind.check()?;
     let shape = |s: String| Err(GemmError::Shape(s));
     if cols.start > cols.end || cols.end > b.cols() || !cols.start.is_multiple_of(NR) {
@@ -686,6 +704,6 @@ pub fn gemm_packed_with(
         None => None,
     };
     let a_src = ASource { mat: a, pack, p_origin: ks.start };
-    compute(kind, alpha, beta, a_src, src, ks, out, true);
+    compute(kind, alpha, beta, a_src, src, ks, out, parallel);
     Ok(())
 }

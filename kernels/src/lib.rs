@@ -10,6 +10,8 @@ mod gemv;
 pub mod microkernel;
 pub mod pack;
 pub mod rope;
+#[cfg(target_arch = "x86_64")]
+mod vmath;
 
 pub use gemm::{gemm, gemm_packed, GemmError, GemmPath, MatMut, MatRef};
 pub use microkernel::{selected_kernel, KernelError, KernelKind};

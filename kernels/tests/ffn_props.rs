@@ -568,6 +568,42 @@ fn thread_count_does_not_change_results() {
     }
 }
 
+/// A token's depth-path result does not depend on which other tokens share its batch (the
+/// recursion runs in row tiles, and a tile's rows depend on the batch): every token run alone
+/// gives bitwise the batch's row, for inference and for the training states.
+#[test]
+fn depth_rows_do_not_depend_on_the_batch() {
+    let (t, d, h, e, loops) = (300, 32, 128, 8, 4);
+    let w1 = data(2 * h * d, 11, 0.3);
+    let w2 = data(d * h, 12, 0.3);
+    let wn = data(d, 13, 1.0).iter().map(|v| 1.0 + 0.3 * v).collect::<Vec<_>>();
+    let x = data(t * d, 14, 1.0);
+    let depth: Vec<u8> = (0..t).map(|i| (1 + (i * 7) % loops) as u8).collect();
+    let packed = PackedFfn::pack(&w1, &w2, d, h, e, true).unwrap();
+    let mut out = vec![0.0f32; t * d];
+    ffn::depth_forward(&packed, &wn, 1e-6, &x, &depth, loops, &mut out).unwrap();
+    let mut states = vec![0.0f32; loops * t * d];
+    let mut saved = DepthSaved::default();
+    ffn::depth_forward_train(&packed, &wn, 1e-6, &x, loops, &mut states, &mut saved).unwrap();
+    for tok in 0..t {
+        let xr = &x[tok * d..(tok + 1) * d];
+        let mut one = vec![0.0f32; d];
+        ffn::depth_forward(&packed, &wn, 1e-6, xr, &depth[tok..tok + 1], loops, &mut one).unwrap();
+        let row = &out[tok * d..(tok + 1) * d];
+        assert!(one.iter().zip(row).all(|(a, b)| a.to_bits() == b.to_bits()), "token {tok}");
+        let mut st = vec![0.0f32; loops * d];
+        ffn::depth_forward_train(&packed, &wn, 1e-6, xr, loops, &mut st, &mut saved).unwrap();
+        for l in 0..loops {
+            let batch_row = &states[(l * t + tok) * d..(l * t + tok + 1) * d];
+            let alone = &st[l * d..(l + 1) * d];
+            assert!(
+                alone.iter().zip(batch_row).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "token {tok}, loop {l}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_inputs_are_typed_errors() {
     let (d, h) = (8, 40);
