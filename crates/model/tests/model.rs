@@ -354,3 +354,51 @@ fn training_step_is_bitwise_deterministic_across_thread_counts() {
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
 }
+
+/// A batched inference forward runs groups of sequences as parallel tasks; every sequence's
+/// logits and routing must be bitwise those of that sequence run alone on one thread.
+#[test]
+fn batched_inference_equals_each_sequence_alone() {
+    for block in [BlockKind::Dense, BlockKind::Moe, BlockKind::Versatile] {
+        let config = Config {
+            n_layers: 2,
+            d_model: 32,
+            n_heads: 2,
+            hidden: 128,
+            seq_len: 16,
+            batch_size: 5,
+            init_std: 0.1,
+            block,
+            ..Config::tiny()
+        };
+        let model = Model::new(config.clone(), 21).unwrap();
+        let batch = random_batch(&config, 22);
+        let (b, t) = (config.batch_size, config.seq_len);
+        let pool = |n: usize| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+        let all = pool(2).install(|| model.infer(&batch.inputs, b, t).unwrap());
+        let vocab = config.vocab_size;
+        for s in 0..b {
+            let alone =
+                pool(1).install(|| model.infer(&batch.inputs[s * t..(s + 1) * t], 1, t).unwrap());
+            let rows = &all.logits[s * t * vocab..(s + 1) * t * vocab];
+            assert!(
+                rows.iter().zip(&alone.logits).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{block:?}: sequence {s} logits differ"
+            );
+            for (l, depth) in all.routing.depth.iter().enumerate() {
+                if !depth.is_empty() {
+                    assert_eq!(&depth[s * t..(s + 1) * t], &alone.routing.depth[l][..]);
+                }
+            }
+            for (l, experts) in all.routing.experts.iter().enumerate() {
+                let k = experts.len() / (b * t);
+                assert_eq!(&experts[s * t * k..(s + 1) * t * k], &alone.routing.experts[l][..]);
+            }
+        }
+        if block == BlockKind::Versatile {
+            let depths: std::collections::BTreeSet<u8> =
+                all.routing.depth.iter().flatten().copied().collect();
+            assert!(depths.len() > 1, "routing should vary across tokens: {depths:?}");
+        }
+    }
+}
