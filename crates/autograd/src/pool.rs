@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
+use rayon::prelude::*;
+
 /// Buffers kept per size class; beyond it a returned buffer is freed.
 const MAX_PER_CLASS: usize = 64;
 /// Total pooled floats (1 GiB); beyond it returned buffers are freed.
@@ -141,7 +143,7 @@ impl Buffer {
     /// A pooled copy of `src`.
     pub fn copy_of(src: &[f32]) -> Buffer {
         let mut b = Buffer::uninit(src.len());
-        b.copy_from_slice(src);
+        par_copy(&mut b, src);
         b
     }
 
@@ -182,6 +184,22 @@ impl DerefMut for Buffer {
     fn deref_mut(&mut self) -> &mut [f32] {
         &mut self.data[..self.len]
     }
+}
+
+/// Floats per task of [`par_copy`] (below this a copy stays on the calling thread).
+const COPY_CHUNK: usize = 1 << 15;
+
+/// `dst.copy_from_slice(src)`, split over the thread pool when large (a serial multi-megabyte
+/// copy leaves the other threads idle).
+pub(crate) fn par_copy(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "par_copy: lengths differ");
+    if src.len() <= COPY_CHUNK {
+        dst.copy_from_slice(src);
+        return;
+    }
+    dst.par_chunks_mut(COPY_CHUNK)
+        .zip(src.par_chunks(COPY_CHUNK))
+        .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 #[cfg(test)]

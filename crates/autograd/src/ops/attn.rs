@@ -65,7 +65,7 @@ impl Tape {
                     inv(&mut tmp);
                     dx.add(&tmp);
                 } else {
-                    dx.data().copy_from_slice(g);
+                    crate::pool::par_copy(dx.data(), g);
                     inv(dx.data());
                 }
             }
