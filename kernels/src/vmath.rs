@@ -1,8 +1,8 @@
 //! AVX2 + FMA vector math for the element-wise kernels: e^x and the SwiGLU row loop.
 //!
 //! Same Cephes polynomial and range reduction as the scalar [`crate::fused::exp_f32`], with fused
-//! multiply-adds and the polynomial in Estrin form (shorter dependency chains), and four vectors
-//! per step so the FP scheduler always has independent work. Results differ from the scalar path
+//! multiply-adds and the polynomial in Estrin form (shorter dependency chains), and two vectors
+//! per step in the forward so the FP scheduler has independent work (four spilled registers). Results differ from the scalar path
 //! by rounding only (tests bound both against f64).
 
 use std::arch::x86_64::*;
