@@ -11,13 +11,13 @@
 //!   training step (forward, backward, gradient clip, AdamW), exactly as `vffn train` runs it.
 
 use anyhow::{ensure, Context, Result};
-use vffn_autograd::{clip_grad_norm, AdamW, AdamWConfig, Rng, Tape};
+use vffn_autograd::{clip_grad_norm, AdamW, AdamWConfig, Rng};
 use vffn_kernels::attention::{attention_backward, attention_forward, AttnShape};
 use vffn_kernels::ffn::{self, PackedFfn};
 use vffn_kernels::{gemm, MatMut, MatRef};
 use vffn_model::{
     causal_mean_context, dense_ffn_flops, training_flops, Batch, Batcher, Config, Dataset,
-    InferOutput, Model, RunConfig, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES,
+    InferOutput, Model, RunConfig, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES, TRAIN_GROUPS,
 };
 
 /// GEMM shapes (m, k, n) of the GEMM issue: square, the FFN-like panels, small and skinny,
@@ -365,16 +365,16 @@ impl TrainStep {
     /// One step on `batch`; a non-finite gradient norm is an error.
     pub fn run_on(&mut self, batch: &Batch) -> Result<()> {
         let (run, step) = (&self.run, self.step);
-        let mut tape = Tape::new();
         let temperature = run.temperature_at(step);
         let out = self
             .model
-            .train_forward(&mut tape, batch, temperature, Some(&mut self.noise_rng))
-            .context("training forward")?;
-        let grads = tape.backward(&out.loss).context("backward")?;
+            .train_step_grads(batch, temperature, Some(&mut self.noise_rng), TRAIN_GROUPS)
+            .context("training step")?;
         let params = &mut self.model.params;
         params.zero_grad();
-        params.accumulate_grads(grads);
+        for grads in out.grads {
+            params.accumulate_grads(grads);
+        }
         let clip = if run.train.grad_clip > 0.0 { run.train.grad_clip } else { f32::INFINITY };
         let grad_norm = clip_grad_norm(params, clip);
         self.optimizer.step(params, run.train.lr_at(step)).context("optimizer step")?;

@@ -11,7 +11,7 @@ use crate::tensor::{NodeRef, Tensor};
 use crate::{Error, Result};
 
 /// A backward closure: `(grad of the output, one slot per input) -> ()`.
-pub type BackwardFn = Box<dyn FnOnce(&[f32], &mut [Option<GradSlot>])>;
+pub type BackwardFn = Box<dyn FnOnce(&[f32], &mut [Option<GradSlot>]) + Send>;
 
 static NEXT_TAPE_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -184,7 +184,7 @@ impl Tape {
     /// Returns `output` linked to the new node, or `output` unlinked if nothing is recorded.
     pub fn custom<F>(&mut self, inputs: &[&Tensor], output: Tensor, backward: F) -> Tensor
     where
-        F: FnOnce(&[f32], &mut [Option<GradSlot>]) + 'static,
+        F: FnOnce(&[f32], &mut [Option<GradSlot>]) + Send + 'static,
     {
         if !self.wants_grad(inputs) {
             return output.detach();

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use vffn_autograd::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, Rng, Tape};
+use vffn_autograd::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, Rng};
 use vffn_model::{
     save_model, save_optimizer, AdamMomentsRef, Batcher, Config, ConfigError, Model, RunConfig,
-    Split, TrainConfig, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_STATE_FORMAT,
+    Split, TrainConfig, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_GROUPS,
+    TRAIN_STATE_FORMAT,
 };
 
 use crate::ckpt_io;
@@ -356,18 +357,18 @@ impl Trainer {
         let batch = self.batcher.next_batch();
         let lr = self.run.train.lr_at(step);
         let temperature = self.run.temperature_at(step);
-        let mut tape = Tape::new();
         let out = self
             .model
-            .train_forward(&mut tape, &batch, temperature, Some(&mut self.noise_rng))
-            .with_context(|| format!("training forward at step {}", step + 1))?;
-        let loss = out.loss.item();
+            .train_step_grads(&batch, temperature, Some(&mut self.noise_rng), TRAIN_GROUPS)
+            .with_context(|| format!("training step {}", step + 1))?;
+        let loss = out.loss;
         if !loss.is_finite() {
             bail!("loss is {loss} at step {} (lr {lr:.3e}): training stopped", step + 1);
         }
-        let grads = tape.backward(&out.loss).context("backward")?;
         self.model.params.zero_grad();
-        self.model.params.accumulate_grads(grads);
+        for grads in out.grads {
+            self.model.params.accumulate_grads(grads);
+        }
         let clip = self.run.train.grad_clip;
         let grad_norm = if clip > 0.0 {
             clip_grad_norm(&mut self.model.params, clip)

@@ -496,4 +496,64 @@ mod tests {
         assert_eq!(l1.to_bits(), l2.to_bits());
         assert_eq!(g1, g2);
     }
+
+    /// Loss and summed gradients of [`Model::train_step_grads`] with `groups` groups (no Gumbel
+    /// noise, so every grouping routes every token alike).
+    fn grouped(model: &Model, batch: &Batch, groups: usize) -> (f32, f32, f32, Vec<Vec<f32>>) {
+        let out = model.train_step_grads(batch, 0.7, None, groups).unwrap();
+        let grads = model
+            .params
+            .iter()
+            .map(|(id, p)| {
+                let mut sum = vec![0.0f32; p.numel()];
+                for g in &out.grads {
+                    if let Some(g) = g.param(id) {
+                        sum.iter_mut().zip(g).for_each(|(s, x)| *s += x);
+                    }
+                }
+                sum
+            })
+            .collect();
+        (out.loss, out.ce, out.balance, grads)
+    }
+
+    /// A batch run as groups of sequences has the whole batch's objective: same loss, CE,
+    /// balance (f_e and P_e of the whole batch, not per group) and gradients, up to summation
+    /// order; 5 sequences make the groups uneven (3 + 2, 2 + 2 + 1).
+    #[test]
+    fn train_step_groups_equal_the_whole_batch() {
+        let blocks = [
+            (BlockKind::Dense, Paths::Both),
+            (BlockKind::Kloop, Paths::Both),
+            (BlockKind::Moe, Paths::Both),
+            (BlockKind::Versatile, Paths::Both),
+            (BlockKind::Versatile, Paths::Width),
+        ];
+        for (block, paths) in blocks {
+            let cfg = Config { batch_size: 5, ..cfg(block, paths, Fusion::Gated) };
+            let model = Model::new(cfg.clone(), 17).unwrap();
+            let data = batch(&cfg);
+            let (loss, ce, balance, grads) = grouped(&model, &data, 1);
+            let routed = matches!(block, BlockKind::Moe | BlockKind::Versatile);
+            assert_eq!(balance > 0.0, routed, "{block:?}: balance {balance}");
+            for groups in [2, 3, 5, 9] {
+                let what = format!("{block:?} {paths:?}, {groups} groups");
+                let (l, c, b, g) = grouped(&model, &data, groups);
+                assert_close(&format!("{what}: loss"), &[l], &[loss]);
+                assert_close(&format!("{what}: ce"), &[c], &[ce]);
+                if routed {
+                    assert_close(&format!("{what}: balance"), &[b], &[balance]);
+                }
+                for (((id, _), got), want) in model.params.iter().zip(&g).zip(&grads) {
+                    if want.iter().any(|v| *v != 0.0) {
+                        assert_close(
+                            &format!("{what}: grad of {}", model.params.get(id).name()),
+                            got,
+                            want,
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

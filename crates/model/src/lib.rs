@@ -47,4 +47,4 @@ pub use flops::{
     causal_mean_context, dense_ffn_flops, inference_flops, realized_inference_flops,
     realized_inference_flops_from_counts, training_flops, DepthRouting, FlopsBreakdown, FlopsError,
 };
-pub use model::{InferOutput, Model, ModelError, Routing, TrainOutput};
+pub use model::{InferOutput, Model, ModelError, Routing, StepGrads, TrainOutput, TRAIN_GROUPS};

@@ -15,7 +15,9 @@
 
 use vffn_autograd::{Rng, Tape, Tensor};
 
-use crate::blocks::{balance_loss, ffn_step, matmul_nn, route_top_k, routed_sum, LayerWeights};
+use crate::blocks::{
+    balance_term, ffn_step, matmul_nn, route_top_k, routed_sum, BalanceTerm, LayerWeights,
+};
 use crate::config::{Config, Fusion, Paths};
 use crate::fused;
 
@@ -139,8 +141,8 @@ pub(crate) fn fuse(
 }
 
 /// A versatile layer in training mode: both paths over all tokens, fused; plus the balance
-/// loss of the width router (None when the width path is off).
-// x [N, d] -> (out [N, d], balance scalar, routing)
+/// term of the width router (None when the width path is off).
+// x [N, d] -> (out [N, d], balance term, routing)
 pub(crate) fn versatile_train(
     tape: &mut Tape,
     cfg: &Config,
@@ -148,11 +150,11 @@ pub(crate) fn versatile_train(
     x: &Tensor,
     temperature: f32,
     noise: Option<&mut Rng>,
-) -> (Tensor, Option<Tensor>, VersatileRouting) {
+) -> (Tensor, Option<BalanceTerm>, VersatileRouting) {
     let width = |tape: &mut Tape| {
         let z = tape.rms_norm(x, &w.ff_norm, cfg.norm_eps);
         let (out_w, logits, experts) = width_path(tape, cfg, w, x, &z);
-        let balance = balance_loss(tape, &logits, &experts);
+        let balance = balance_term(tape, &logits, &experts);
         (out_w, balance, experts)
     };
     match cfg.paths {
@@ -362,8 +364,9 @@ mod tests {
                 (out, Some(balance), experts)
             }
             _ => {
-                let (out, balance, routing) =
+                let (out, term, routing) =
                     versatile_train(&mut tape, cfg, &w, &xa, 0.7, Some(&mut noise));
+                let balance = term.map(|t| t.loss(&mut tape, &BalanceTerm::shares(&t.counts)));
                 let mut sig = routing.experts;
                 sig.extend(routing.depth.iter().map(|&c| u32::from(c) + 100));
                 (out, balance, sig)
