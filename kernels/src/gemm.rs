@@ -108,6 +108,8 @@ impl<'a> MatMut<'a> {
 pub const KC: usize = 256;
 /// Column block: a KC × NC packed B block is 4 MiB (lives in L3, streamed panel by panel).
 pub const NC: usize = 4096;
+/// Widest B packed whole (all depths) when k > KC: see `packed`.
+const FULL_B_MAX_N: usize = 512;
 /// Products with m or n up to this use the direct path (measured: packing pays off from ~96).
 const DIRECT_MAX_DIM: usize = 80;
 /// Rows × columns × depth below which threads are not used (~1 M FLOPs of work).
@@ -580,6 +582,35 @@ fn packed(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
     let swap = c.cs != 1 && c.rs == 1;
     let (a, b, c) = if swap { (b.t(), a.t(), c.t()) } else { (a, b, c) };
     let (n, k) = (b.cols, b.rows);
+    let a_src = ASource { mat: a, pack: Some(RowSource::Range { start: 0 }), p_origin: 0 };
+    if k > KC && n <= FULL_B_MAX_N {
+        // Deep and narrow (a linear layer's backward): all of B packed first, then each row
+        // block runs every depth block in turn, so its C block (≤ 144 × 512 floats) stays in L2
+        // across them instead of going back to L3 between depth blocks. Same depth blocks in
+        // the same order as below: bitwise the same result.
+        with_scratch(Scratch::B, |buf| {
+            let panels = n.div_ceil(NR);
+            let panel_stride = k * NR;
+            let dst = buf.slice_mut(panels * panel_stride);
+            if panels >= 2 && k * n >= 1 << 15 && rayon::current_num_threads() > 1 {
+                dst.par_chunks_mut(panel_stride).enumerate().for_each(|(q, panel)| {
+                    pack_b_panel(b, 0, k, q * NR, NR.min(n - q * NR), panel);
+                });
+            } else {
+                pack_b(b, 0, k, 0, n, panel_stride, dst);
+            }
+            let src = BSource {
+                direct: std::ptr::null(),
+                direct_rs: 0,
+                direct_panels: 0,
+                packed: dst.as_ptr(),
+                packed_panel_stride: panel_stride,
+                p_origin: 0,
+            };
+            compute(kind, alpha, beta, a_src, src, 0..k, c, true);
+        });
+        return;
+    }
     with_scratch(Scratch::B, |buf| {
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
@@ -606,8 +637,6 @@ fn packed(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
                 };
                 let c_block = OutView { ptr: c.ptr.wrapping_add(jc * c.cs), cols: nc, ..c };
                 let beta_eff = if pc == 0 { beta } else { 1.0 };
-                let a_src =
-                    ASource { mat: a, pack: Some(RowSource::Range { start: 0 }), p_origin: 0 };
                 compute(kind, alpha, beta_eff, a_src, src, pc..pc + kc, c_block, true);
             }
         }

@@ -280,12 +280,45 @@ fn gemv_matches_reference() {
     }
 }
 
+/// Depth beyond one block (k > 256) on both sides of the whole-B packing cut (n ≤ 512 packs all of
+/// B and runs row blocks outermost; wider B goes depth block by depth block): both match the
+/// reference, and the whole-B order gives the bits of the direct path (same depth blocks).
+#[test]
+fn deep_products_on_both_sides_of_the_whole_b_cut() {
+    for kind in kernels() {
+        for &(m, k, n) in &[(37, 300, 530), (50, 513, 600), (200, 700, 100), (9, 1030, 512)] {
+            for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a = Stored::new(5, m, k, trans_a, 1);
+                let b = Stored::new(6, k, n, trans_b, 0);
+                let c0 = Stored::new(7, m, n, false, 0);
+                let mut outs = Vec::new();
+                for path in [GemmPath::Packed, GemmPath::Direct] {
+                    let mut c = Stored { data: c0.data.clone(), ..c0 };
+                    gemm_with(kind, path, 1.5, a.view(), b.view(), 0.5, c.view_mut()).unwrap();
+                    let what = format!("{kind}/{path:?} {m}x{k}x{n} ta={trans_a} tb={trans_b}");
+                    check(&what, 1.5, &a, &b, 0.5, &c0, &c).unwrap();
+                    outs.push(c.data);
+                }
+                let same = outs[0].iter().zip(&outs[1]).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{kind}: packed and direct differ at {m}x{k}x{n}");
+            }
+        }
+    }
+}
+
 /// Same result bits with 1 and 2 threads on every path (splits are over independent outputs).
 #[test]
 fn thread_count_does_not_change_bits() {
     let pool = |t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
     let (p1, p2) = (pool(1), pool(2));
-    let shapes = [(300, 290, 310), (64, 512, 300), (16, 512, 512), (1, 1024, 1024), (700, 130, 9)];
+    let shapes = [
+        (300, 290, 310),
+        (64, 512, 300),
+        (16, 512, 512),
+        (1, 1024, 1024),
+        (700, 130, 9),
+        (200, 600, 530),
+    ];
     for kind in kernels() {
         for &(m, k, n) in &shapes {
             for trans_b in [false, true] {
