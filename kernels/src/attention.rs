@@ -579,10 +579,27 @@ fn mask_tail(s: &mut [f32], w: usize) {
     }
 }
 
-/// Forward of one head: writes `o` [seq, hd] and `lse` [seq].
+/// Where a head writes its outputs: row t of output part i (forward: 0 = O; backward: 0 = dQ,
+/// 1 = dK, 2 = dV) is `buf[offs[i] + t·rs ..][..hd]` — the head's own buffers, or its columns
+/// of the batch's output rows written in place.
+struct HeadOut<'a> {
+    buf: &'a mut [f32],
+    rs: usize,
+    offs: [usize; 3],
+}
+
+impl HeadOut<'_> {
+    #[inline(always)]
+    fn row(&mut self, part: usize, t: usize, hd: usize) -> &mut [f32] {
+        let start = self.offs[part] + t * self.rs;
+        &mut self.buf[start..start + hd]
+    }
+}
+
+/// Forward of one head: writes O [seq, hd] (part 0 of `o`) and `lse` [seq].
 // q_scaled [T, hdp], k_t [hd, Tpad], v [T, hdp] -> o [T, hd], lse [T]
 #[inline(always)]
-fn forward_head<L: Lanes>(l: L, inp: &HeadData, o: &mut [f32], lse: &mut [f32]) {
+fn forward_head<L: Lanes>(l: L, inp: &HeadData, o: &mut HeadOut<'_>, lse: &mut [f32]) {
     let (seq, hd, hdp, seq_pad) = (inp.seq, inp.head_dim, inp.hdp, inp.seq_pad);
     let mut s = Scratch::zeroed(BLOCK * BLOCK);
     let mut o_blk = Scratch::zeroed(BLOCK * hdp);
@@ -651,7 +668,7 @@ fn forward_head<L: Lanes>(l: L, inp: &HeadData, o: &mut [f32], lse: &mut [f32]) 
         for r in 0..br {
             let inv = 1.0 / row_sum[r];
             let src = &o_blk[r * hdp..r * hdp + hd];
-            for (dst, &x) in o[(i0 + r) * hd..(i0 + r + 1) * hd].iter_mut().zip(src) {
+            for (dst, &x) in o.row(0, i0 + r, hd).iter_mut().zip(src) {
                 *dst = x * inv;
             }
             lse[i0 + r] = row_max[r] + row_sum[r].ln();
@@ -660,16 +677,9 @@ fn forward_head<L: Lanes>(l: L, inp: &HeadData, o: &mut [f32], lse: &mut [f32]) 
 }
 
 /// Backward of one head (FlashAttention-2 order: key blocks outer, query blocks inner).
-/// Writes `dq`, `dk`, `dv` [T, hd].
+/// Writes dQ, dK, dV [T, hd] (parts 0, 1, 2 of `out`).
 #[inline(always)]
-fn backward_head<L: Lanes>(
-    l: L,
-    inp: &HeadData,
-    lse: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
+fn backward_head<L: Lanes>(l: L, inp: &HeadData, lse: &[f32], out: &mut HeadOut<'_>) {
     let (seq, hd, hdp, seq_pad) = (inp.seq, inp.head_dim, inp.hdp, inp.seq_pad);
     let g = inp;
     let mut p = Scratch::zeroed(BLOCK * BLOCK);
@@ -764,14 +774,14 @@ fn backward_head<L: Lanes>(
             );
         }
         for c in 0..jw {
-            dk[(j0 + c) * hd..(j0 + c + 1) * hd].copy_from_slice(&dk_blk[c * hdp..c * hdp + hd]);
-            dv[(j0 + c) * hd..(j0 + c + 1) * hd].copy_from_slice(&dv_blk[c * hdp..c * hdp + hd]);
+            out.row(1, j0 + c, hd).copy_from_slice(&dk_blk[c * hdp..c * hdp + hd]);
+            out.row(2, j0 + c, hd).copy_from_slice(&dv_blk[c * hdp..c * hdp + hd]);
         }
     }
     let scale = 1.0 / (hd as f32).sqrt();
     for t in 0..seq {
-        for p in 0..hd {
-            dq[t * hd + p] = dq_acc[t * hdp + p] * scale;
+        for (dst, &x) in out.row(0, t, hd).iter_mut().zip(&dq_acc[t * hdp..t * hdp + hd]) {
+            *dst = x * scale;
         }
     }
 }
@@ -779,25 +789,18 @@ fn backward_head<L: Lanes>(
 // AVX2 entry points: the generic bodies inline here and are compiled with AVX2+FMA enabled.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn forward_head_avx2(l: avx::Avx2Fma, inp: &HeadData, o: &mut [f32], lse: &mut [f32]) {
+unsafe fn forward_head_avx2(l: avx::Avx2Fma, inp: &HeadData, o: &mut HeadOut<'_>, lse: &mut [f32]) {
     forward_head(l, inp, o, lse)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn backward_head_avx2(
-    l: avx::Avx2Fma,
-    inp: &HeadData,
-    lse: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
-    backward_head(l, inp, lse, dq, dk, dv)
+unsafe fn backward_head_avx2(l: avx::Avx2Fma, inp: &HeadData, lse: &[f32], out: &mut HeadOut<'_>) {
+    backward_head(l, inp, lse, out)
 }
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn forward_head_dispatch(portable: bool, inp: &HeadData, o: &mut [f32], lse: &mut [f32]) {
+fn forward_head_dispatch(portable: bool, inp: &HeadData, o: &mut HeadOut<'_>, lse: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(l) = avx::Avx2Fma::detect().filter(|_| !portable) {
         // SAFETY: the token proves AVX2 and FMA are available.
@@ -808,21 +811,14 @@ fn forward_head_dispatch(portable: bool, inp: &HeadData, o: &mut [f32], lse: &mu
 }
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn backward_head_dispatch(
-    portable: bool,
-    inp: &HeadData,
-    lse: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
+fn backward_head_dispatch(portable: bool, inp: &HeadData, lse: &[f32], out: &mut HeadOut<'_>) {
     #[cfg(target_arch = "x86_64")]
     if let Some(l) = avx::Avx2Fma::detect().filter(|_| !portable) {
         // SAFETY: the token proves AVX2 and FMA are available.
-        unsafe { backward_head_avx2(l, inp, lse, dq, dk, dv) };
+        unsafe { backward_head_avx2(l, inp, lse, out) };
         return;
     }
-    backward_head(Portable, inp, lse, dq, dk, dv)
+    backward_head(Portable, inp, lse, out)
 }
 
 fn check_shape(shape: AttnShape, qkv: &[f32], out_len: usize, lse_len: usize) {
@@ -852,16 +848,27 @@ fn forward_impl(portable: bool, shape: AttnShape, qkv: &[f32], out: &mut [f32], 
     if batch * seq * d == 0 {
         return;
     }
+    let heads_in_place = batch >= rayon::current_num_threads();
     out.par_chunks_mut(seq * d).zip(lse.par_chunks_mut(heads * seq)).enumerate().for_each(
         |(b, (out_b, lse_b))| {
-            // Each head writes a private [T, hd] buffer, scattered afterwards: no shared writes.
             let inputs = gather_batch(shape, qkv, b, None);
+            if heads_in_place {
+                // Enough sequences to keep every thread busy: heads one after another, each
+                // writing its columns of the output rows directly.
+                for (h, (lse_h, inp)) in lse_b.chunks_mut(seq).zip(&inputs).enumerate() {
+                    let mut o = HeadOut { buf: &mut out_b[h * hd..], rs: d, offs: [0; 3] };
+                    forward_head_dispatch(portable, inp, &mut o, lse_h);
+                }
+                return;
+            }
+            // Heads in parallel, each into a private [T, hd] buffer scattered afterwards.
             let per_head: Vec<Scratch> = lse_b
                 .par_chunks_mut(seq)
                 .zip(inputs.par_iter())
                 .map(|(lse_h, inp)| {
                     let mut o = Scratch::zeroed(seq * hd);
-                    forward_head_dispatch(portable, inp, &mut o, lse_h);
+                    let mut view = HeadOut { buf: &mut o, rs: hd, offs: [0; 3] };
+                    forward_head_dispatch(portable, inp, &mut view, lse_h);
                     o
                 })
                 .collect();
@@ -908,25 +915,35 @@ fn backward_impl(
     if batch * seq * d == 0 {
         return;
     }
+    let heads_in_place = batch >= rayon::current_num_threads();
     d_qkv.par_chunks_mut(seq * 3 * d).enumerate().for_each(|(b, d_qkv_b)| {
         let inputs = gather_batch(shape, qkv, b, Some((out, d_out)));
-        let per_head: Vec<[Scratch; 3]> = inputs
+        let lse_of = |h: usize| &lse[(b * heads + h) * seq..(b * heads + h + 1) * seq];
+        if heads_in_place {
+            // As in the forward: heads in turn, writing their columns of dQ, dK, dV in place.
+            for (h, inp) in inputs.iter().enumerate() {
+                let mut g = HeadOut { buf: &mut d_qkv_b[h * hd..], rs: 3 * d, offs: [0, d, 2 * d] };
+                backward_head_dispatch(portable, inp, lse_of(h), &mut g);
+            }
+            return;
+        }
+        let per_head: Vec<Scratch> = inputs
             .par_iter()
             .enumerate()
             .map(|(h, inp)| {
-                let lse_h = &lse[(b * heads + h) * seq..(b * heads + h + 1) * seq];
-                let mut dq = Scratch::zeroed(seq * hd);
-                let mut dk = Scratch::zeroed(seq * hd);
-                let mut dv = Scratch::zeroed(seq * hd);
-                backward_head_dispatch(portable, inp, lse_h, &mut dq, &mut dk, &mut dv);
-                [dq, dk, dv]
+                // Rows of [dQ | dK | dV], 3·hd wide.
+                let mut g = Scratch::zeroed(seq * 3 * hd);
+                let mut view = HeadOut { buf: &mut g, rs: 3 * hd, offs: [0, hd, 2 * hd] };
+                backward_head_dispatch(portable, inp, lse_of(h), &mut view);
+                g
             })
             .collect();
-        for (h, parts) in per_head.iter().enumerate() {
-            for (part, g) in parts.iter().enumerate() {
-                for t in 0..seq {
+        for (h, g) in per_head.iter().enumerate() {
+            for t in 0..seq {
+                for part in 0..3 {
                     let dst = t * 3 * d + part * d + h * hd;
-                    d_qkv_b[dst..dst + hd].copy_from_slice(&g[t * hd..(t + 1) * hd]);
+                    let src = t * 3 * hd + part * hd;
+                    d_qkv_b[dst..dst + hd].copy_from_slice(&g[src..src + hd]);
                 }
             }
         }
