@@ -8,7 +8,7 @@ use vffn_kernels::{gemm, MatMut, MatRef};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map_or("dw", String::as_str).to_string();
-    if !matches!(which.as_str(), "fwd" | "dx" | "dw" | "dx2" | "dw2") {
+    if !matches!(which.as_str(), "fwd" | "dx" | "dw") {
         eprintln!("error: product `{which}` is not one of fwd, dx, dw");
         std::process::exit(2);
     }
@@ -38,32 +38,6 @@ fn main() {
                 0.0,
                 MatMut::new(&mut out[..t * d], t, d),
             ),
-            "dx2" => {
-                let pb = vffn_kernels::PackedB::pack(MatRef::new(&w, o, d));
-                vffn_kernels::gemm_packed(
-                    1.0,
-                    MatRef::new(&dy, t, o),
-                    &pb,
-                    0..d,
-                    0..o,
-                    0.0,
-                    MatMut::new(&mut out[..t * d], t, d),
-                )
-                .unwrap()
-            }
-            "dw2" => {
-                let pb = vffn_kernels::PackedB::pack(MatRef::new(&x, t, d));
-                vffn_kernels::gemm_packed(
-                    1.0,
-                    MatRef::new(&dy, t, o).t(),
-                    &pb,
-                    0..d,
-                    0..t,
-                    0.0,
-                    MatMut::new(&mut out[..o * d], o, d),
-                )
-                .unwrap()
-            }
             _ => gemm(
                 1.0,
                 MatRef::new(&dy, t, o).t(),

@@ -333,13 +333,22 @@ impl BSource {
     pub(crate) fn from_packed(b: &PackedB, col_start: usize) -> BSource {
         debug_assert!(col_start.is_multiple_of(NR));
         let panel_stride = b.rows() * NR;
+        BSource::packed(
+            b.data().as_ptr().wrapping_add((col_start / NR) * panel_stride),
+            panel_stride,
+            0,
+        )
+    }
+
+    /// Packed panels only: panel q at `packed + q·panel_stride`, its first row is depth `p_origin`.
+    fn packed(packed: *const f32, panel_stride: usize, p_origin: usize) -> BSource {
         BSource {
             direct: std::ptr::null(),
             direct_rs: 0,
             direct_panels: 0,
-            packed: b.data().as_ptr().wrapping_add((col_start / NR) * panel_stride),
+            packed,
             packed_panel_stride: panel_stride,
-            p_origin: 0,
+            p_origin,
         }
     }
 
@@ -589,24 +598,7 @@ fn packed(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
         // across them instead of going back to L3 between depth blocks. Same depth blocks in
         // the same order as below: bitwise the same result.
         with_scratch(Scratch::B, |buf| {
-            let panels = n.div_ceil(NR);
-            let panel_stride = k * NR;
-            let dst = buf.slice_mut(panels * panel_stride);
-            if panels >= 2 && k * n >= 1 << 15 && rayon::current_num_threads() > 1 {
-                dst.par_chunks_mut(panel_stride).enumerate().for_each(|(q, panel)| {
-                    pack_b_panel(b, 0, k, q * NR, NR.min(n - q * NR), panel);
-                });
-            } else {
-                pack_b(b, 0, k, 0, n, panel_stride, dst);
-            }
-            let src = BSource {
-                direct: std::ptr::null(),
-                direct_rs: 0,
-                direct_panels: 0,
-                packed: dst.as_ptr(),
-                packed_panel_stride: panel_stride,
-                p_origin: 0,
-            };
+            let src = pack_b_block(b, 0..k, 0..n, 2, buf);
             compute(kind, alpha, beta, a_src, src, 0..k, c, true);
         });
         return;
@@ -614,33 +606,39 @@ fn packed(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
     with_scratch(Scratch::B, |buf| {
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
-            let panels = nc.div_ceil(NR);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                let panel_stride = kc * NR;
-                let dst = buf.slice_mut(panels * panel_stride);
-                if panels >= 4 && kc * nc >= 1 << 15 && rayon::current_num_threads() > 1 {
-                    dst.par_chunks_mut(panel_stride).enumerate().for_each(|(q, panel)| {
-                        let j = jc + q * NR;
-                        pack_b_panel(b, pc, kc, j, NR.min(jc + nc - j), panel);
-                    });
-                } else {
-                    pack_b(b, pc, kc, jc, nc, panel_stride, dst);
-                }
-                let src = BSource {
-                    direct: std::ptr::null(),
-                    direct_rs: 0,
-                    direct_panels: 0,
-                    packed: dst.as_ptr(),
-                    packed_panel_stride: panel_stride,
-                    p_origin: pc,
-                };
+                let src = pack_b_block(b, pc..pc + kc, jc..jc + nc, 4, buf);
                 let c_block = OutView { ptr: c.ptr.wrapping_add(jc * c.cs), cols: nc, ..c };
                 let beta_eff = if pc == 0 { beta } else { 1.0 };
                 compute(kind, alpha, beta_eff, a_src, src, pc..pc + kc, c_block, true);
             }
         }
     });
+}
+
+/// Packs B's rows `ps` and columns `js` into 16-wide panels in `buf` (in parallel from
+/// `min_par_panels` panels and ~32 K values on) and returns them as a B source.
+fn pack_b_block(
+    b: MatRef<'_>,
+    ps: Range<usize>,
+    js: Range<usize>,
+    min_par_panels: usize,
+    buf: &mut AlignedBuf,
+) -> BSource {
+    let (kc, nc) = (ps.len(), js.len());
+    let panels = nc.div_ceil(NR);
+    let panel_stride = kc * NR;
+    let dst = buf.slice_mut(panels * panel_stride);
+    if panels >= min_par_panels && kc * nc >= 1 << 15 && rayon::current_num_threads() > 1 {
+        dst.par_chunks_mut(panel_stride).enumerate().for_each(|(q, panel)| {
+            let j = js.start + q * NR;
+            pack_b_panel(b, ps.start, kc, j, NR.min(js.end - j), panel);
+        });
+    } else {
+        pack_b(b, ps.start, kc, js.start, nc, panel_stride, dst);
+    }
+    BSource::packed(dst.as_ptr(), panel_stride, ps.start)
 }
 
 /// `C = alpha·A·B[ks, cols] + beta·C` with B pre-packed: A is m × |ks|, C is m × |cols|.

@@ -91,7 +91,7 @@ pub struct TrainOutput {
 /// Groups of whole sequences a training batch is split into ([`Model::train_step_grads`] as used
 /// by `vffn train` and `vffn bench train`): each group's forward and backward runs as one
 /// parallel task on its own tape, so the ops of a step run on half the rows each instead of
-/// splitting every op over the threads (measured 1.08× dense, 1.11× versatile at two threads,
+/// splitting every op over the threads (measured 1.11× dense, 1.08× versatile at two threads,
 /// no change at one). A constant, not the thread count: the same seed gives the same run on any
 /// number of threads.
 pub const TRAIN_GROUPS: usize = 2;
