@@ -844,8 +844,8 @@ fn dense_core_par(
 /// layer's packed weights (3·h·d floats, 768 KiB at the tiny preset: more than a core's L2)
 /// through the cache once, so bigger tiles read them less often; measured on the tiny
 /// versatile inference forward (2 threads, 5 alternating rounds), 128-row tiles ran 1.08× the
-/// 64-row ones (u in L2) and 96–512 rows all within noise of each other; training steps and
-/// the small preset did not move (±2 %).
+/// 60-row ones of before (u in L2) and 96–512 rows all within noise of each other; training
+/// steps and the small preset did not move (±2 %).
 fn depth_tile_rows(h: usize, mr: usize) -> usize {
     let rows = (1usize << 17) / (2 * h).max(1);
     (rows / mr * mr).clamp(mr, 32 * mr)
