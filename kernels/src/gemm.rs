@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::cpu::blocking;
 use crate::microkernel::{run_tile, selected_kernel, KernelError, KernelKind, Tile, NR};
 use crate::pack::{
     pack_a, pack_b, pack_b_panel, with_scratch, AlignedBuf, PackedB, RowSource, Scratch,
@@ -104,25 +105,12 @@ impl<'a> MatMut<'a> {
     }
 }
 
-/// Depth block: a 256 × 16 B micro-panel (16 KiB) plus a 6 × 256 A micro-panel stay in L1.
-pub const KC: usize = 256;
-/// Column block: a KC × NC packed B block is 4 MiB (lives in L3, streamed panel by panel).
-pub const NC: usize = 4096;
 /// Widest B packed whole (all depths) when k > KC: see `packed`.
 const FULL_B_MAX_N: usize = 512;
 /// Products with m or n up to this use the direct path (measured: packing pays off from ~96).
 const DIRECT_MAX_DIM: usize = 80;
 /// Rows × columns × depth below which threads are not used (~1 M FLOPs of work).
 const PAR_MIN_WORK: usize = 1 << 19;
-
-/// Row block for packed A: MC × KC floats stay in L2 (144 KiB with AVX2, half of Zen 3's 512 KiB).
-pub fn mc_for(kind: KernelKind) -> usize {
-    match kind {
-        KernelKind::Portable => 128,
-        KernelKind::Avx2 => 144,
-        KernelKind::Avx512 => 168,
-    }
-}
 
 /// Which algorithm runs a product (`Auto` picks from the shape; the others force one, for tests
 /// and benchmarks).
@@ -398,7 +386,7 @@ pub(crate) fn compute(
     let mut row_block = if pack_a {
         // Equal row blocks of at most MC rows, as many as a multiple of the thread count (a
         // ragged last block would leave one thread idle at the end).
-        let mut blocks = m.div_ceil(mc_for(kind));
+        let mut blocks = m.div_ceil(blocking(kind).mc);
         if parallel {
             blocks = blocks.next_multiple_of(threads);
         }
@@ -424,6 +412,12 @@ pub(crate) fn compute(
             }
         }
     }
+    // Keep the panel pairs of two-panel kernels together (a split pair runs as two narrow tiles:
+    // same bits, fewer FMAs per load).
+    let pair = kind.nr() / NR;
+    if panel_block < panels {
+        panel_block = panel_block.next_multiple_of(pair);
+    }
     let mut items = Vec::new();
     for i0 in (0..m).step_by(row_block) {
         for q0 in (0..panels).step_by(panel_block) {
@@ -440,10 +434,6 @@ pub(crate) fn compute(
     }
 }
 
-/// One KC × 16 B micro-panel (16 KiB), cache-line aligned.
-#[repr(C, align(64))]
-struct PanelBuf([f32; KC * NR]);
-
 /// One output block: rows `rows` × panels `qs` of C over depths `ps`.
 #[allow(clippy::too_many_arguments)]
 fn block(
@@ -457,12 +447,12 @@ fn block(
     rows: Range<usize>,
     qs: Range<usize>,
 ) {
-    let mr = kind.mr();
-    let tiles = |abuf: Option<&mut AlignedBuf>| {
+    let (mr, kc_max) = (kind.mr(), blocking(kind).kc);
+    let pair = kind.nr() / NR;
+    let tiles = |abuf: Option<&mut AlignedBuf>, copy: &mut AlignedBuf| {
         let mut abuf = abuf;
-        let mut panel_copy = PanelBuf([0.0; KC * NR]);
-        for p0 in ps.clone().step_by(KC) {
-            let kc = KC.min(ps.end - p0);
+        for p0 in ps.clone().step_by(kc_max) {
+            let kc = kc_max.min(ps.end - p0);
             let beta_eff = if p0 == ps.start { beta } else { 1.0 };
             let am = a.mat;
             let a_col = p0 - a.p_origin;
@@ -487,20 +477,32 @@ fn block(
                     (dst.as_ptr(), 1, mr, true)
                 }
             };
-            for q in qs.clone() {
-                let (mut b_ptr, mut rs_b) = b.panel(q, p0);
-                let nr = NR.min(c.cols - q * NR);
+            let mut q = qs.start;
+            while q < qs.end {
+                let (first, rs_first) = b.panel(q, p0);
+                // Two-panel kernels take the next panel too when it has the same row stride and
+                // lies after this one (then its offset is one number for every depth).
+                let second = (pair == 2 && q + 1 < qs.end)
+                    .then(|| b.panel(q + 1, p0))
+                    .filter(|&(ptr, rs)| rs == rs_first && ptr as usize > first as usize)
+                    .map(|(ptr, _)| (ptr as usize - first as usize) / 4);
+                let panels = if second.is_some() { 2 } else { 1 };
+                let (mut b_ptr, mut rs_b, mut b_next) = (first, rs_first, second.unwrap_or(0));
+                let nr = (panels * NR).min(c.cols - q * NR);
                 if rs_b != NR && rows.len() > mr {
                     // An in-place B panel reused by several row tiles is first copied to a
                     // contiguous L1 buffer: B rows a power-of-two apart would otherwise collide in
                     // a few cache sets and be re-read from L2 by every tile. Same values, same bits.
-                    for p in 0..kc {
-                        // SAFETY: in-place panels are full (16 readable values per row p < kc).
-                        let src = unsafe { std::slice::from_raw_parts(b_ptr.add(p * rs_b), NR) };
-                        panel_copy.0[p * NR..(p + 1) * NR].copy_from_slice(src);
+                    let dst = copy.slice_mut(panels * kc * NR);
+                    for (h, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
+                        let src = b_ptr.wrapping_add(h * b_next);
+                        for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
+                            // SAFETY: in-place panels are full (16 readable values per row p < kc).
+                            let from = unsafe { std::slice::from_raw_parts(src.add(p * rs_b), NR) };
+                            row.copy_from_slice(from);
+                        }
                     }
-                    b_ptr = panel_copy.0.as_ptr();
-                    rs_b = NR;
+                    (b_ptr, rs_b, b_next) = (dst.as_ptr(), NR, kc * NR);
                 }
                 for ir in rows.clone().step_by(mr) {
                     let a_tile = if packed_a {
@@ -517,6 +519,7 @@ fn block(
                         cs_a,
                         b: b_ptr,
                         rs_b,
+                        b_next,
                         c: c.ptr.wrapping_add(ir * c.rs + q * NR * c.cs),
                         rs_c: c.rs,
                         cs_c: c.cs,
@@ -524,19 +527,23 @@ fn block(
                         nr,
                     };
                     // SAFETY: `kind` was checked available by the entry point; A covers rows
-                    // ir..ir+mr and depths p0..p0+kc (in place, or packed and zero padded), B panel q
-                    // holds kc rows of 16 readable values (in place: full panels only; else packed),
-                    // and the C tile is inside the checked C view and written by this block only.
+                    // ir..ir+mr and depths p0..p0+kc (in place, or packed and zero padded), B
+                    // panels q (and q+1 at b_next when nr > 16) hold kc rows of 16 readable
+                    // values (in place: full panels only; else packed or copied), and the C tile
+                    // is inside the checked C view and written by this block only.
                     unsafe { run_tile(kind, packed_a, &t) };
                 }
+                q += panels;
             }
         }
     };
-    if a.pack.is_some() {
-        with_scratch(Scratch::A, |buf| tiles(Some(buf)));
-    } else {
-        tiles(None);
-    }
+    with_scratch(Scratch::Panel, |copy| {
+        if a.pack.is_some() {
+            with_scratch(Scratch::A, |buf| tiles(Some(buf), copy));
+        } else {
+            tiles(None, copy);
+        }
+    });
 }
 
 /// Small products: no packing except, when B's rows are strided, the smaller operand.
@@ -592,7 +599,8 @@ fn packed(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
     let (a, b, c) = if swap { (b.t(), a.t(), c.t()) } else { (a, b, c) };
     let (n, k) = (b.cols, b.rows);
     let a_src = ASource { mat: a, pack: Some(RowSource::Range { start: 0 }), p_origin: 0 };
-    if k > KC && n <= FULL_B_MAX_N {
+    let blk = blocking(kind);
+    if k > blk.kc && n <= FULL_B_MAX_N {
         // Deep and narrow (a linear layer's backward): all of B packed first, then each row
         // block runs every depth block in turn, so its C block (≤ 144 × 512 floats) stays in L2
         // across them instead of going back to L3 between depth blocks. Same depth blocks in
@@ -604,10 +612,10 @@ fn packed(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
         return;
     }
     with_scratch(Scratch::B, |buf| {
-        for jc in (0..n).step_by(NC) {
-            let nc = NC.min(n - jc);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
+        for jc in (0..n).step_by(blk.nc) {
+            let nc = blk.nc.min(n - jc);
+            for pc in (0..k).step_by(blk.kc) {
+                let kc = blk.kc.min(k - pc);
                 let src = pack_b_block(b, pc..pc + kc, jc..jc + nc, 4, buf);
                 let c_block = OutView { ptr: c.ptr.wrapping_add(jc * c.cs), cols: nc, ..c };
                 let beta_eff = if pc == 0 { beta } else { 1.0 };

@@ -3,12 +3,14 @@
 //! Kernels know nothing of tensors or tapes: they take slices, shapes and strides.
 
 pub mod attention;
+pub mod cpu;
 pub mod ffn;
 pub mod fused;
 pub mod gemm;
 mod gemv;
 pub mod microkernel;
 pub mod pack;
+pub mod peak;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]
 mod vmath;

@@ -50,6 +50,7 @@ impl AlignedBuf {
 thread_local! {
     static PACK_A: Cell<AlignedBuf> = Cell::new(AlignedBuf::default());
     static PACK_B: Cell<AlignedBuf> = Cell::new(AlignedBuf::default());
+    static PANEL: Cell<AlignedBuf> = Cell::new(AlignedBuf::default());
 }
 
 /// Which per-thread reusable buffer to borrow.
@@ -57,6 +58,8 @@ thread_local! {
 pub(crate) enum Scratch {
     A,
     B,
+    /// Contiguous copies of in-place B panels (L1-sized).
+    Panel,
 }
 
 /// Runs `f` with this thread's reusable buffer (taken out while in use, so a nested call on the same
@@ -65,6 +68,7 @@ pub(crate) fn with_scratch<R>(which: Scratch, f: impl FnOnce(&mut AlignedBuf) ->
     let key = match which {
         Scratch::A => &PACK_A,
         Scratch::B => &PACK_B,
+        Scratch::Panel => &PANEL,
     };
     let mut buf = key.with(|c| c.take());
     let out = f(&mut buf);

@@ -125,7 +125,7 @@ unsafe fn epilogue<const M: usize>(acc: [[__m256; 2]; M], t: &Tile) {
         } else if t.rs_c == 1 && t.nr == NR && M == MR {
             store_transposed(acc, alpha, beta, read_c, t);
         } else {
-            let mut buf = edge_load(t);
+            let mut buf = edge_load::<NR>(t);
             let p = buf.as_mut_ptr() as *mut f32;
             store!(p, NR);
             edge_store(t, &buf);

@@ -1,38 +1,50 @@
-//! AVX-512F micro-kernel: 14 × 16 tile in 14 zmm accumulators (1 B load + 14 broadcasts per k).
+//! AVX-512F micro-kernels: 14 × 32 tiles over two 16-wide B panels (28 zmm accumulators), and
+//! 14 × 16 tiles for a lone last panel (14 accumulators).
 //!
-//! NOT EXECUTED on the development machine (Zen 3, no AVX-512): it compiles everywhere and is
-//! tested only where `avx512f` is detected.
+//! Why two panels: a core with two 512-bit FMA ports and two load ports (Intel Xeon since Skylake-SP)
+//! runs two FMAs and two loads per cycle. One panel needs 1 B load + 14 A broadcasts per 14 FMAs
+//! (load-bound: 7.5 cycles of loads per 7 of FMAs); two panels need 2 + 14 loads per 28 FMAs (8 of
+//! loads per 14 of FMAs: FMA-bound). On cores with one 512-bit unit per two 256-bit halves (AMD
+//! Zen 4) both are FMA-bound, and the wide tile halves the broadcasts per FMA.
+//!
+//! Every C element's sum runs over k in the same order in both tiles (one FMA per k into its own
+//! accumulator), so which tile computes an element never changes its bits.
 
 use std::arch::x86_64::*;
 
-use super::{edge_load, edge_store, Tile, MR_MAX, NR};
+use super::{edge_load, edge_store, Tile, MR_MAX, NR, NR_MAX};
 
 /// Rows per tile.
 pub(crate) const MR: usize = MR_MAX;
 
-/// Dispatches on the tile height so edge rows cost only their own FMAs.
+/// Dispatches on the tile width and height so edge rows cost only their own FMAs.
 ///
 /// # Safety
 /// AVX-512F must be available; `t` must describe valid memory (see `run_tile`).
 pub(crate) unsafe fn tile(a_packed: bool, t: &Tile) {
     macro_rules! go {
-        ($($m:literal $f:ident)*) => {
-            match (a_packed, t.mr) {
+        ($($m:literal $narrow:ident $wide:ident)*) => {
+            match (t.nr > NR, a_packed, t.mr) {
                 $(
                     // SAFETY: forwarded caller contract.
-                    (true, $m) => unsafe { $f::<true>(t) },
+                    (false, true, $m) => unsafe { $narrow::<true>(t) },
                     // SAFETY: forwarded caller contract.
-                    (false, $m) => unsafe { $f::<false>(t) },
+                    (false, false, $m) => unsafe { $narrow::<false>(t) },
+                    // SAFETY: forwarded caller contract.
+                    (true, true, $m) => unsafe { $wide::<true>(t) },
+                    // SAFETY: forwarded caller contract.
+                    (true, false, $m) => unsafe { $wide::<false>(t) },
                 )*
                 _ => unreachable!("tile height out of range"),
             }
         };
     }
-    go!(1 tile_1 2 tile_2 3 tile_3 4 tile_4 5 tile_5 6 tile_6 7 tile_7 8 tile_8 9 tile_9
-        10 tile_10 11 tile_11 12 tile_12 13 tile_13 14 tile_14)
+    go!(1 tile_1 wide_1 2 tile_2 wide_2 3 tile_3 wide_3 4 tile_4 wide_4 5 tile_5 wide_5
+        6 tile_6 wide_6 7 tile_7 wide_7 8 tile_8 wide_8 9 tile_9 wide_9 10 tile_10 wide_10
+        11 tile_11 wide_11 12 tile_12 wide_12 13 tile_13 wide_13 14 tile_14 wide_14)
 }
 
-/// One kernel per tile height, accumulators as named locals (kept in registers).
+/// One 16-wide kernel per tile height, accumulators as named locals (kept in registers).
 macro_rules! tile_kernel {
     ($name:ident, $m:literal; $($i:literal: $c:ident),+) => {
         #[target_feature(enable = "avx512f")]
@@ -67,6 +79,52 @@ macro_rules! tile_kernel {
     };
 }
 
+/// One 32-wide kernel per tile height: row i accumulates into `$c0` (panel 1) and `$c1` (panel 2),
+/// one broadcast of A(i, p) feeding both FMAs.
+macro_rules! wide_kernel {
+    ($name:ident, $m:literal; $($i:literal: $c0:ident $c1:ident),+) => {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $name<const PACKED: bool>(t: &Tile) {
+            let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
+            let rs_b = t.rs_b;
+            $(
+                let mut $c0 = _mm512_setzero_ps();
+                let mut $c1 = _mm512_setzero_ps();
+            )+
+            let mut a = t.a;
+            let mut b = t.b;
+            let next = t.b_next;
+            // SAFETY (whole body): the caller guarantees A, both B panels readable for p < k, C
+            // for the tile.
+            unsafe {
+                macro_rules! step {
+                    ($ap:expr, $bp:expr) => {{
+                        let b0 = _mm512_loadu_ps($bp);
+                        let b1 = _mm512_loadu_ps($bp.add(next));
+                        $(
+                            let ai = _mm512_set1_ps(*$ap.add($i * rs_a));
+                            $c0 = _mm512_fmadd_ps(ai, b0, $c0);
+                            $c1 = _mm512_fmadd_ps(ai, b1, $c1);
+                        )+
+                    }};
+                }
+                let mut left = t.k;
+                while left >= 2 {
+                    step!(a, b);
+                    step!(a.add(cs_a), b.add(rs_b));
+                    a = a.add(2 * cs_a);
+                    b = b.add(2 * rs_b);
+                    left -= 2;
+                }
+                if left > 0 {
+                    step!(a, b);
+                }
+                wide_epilogue::<$m>([$([$c0, $c1]),+], t);
+            }
+        }
+    };
+}
+
 tile_kernel!(tile_1, 1; 0: c0);
 tile_kernel!(tile_2, 2; 0: c0, 1: c1);
 tile_kernel!(tile_3, 3; 0: c0, 1: c1, 2: c2);
@@ -86,7 +144,64 @@ tile_kernel!(tile_13, 13; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7
 tile_kernel!(tile_14, 14; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9,
     10: c10, 11: c11, 12: c12, 13: c13);
 
-/// `C = alpha·acc + beta·C` for one tile, out of line (keeps the loop accumulators in registers).
+wide_kernel!(wide_1, 1; 0: c00 c01);
+wide_kernel!(wide_2, 2; 0: c00 c01, 1: c10 c11);
+wide_kernel!(wide_3, 3; 0: c00 c01, 1: c10 c11, 2: c20 c21);
+wide_kernel!(wide_4, 4; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31);
+wide_kernel!(wide_5, 5; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41);
+wide_kernel!(wide_6, 6; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51);
+wide_kernel!(wide_7, 7; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+    6: c60 c61);
+wide_kernel!(wide_8, 8; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+    6: c60 c61, 7: c70 c71);
+wide_kernel!(wide_9, 9; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+    6: c60 c61, 7: c70 c71, 8: c80 c81);
+wide_kernel!(wide_10, 10; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+    6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91);
+wide_kernel!(wide_11, 11; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+    6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1);
+wide_kernel!(wide_12, 12; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+    6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1, 11: cb0 cb1);
+wide_kernel!(wide_13, 13; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+    6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1, 11: cb0 cb1, 12: cc0 cc1);
+wide_kernel!(wide_14, 14; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+    6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1, 11: cb0 cb1, 12: cc0 cc1,
+    13: cd0 cd1);
+
+/// Lanes of a 16-wide half of the tile that are inside its `nr` columns.
+#[inline(always)]
+fn half_mask(nr: usize, half: usize) -> __mmask16 {
+    let live = nr.saturating_sub(half * NR).min(NR);
+    if live == NR {
+        0xFFFF
+    } else {
+        ((1u32 << live) - 1) as __mmask16
+    }
+}
+
+/// `r = alpha·acc + beta·C` for one vector of C at `p` (lanes outside `mask` neither read nor
+/// written).
+#[inline(always)]
+unsafe fn store_masked(
+    p: *mut f32,
+    mask: __mmask16,
+    acc: __m512,
+    alpha: __m512,
+    beta: __m512,
+    read_c: bool,
+) {
+    // SAFETY: the caller guarantees the lanes in `mask` are valid C elements.
+    unsafe {
+        let mut r = _mm512_mul_ps(acc, alpha);
+        if read_c {
+            r = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask, p), r);
+        }
+        _mm512_mask_storeu_ps(p, mask, r);
+    }
+}
+
+/// `C = alpha·acc + beta·C` for one 16-wide tile, out of line (keeps the loop accumulators in
+/// registers).
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
 unsafe fn epilogue<const M: usize>(acc: [__m512; M], t: &Tile) {
@@ -97,24 +212,45 @@ unsafe fn epilogue<const M: usize>(acc: [__m512; M], t: &Tile) {
     unsafe {
         if t.cs_c == 1 {
             // Masked loads and stores cover a partial tile width without a scalar path.
-            let mask: __mmask16 = if t.nr == NR { 0xFFFF } else { (1u16 << t.nr) - 1 };
+            let mask = half_mask(t.nr, 0);
             for (i, acc_i) in acc.iter().enumerate() {
-                let p = t.c.add(i * t.rs_c);
-                let mut r = _mm512_mul_ps(*acc_i, alpha);
-                if read_c {
-                    r = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask, p), r);
-                }
-                _mm512_mask_storeu_ps(p, mask, r);
+                store_masked(t.c.add(i * t.rs_c), mask, *acc_i, alpha, beta, read_c);
             }
         } else {
-            let mut buf = edge_load(t);
+            let mut buf = edge_load::<NR>(t);
             for (i, acc_i) in acc.iter().enumerate() {
-                let p = buf[i].as_mut_ptr();
-                let mut r = _mm512_mul_ps(*acc_i, alpha);
-                if read_c {
-                    r = _mm512_fmadd_ps(beta, _mm512_loadu_ps(p), r);
+                store_masked(buf[i].as_mut_ptr(), 0xFFFF, *acc_i, alpha, beta, read_c);
+            }
+            edge_store(t, &buf);
+        }
+    }
+}
+
+/// `C = alpha·acc + beta·C` for one 32-wide tile (the same per-element arithmetic as
+/// [`epilogue`]).
+#[inline(never)]
+#[target_feature(enable = "avx512f")]
+unsafe fn wide_epilogue<const M: usize>(acc: [[__m512; 2]; M], t: &Tile) {
+    let alpha = _mm512_set1_ps(t.alpha);
+    let beta = _mm512_set1_ps(t.beta);
+    let read_c = t.beta != 0.0;
+    let masks = [half_mask(t.nr, 0), half_mask(t.nr, 1)];
+    // SAFETY (whole body): the caller guarantees C is valid for the tile.
+    unsafe {
+        if t.cs_c == 1 {
+            for (i, row) in acc.iter().enumerate() {
+                let p = t.c.add(i * t.rs_c);
+                for (h, (v, &mask)) in row.iter().zip(&masks).enumerate() {
+                    store_masked(p.add(h * NR), mask, *v, alpha, beta, read_c);
                 }
-                _mm512_storeu_ps(p, r);
+            }
+        } else {
+            let mut buf = edge_load::<NR_MAX>(t);
+            for (i, row) in acc.iter().enumerate() {
+                let p = buf[i].as_mut_ptr();
+                for (h, v) in row.iter().enumerate() {
+                    store_masked(p.add(h * NR), 0xFFFF, *v, alpha, beta, read_c);
+                }
             }
             edge_store(t, &buf);
         }

@@ -1,8 +1,10 @@
 //! Register-blocked micro-kernels: one `MR × NR` tile of `C = alpha·A·B + beta·C`.
 //!
-//! Every kernel has NR = 16 (so packed B panels are shared by all kernels) and its own MR. A is read
-//! by broadcasts from any strides (packed panels or the caller's matrix), B by vector loads of 16
-//! contiguous values per k (a packed panel, or a row-major matrix read in place).
+//! B is always packed in 16-wide panels (NR = 16, shared by every kernel); each kernel has its own
+//! MR and reads one or two panels per call (`KernelKind::nr`: 16, or 32 for AVX-512, whose second
+//! panel sits `b_next` floats after the first). A is read by broadcasts from any strides (packed
+//! panels or the caller's matrix), B by vector loads of 16 contiguous values per k and panel (a
+//! packed panel, or a row-major matrix read in place).
 //!
 //! The kernel is chosen once per process by CPU feature detection; `VFFN_KERNEL=portable|avx2|avx512`
 //! forces one (an unavailable forced kernel is reported as a [`KernelError`], never executed).
@@ -16,8 +18,10 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub(crate) mod portable;
 
-/// Tile width (columns of C per micro-kernel call), common to every kernel.
+/// Width of a packed B panel, common to every kernel (a kernel's tile spans one or two panels).
 pub const NR: usize = 16;
+/// Widest tile of any kernel (two panels).
+pub(crate) const NR_MAX: usize = 2 * NR;
 /// Largest MR of any kernel (sizes the stack tiles used for edges).
 pub(crate) const MR_MAX: usize = 14;
 
@@ -28,7 +32,7 @@ pub enum KernelKind {
     Portable,
     /// AVX2 + FMA intrinsics (6 × 16 tile, 12 ymm accumulators).
     Avx2,
-    /// AVX-512F intrinsics (14 × 16 tile, 14 zmm accumulators).
+    /// AVX-512F intrinsics (14 × 32 tile over two B panels, 28 zmm accumulators).
     Avx512,
 }
 
@@ -42,6 +46,14 @@ impl KernelKind {
             KernelKind::Portable => portable::MR,
             KernelKind::Avx2 => 6,
             KernelKind::Avx512 => MR_MAX,
+        }
+    }
+
+    /// Columns of C per full micro-kernel call (one or two 16-wide B panels).
+    pub const fn nr(self) -> usize {
+        match self {
+            KernelKind::Portable | KernelKind::Avx2 => NR,
+            KernelKind::Avx512 => NR_MAX,
         }
     }
 
@@ -140,8 +152,10 @@ pub fn selected_kernel() -> Result<KernelKind, KernelError> {
 }
 
 /// One micro-kernel call. Element (i, p) of A is at `a + i·rs_a + p·cs_a`, element (p, j) of B at
-/// `b + p·rs_b + j` (16 readable values per p), element (i, j) of C at `c + i·rs_c + j·cs_c`.
-/// Only the `mr × nr` top-left part of C is read and written (`mr ≤ MR`, `nr ≤ NR`).
+/// `b + p·rs_b + j` for j < 16 and `b + b_next + p·rs_b + (j − 16)` for 16 ≤ j < 32 (16 readable
+/// values per p and panel), element (i, j) of C at `c + i·rs_c + j·cs_c`. Only the `mr × nr`
+/// top-left part of C is read and written (`mr ≤ MR`, `nr ≤ kind.nr()`; `b_next` is read only
+/// when nr > 16).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Tile {
     pub k: usize,
@@ -152,6 +166,7 @@ pub(crate) struct Tile {
     pub cs_a: usize,
     pub b: *const f32,
     pub rs_b: usize,
+    pub b_next: usize,
     pub c: *mut f32,
     pub rs_c: usize,
     pub cs_c: usize,
@@ -166,7 +181,7 @@ pub(crate) struct Tile {
 /// (reads of A and B for all `p < k`, 16 values of B per p, and C inside its `mr × nr` part).
 #[inline]
 pub(crate) unsafe fn run_tile(kind: KernelKind, a_packed: bool, t: &Tile) {
-    debug_assert!(t.mr >= 1 && t.mr <= kind.mr() && t.nr >= 1 && t.nr <= NR);
+    debug_assert!(t.mr >= 1 && t.mr <= kind.mr() && t.nr >= 1 && t.nr <= kind.nr());
     match kind {
         // SAFETY: forwarded caller contract.
         KernelKind::Portable => unsafe { portable::tile(a_packed, t) },
@@ -181,17 +196,18 @@ pub(crate) unsafe fn run_tile(kind: KernelKind, a_packed: bool, t: &Tile) {
     }
 }
 
-/// Dense `[MR_MAX][NR]` stack copy of an edge tile of C, so edge tiles run the exact same vector
+/// Dense `[MR_MAX][W]` stack copy of an edge tile of C, so edge tiles run the exact same vector
 /// arithmetic as full ones (bitwise equal results). Loaded only when beta ≠ 0.
-pub(crate) type EdgeTile = [[f32; NR]; MR_MAX];
+pub(crate) type EdgeTile<const W: usize> = [[f32; W]; MR_MAX];
 
 /// Copies the valid `mr × nr` part of C into a zeroed edge tile.
 ///
 /// # Safety
 /// C must be valid for the `mr × nr` part described by `t`.
 #[inline(always)]
-pub(crate) unsafe fn edge_load(t: &Tile) -> EdgeTile {
-    let mut buf = [[0.0f32; NR]; MR_MAX];
+pub(crate) unsafe fn edge_load<const W: usize>(t: &Tile) -> EdgeTile<W> {
+    debug_assert!(t.nr <= W);
+    let mut buf = [[0.0f32; W]; MR_MAX];
     if t.beta != 0.0 {
         for (i, row) in buf.iter_mut().enumerate().take(t.mr) {
             for (j, v) in row.iter_mut().enumerate().take(t.nr) {
@@ -208,7 +224,7 @@ pub(crate) unsafe fn edge_load(t: &Tile) -> EdgeTile {
 /// # Safety
 /// C must be valid for the `mr × nr` part described by `t`.
 #[inline(always)]
-pub(crate) unsafe fn edge_store(t: &Tile, buf: &EdgeTile) {
+pub(crate) unsafe fn edge_store<const W: usize>(t: &Tile, buf: &EdgeTile<W>) {
     for (i, row) in buf.iter().enumerate().take(t.mr) {
         for (j, v) in row.iter().enumerate().take(t.nr) {
             // SAFETY: (i, j) is inside the valid mr × nr part of C.

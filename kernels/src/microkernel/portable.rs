@@ -80,7 +80,7 @@ unsafe fn tile_mr<const M: usize, const PACKED: bool>(t: &Tile) {
         if t.nr == NR && t.cs_c == 1 {
             store(t.c, t.rs_c);
         } else {
-            let mut buf = edge_load(t);
+            let mut buf = edge_load::<NR>(t);
             store(buf.as_mut_ptr() as *mut f32, NR);
             edge_store(t, &buf);
         }

@@ -14,6 +14,7 @@ mod ffn;
 mod forward;
 mod gemm;
 mod generate;
+pub(crate) mod peak;
 mod train;
 
 #[derive(Args, Debug)]
@@ -34,6 +35,8 @@ enum BenchCommand {
     Forward(forward::ForwardBenchArgs),
     /// Tokens/s of greedy decoding with the KV cache, one token at a time.
     Generate(generate::GenerateBenchArgs),
+    /// The machine's measured f32 FMA peak per ISA (the roofline of every GFLOP/s figure).
+    Peak(peak::PeakArgs),
     /// Everything (GEMM shapes, FFN paths, attention, each preset × block forward and train
     /// step), a second or so per item, as one table or one JSON document.
     All(all::AllArgs),
@@ -47,6 +50,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Forward(a) => forward::run(a),
         BenchCommand::Generate(a) => generate::run(a),
         BenchCommand::All(a) => all::run(a),
+        BenchCommand::Peak(a) => peak::run(a),
     }
 }
 

@@ -1,0 +1,147 @@
+//! The machine's f32 FMA peak: a register-only loop of independent fused multiply-adds per ISA.
+//!
+//! Each loop keeps 16 accumulators (more than FMA latency × ports on any core we target, so the
+//! FMA units, not dependencies, bound it), no memory traffic. The figure is what the roofline of
+//! every `vffn bench` GFLOP/s figure is measured against.
+
+use std::time::Instant;
+
+use crate::microkernel::{KernelError, KernelKind};
+
+/// Independent accumulator chains per loop.
+const CHAINS: usize = 16;
+
+/// FLOPs of `iters` iterations for `kind`: 16 chains × lanes × 2 (multiply and add).
+fn flops(kind: KernelKind, iters: u64) -> f64 {
+    let lanes = match kind {
+        KernelKind::Portable | KernelKind::Avx2 => 8,
+        KernelKind::Avx512 => 16,
+    };
+    (iters as f64) * (CHAINS * lanes * 2) as f64
+}
+
+/// Runs `iters` iterations of the FMA loop of `kind` on this thread; returns a checksum so the
+/// work cannot be optimized away.
+pub fn fma_loop(kind: KernelKind, iters: u64) -> Result<f32, KernelError> {
+    kind.check()?;
+    Ok(match kind {
+        KernelKind::Portable => portable_loop(iters),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `check` confirmed AVX2 and FMA.
+        KernelKind::Avx2 => unsafe { avx2_loop(iters) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `check` confirmed AVX-512F.
+        KernelKind::Avx512 => unsafe { avx512_loop(iters) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("non-x86 kernels are never available"),
+    })
+}
+
+/// GFLOP/s of the FMA loop of `kind` on each of `threads` threads at once (the current rayon pool
+/// must have at least that many), total over the threads: the best of `rounds` timed rounds of
+/// about `round_ms` each.
+pub fn peak_gflops(
+    kind: KernelKind,
+    threads: usize,
+    rounds: usize,
+    round_ms: u64,
+) -> Result<f64, KernelError> {
+    kind.check()?;
+    let threads = threads.max(1);
+    // Size one round from a short calibration on this thread.
+    let probe = 1u64 << 16;
+    let t = Instant::now();
+    std::hint::black_box(fma_loop(kind, probe)?);
+    let per_iter = t.elapsed().as_secs_f64().max(1e-9) / probe as f64;
+    let iters = ((round_ms as f64 / 1e3) / per_iter).max(1.0) as u64;
+    let mut best = 0.0f64;
+    for _ in 0..rounds.max(1) {
+        let t = Instant::now();
+        rayon::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|_| {
+                    std::hint::black_box(fma_loop(kind, iters).ok());
+                });
+            }
+        });
+        let secs = t.elapsed().as_secs_f64();
+        best = best.max(flops(kind, iters) * threads as f64 / secs / 1e9);
+    }
+    Ok(best)
+}
+
+fn portable_loop(iters: u64) -> f32 {
+    use wide::f32x8;
+    let a = f32x8::splat(0.999_999);
+    let b = f32x8::splat(1e-7);
+    let mut acc = [f32x8::splat(1.0); CHAINS];
+    for _ in 0..iters {
+        for c in acc.iter_mut() {
+            *c = c.mul_add(a, b);
+        }
+    }
+    acc.iter().map(|v| v.reduce_add()).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_loop(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+    for _ in 0..iters {
+        for c in acc.iter_mut() {
+            *c = _mm256_fmadd_ps(*c, a, b);
+        }
+    }
+    let mut sum = _mm256_setzero_ps();
+    for c in acc {
+        sum = _mm256_add_ps(sum, c);
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    lanes.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_loop(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(0.999_999);
+    let b = _mm512_set1_ps(1e-7);
+    let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+    for _ in 0..iters {
+        for c in acc.iter_mut() {
+            *c = _mm512_fmadd_ps(*c, a, b);
+        }
+    }
+    let mut sum = _mm512_setzero_ps();
+    for c in acc {
+        sum = _mm512_add_ps(sum, c);
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every available ISA's loop computes the same recurrence (x ← 0.999999·x + 1e-7 from 1):
+    /// the checksum is 16 chains × lanes × the scalar value.
+    #[test]
+    fn every_fma_loop_computes_the_recurrence() {
+        let mut x = 1.0f32;
+        for _ in 0..1000 {
+            x = x.mul_add(0.999_999, 1e-7);
+        }
+        for kind in KernelKind::ALL.into_iter().filter(|k| k.is_available()) {
+            let lanes = if kind == KernelKind::Avx512 { 16.0 } else { 8.0 };
+            let got = fma_loop(kind, 1000).unwrap();
+            let want = 16.0 * lanes * x;
+            assert!((got - want).abs() <= 1e-3 * want, "{kind}: {got} vs {want}");
+            assert!(peak_gflops(kind, 1, 1, 1).unwrap() > 0.0);
+        }
+    }
+}
