@@ -477,6 +477,10 @@ fn block(
                     (dst.as_ptr(), 1, mr, true)
                 }
             };
+            // Packed A comes in panels of MR rows; A read in place is cut into tiles of equal
+            // height (16 rows: 8 + 8, not 14 + 2, whose second tile would be load-bound).
+            let tile_rows =
+                if packed_a { mr } else { rows.len().div_ceil(rows.len().div_ceil(mr)) };
             let mut q = qs.start;
             while q < qs.end {
                 let (first, rs_first) = b.panel(q, p0);
@@ -504,7 +508,7 @@ fn block(
                     }
                     (b_ptr, rs_b, b_next) = (dst.as_ptr(), NR, kc * NR);
                 }
-                for ir in rows.clone().step_by(mr) {
+                for ir in rows.clone().step_by(tile_rows) {
                     let a_tile = if packed_a {
                         a_ptr.wrapping_add((ir - rows.start) * kc)
                     } else {
@@ -523,7 +527,7 @@ fn block(
                         c: c.ptr.wrapping_add(ir * c.rs + q * NR * c.cs),
                         rs_c: c.rs,
                         cs_c: c.cs,
-                        mr: mr.min(rows.end - ir),
+                        mr: tile_rows.min(rows.end - ir),
                         nr,
                     };
                     // SAFETY: `kind` was checked available by the entry point; A covers rows
@@ -552,9 +556,10 @@ fn direct(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
     // to pack the smaller operand.
     let swap = if b.col_stride == 1 {
         // At most one 16-wide panel of Aᵀ: packing it and streaming B's rows as the broadcast
-        // operand beats reading 16-wide column strips of B (measured 1.15× at 16×512×512; equal at
-        // m = 32, slower from 48 on).
-        a.rows <= NR
+        // operand beats reading 16-wide column strips of B (measured 1.15× at 16×512×512 with
+        // the AVX2 6 × 16 tile; equal at m = 32, slower from 48 on). Two-panel kernels keep the
+        // product as it is: one 16-wide panel would leave them a load-bound narrow tile.
+        a.rows <= NR && kind.nr() == NR
     } else if a.row_stride == 1 {
         true
     } else {
@@ -576,7 +581,9 @@ fn direct(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
         };
         // Many B panels re-read the same A rows: a contiguous packed copy then beats strided
         // broadcasts (measured at n = 512; at n = 128 in place is faster).
-        let pack_a = n >= 16 * NR && a.rows > kind.mr();
+        // A few rows (up to two tiles) run in place in tiles of balanced height instead.
+        let few_rows = kind.nr() > NR && a.rows <= 2 * kind.mr();
+        let pack_a = n >= 16 * NR && a.rows > kind.mr() && !few_rows;
         let pack = pack_a.then_some(RowSource::Range { start: 0 });
         let a_src = ASource { mat: a, pack, p_origin: 0 };
         compute(kind, alpha, beta, a_src, src, 0..k, c, true);

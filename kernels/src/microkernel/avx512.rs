@@ -97,6 +97,13 @@ macro_rules! wide_kernel {
             // SAFETY (whole body): the caller guarantees A, both B panels readable for p < k, C
             // for the tile.
             unsafe {
+                // The C tile is needed at the end: start bringing its rows (two lines each) in.
+                $(
+                    _mm_prefetch::<_MM_HINT_T0>(t.c.wrapping_add($i * t.rs_c) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        t.c.wrapping_add($i * t.rs_c + 31 * t.cs_c) as *const i8,
+                    );
+                )+
                 macro_rules! step {
                     ($ap:expr, $bp:expr) => {{
                         let b0 = _mm512_loadu_ps($bp);
