@@ -148,8 +148,12 @@ mod avx {
     }
 
     impl Avx2Fma {
+        /// The token when the one ISA decision allows AVX2 + FMA (and the CPU has them).
         pub(super) fn detect() -> Option<Self> {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if crate::microkernel::avx2_allowed()
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
                 Some(Avx2Fma { _private: () })
             } else {
                 None

@@ -18,18 +18,10 @@ const TASK_ELEMS: usize = 16 * 1024;
 /// Rows per partial sum in cross-row reductions (fixed, for thread-count independence).
 const REDUCE_ROWS: usize = 32;
 
+/// AVX2 + FMA code allowed by the one ISA decision (cached: it is read per call).
 fn avx2_fma() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    *HAS.get_or_init(crate::microkernel::avx2_allowed)
 }
 
 /// Defines `fn name(args)` whose body runs in an AVX2+FMA-compiled copy when the CPU has them.

@@ -142,7 +142,7 @@ pub(crate) fn gemv(
         &x_owned
     };
     #[cfg(target_arch = "x86_64")]
-    let use_avx2 = kind != KernelKind::Portable && KernelKind::Avx2.is_available();
+    let use_avx2 = kind != KernelKind::Portable && kind.is_available();
     #[cfg(not(target_arch = "x86_64"))]
     let use_avx2 = false;
     let _ = kind;

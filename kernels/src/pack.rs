@@ -264,9 +264,10 @@ unsafe fn pack_a6_rows_avx2(data: *const f32, starts: &[usize], kc: usize, dst: 
     }
 }
 
+/// AVX2 packing code allowed by the one ISA decision (`microkernel::isa`).
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
+    crate::microkernel::avx2_allowed() && std::arch::is_x86_feature_detected!("avx2")
 }
 
 /// Panel of 16 columns that are each contiguous in p (column stride `cs`): 8 × 8 register

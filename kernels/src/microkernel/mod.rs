@@ -75,8 +75,13 @@ impl KernelKind {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
             }
+            // The AVX-512 family also runs the AVX2 + FMA code of the row kernels.
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            KernelKind::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -149,6 +154,20 @@ pub fn selected_kernel() -> Result<KernelKind, KernelError> {
             _ => Ok(KernelKind::detect()),
         })
         .clone()
+}
+
+/// The one ISA decision every kernel honours (GEMM, GEMV, packing, attention, row kernels, FFN):
+/// the selected family ([`selected_kernel`]: `VFFN_KERNEL`, else the best this CPU runs). When
+/// `VFFN_KERNEL` names a family this CPU lacks, the GEMM entry points report or panic with that
+/// error and the other kernels run portable code.
+pub fn isa() -> KernelKind {
+    selected_kernel().unwrap_or(KernelKind::Portable)
+}
+
+/// Whether kernels may run AVX2 + FMA code: the AVX2 and AVX-512 families (both checked available
+/// by [`selected_kernel`]).
+pub(crate) fn avx2_allowed() -> bool {
+    isa() != KernelKind::Portable
 }
 
 /// One micro-kernel call. Element (i, p) of A is at `a + i·rs_a + p·cs_a`, element (p, j) of B at

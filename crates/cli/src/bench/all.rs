@@ -66,6 +66,35 @@ pub struct Machine {
     pub kernel: String,
     /// Operating-system kernel release (Linux: /proc/sys/kernel/osrelease).
     pub os: String,
+    /// Micro-kernel tile, rows × columns of C (e.g. "14x32").
+    #[serde(default)]
+    pub tile: String,
+    /// Data cache sizes per core in bytes, and where they were read (sysfs, cpuid, default).
+    #[serde(default)]
+    pub caches: Option<Caches>,
+    /// GEMM blocking derived from the caches (or `VFFN_BLOCKING`).
+    #[serde(default)]
+    pub blocking: Option<BlockingInfo>,
+    /// Measured f32 FMA peak of the selected ISA on `threads` threads (GFLOP/s).
+    #[serde(default)]
+    pub peak_gflops: Option<f64>,
+}
+
+/// Cache sizes as `vffn bench all --json` records them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Caches {
+    pub l1d: usize,
+    pub l2: usize,
+    pub l3: usize,
+    pub source: String,
+}
+
+/// GEMM blocking as `vffn bench all --json` records it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BlockingInfo {
+    pub kc: usize,
+    pub mc: usize,
+    pub nc: usize,
 }
 
 /// One measured item.
@@ -79,6 +108,9 @@ pub struct Item {
     /// FLOPs per call.
     pub flops: f64,
     pub gflops: f64,
+    /// `gflops` over the machine's measured peak (`machine.peak_gflops`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_fraction: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,7 +164,7 @@ pub fn run(args: AllArgs) -> Result<()> {
     let started = Instant::now();
     let budget = Duration::from_millis(args.budget_ms);
     let progress = std::io::stderr().is_terminal();
-    let (items, threads) = in_pool(args.threads, || {
+    let (mut items, threads) = in_pool(args.threads, || {
         let tiny = Config::tiny();
         let mut datasets: Vec<(usize, Dataset)> = Vec::new();
         let mut items = Vec::with_capacity(work.len());
@@ -207,12 +239,18 @@ pub fn run(args: AllArgs) -> Result<()> {
     if progress {
         eprint!("\r\x1b[K");
     }
+    let machine = machine(threads);
+    if let Some(peak) = machine.peak_gflops.filter(|p| *p > 0.0) {
+        for item in &mut items {
+            item.peak_fraction = Some(item.gflops / peak);
+        }
+    }
     let (commit, dirty) = git_state();
     let report = Report {
         date: utc_now(),
         commit,
         dirty,
-        machine: machine(threads),
+        machine,
         budget_ms: args.budget_ms,
         elapsed_s: started.elapsed().as_secs_f64(),
         items,
@@ -276,6 +314,7 @@ fn kernel_item(
         samples: times.len(),
         flops,
         gflops: flops / secs / 1e9,
+        peak_fraction: None,
         tokens_per_s: None,
         flops_per_token: None,
     })
@@ -288,6 +327,7 @@ fn model_item(name: &str, t: &ModelTiming) -> Item {
         samples: t.samples,
         flops: t.flops_per_token * t.tokens as f64,
         gflops: t.gflops(),
+        peak_fraction: None,
         tokens_per_s: Some(t.tokens_per_s()),
         flops_per_token: Some(t.flops_per_token),
     }
@@ -334,6 +374,18 @@ fn machine(threads: usize) -> Machine {
             .map(|k| k.to_string())
             .unwrap_or_else(|e| format!("none ({e})")),
         os,
+        tile: vffn_kernels::selected_kernel()
+            .map(|k| format!("{}x{}", k.mr(), k.nr()))
+            .unwrap_or_default(),
+        caches: Some({
+            let c = vffn_kernels::cpu::cache_sizes();
+            Caches { l1d: c.l1d, l2: c.l2, l3: c.l3, source: c.source.to_string() }
+        }),
+        blocking: vffn_kernels::selected_kernel().ok().map(|k| {
+            let b = vffn_kernels::cpu::blocking(k);
+            BlockingInfo { kc: b.kc, mc: b.mc, nc: b.nc }
+        }),
+        peak_gflops: super::peak::peak_of_selected(threads),
     }
 }
 
@@ -387,17 +439,49 @@ fn provenance(r: &Report) -> String {
     };
     let short = r.commit.get(..12).unwrap_or(&r.commit);
     format!(
-        "{} at commit {short}{dirty}; {}, {} threads ({} logical CPUs), features {}, GEMM kernel {}, {}; {} ms per item, {:.0} s in all",
+        "{} at commit {short}{dirty}; {}, {} threads ({} logical CPUs), features {}, GEMM kernel {}{}{}{}, {}; {} ms per item, {:.0} s in all",
         r.date,
         r.machine.cpu_model,
         r.machine.threads,
         r.machine.logical_cpus,
         r.machine.features.join(" "),
         r.machine.kernel,
+        tile_text(&r.machine),
+        caches_text(&r.machine),
+        r.machine.peak_gflops.map(|p| format!(", measured FMA peak {p:.0} GFLOP/s")).unwrap_or_default(),
         r.machine.os,
         r.budget_ms,
         r.elapsed_s
     )
+}
+
+/// ` 14x32 tile` plus the blocking, when recorded.
+fn tile_text(m: &Machine) -> String {
+    let mut out = String::new();
+    if !m.tile.is_empty() {
+        out.push_str(&format!(" ({} tile", m.tile));
+        if let Some(b) = &m.blocking {
+            out.push_str(&format!(", KC {} MC {} NC {}", b.kc, b.mc, b.nc));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `, caches L1d 48 KiB / L2 2048 KiB / L3 … per core (sysfs)`, when recorded.
+fn caches_text(m: &Machine) -> String {
+    m.caches
+        .as_ref()
+        .map(|c| {
+            format!(
+                ", caches L1d {} KiB / L2 {} KiB / L3 {} KiB per core ({})",
+                c.l1d >> 10,
+                c.l2 >> 10,
+                c.l3 >> 10,
+                c.source
+            )
+        })
+        .unwrap_or_default()
 }
 
 fn optional(v: Option<f64>, scale: f64, decimals: usize) -> String {
@@ -407,15 +491,16 @@ fn optional(v: Option<f64>, scale: f64, decimals: usize) -> String {
 fn text_table(r: &Report) -> String {
     let mut out = format!("vffn bench all: {}\n", provenance(r));
     out.push_str(&format!(
-        "{:<44} {:>11} {:>9} {:>13} {:>12} {:>12}\n",
-        "item", "median ms", "GFLOP/s", "MFLOP/call", "tokens/s", "MFLOP/token"
+        "{:<44} {:>11} {:>9} {:>7} {:>13} {:>12} {:>12}\n",
+        "item", "median ms", "GFLOP/s", "% peak", "MFLOP/call", "tokens/s", "MFLOP/token"
     ));
     for i in &r.items {
         out.push_str(&format!(
-            "{:<44} {:>11.3} {:>9.2} {:>13.2} {:>12} {:>12}\n",
+            "{:<44} {:>11.3} {:>9.2} {:>7} {:>13.2} {:>12} {:>12}\n",
             i.name,
             i.median_ms,
             i.gflops,
+            optional(i.peak_fraction, 100.0, 1),
             i.flops / 1e6,
             optional(i.tokens_per_s, 1.0, 0),
             optional(i.flops_per_token, 1e-6, 3)
@@ -427,14 +512,17 @@ fn text_table(r: &Report) -> String {
 /// The Markdown table of docs/benchmarks.md.
 pub fn markdown(r: &Report) -> String {
     let mut out = format!("Measured {}.\n\n", provenance(r));
-    out.push_str("| item | median ms | GFLOP/s | MFLOP/call | tokens/s | MFLOP/token |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|\n");
+    out.push_str(
+        "| item | median ms | GFLOP/s | % of peak | MFLOP/call | tokens/s | MFLOP/token |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     for i in &r.items {
         out.push_str(&format!(
-            "| `{}` | {:.3} | {:.2} | {:.2} | {} | {} |\n",
+            "| `{}` | {:.3} | {:.2} | {} | {:.2} | {} | {} |\n",
             i.name,
             i.median_ms,
             i.gflops,
+            optional(i.peak_fraction, 100.0, 1),
             i.flops / 1e6,
             optional(i.tokens_per_s, 1.0, 0),
             optional(i.flops_per_token, 1e-6, 3)

@@ -86,6 +86,7 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
             "batch_tokens": timing.tokens as u64,
             "realized_flops_per_token": flops_per_token,
             "gflops": gflops,
+            "peak_fraction": super::peak::fraction_of_peak(gflops, threads),
             "peak_rss_mb": peak_rss_mb(),
         });
         println!("{line}");
@@ -100,6 +101,9 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
             "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token realized)",
             flops_per_token / 1e6
         );
+        if let Some(f) = super::peak::fraction_of_peak(gflops, threads) {
+            println!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
+        }
         if let Some(mb) = peak_rss_mb() {
             println!("  peak RSS    {mb:10.0} MB (whole process)");
         }

@@ -71,6 +71,7 @@ pub fn run(args: GemmArgs) -> anyhow::Result<()> {
     let best_gflops = flops / secs[0] / 1e9;
     // Weight traffic of the matrix-vector case (B read once per call).
     let weight_gbps = (m == 1).then(|| (k * n * 4) as f64 / median / 1e9);
+    let peak = super::peak::fraction_of_peak(gflops, args.threads);
     if args.json {
         let mut line = format!(
             "{{\"m\":{m},\"k\":{k},\"n\":{n},\"threads\":{},\"gflops\":{gflops:.2},\"best_gflops\":{best_gflops:.2},\"kernel\":\"{kernel}\",\"trans_a\":{},\"trans_b\":{}",
@@ -78,6 +79,9 @@ pub fn run(args: GemmArgs) -> anyhow::Result<()> {
         );
         if let Some(g) = weight_gbps {
             line.push_str(&format!(",\"weight_gbps\":{g:.2}"));
+        }
+        if let Some(f) = peak {
+            line.push_str(&format!(",\"peak_fraction\":{f:.3}"));
         }
         line.push('}');
         println!("{line}");
@@ -90,8 +94,11 @@ pub fn run(args: GemmArgs) -> anyhow::Result<()> {
             args.samples,
             median * 1e6
         );
-        match weight_gbps {
-            Some(g) => println!(", weights {g:.1} GB/s"),
+        if let Some(g) = weight_gbps {
+            print!(", weights {g:.1} GB/s");
+        }
+        match peak {
+            Some(f) => println!(", {:.1} % of the measured FMA peak", 100.0 * f),
             None => println!(),
         }
     }

@@ -65,6 +65,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
             "threads": threads,
             "realized_flops_per_token": flops.total,
             "gflops": gflops,
+            "peak_fraction": super::peak::fraction_of_peak(gflops, threads),
         });
         println!("{line}");
     } else {
@@ -77,6 +78,9 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
             "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token realized)",
             flops.total / 1e6
         );
+        if let Some(f) = super::peak::fraction_of_peak(gflops, threads) {
+            println!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
+        }
     }
     Ok(())
 }

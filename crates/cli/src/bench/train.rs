@@ -68,6 +68,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "steps": args.steps,
             "flops_per_token": flops_per_token,
             "gflops": gflops,
+            "peak_fraction": super::peak::fraction_of_peak(gflops, threads),
             "peak_rss_mb": peak_rss_mb(),
         });
         println!("{line}");
@@ -82,6 +83,9 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token)",
             flops_per_token / 1e6
         );
+        if let Some(f) = super::peak::fraction_of_peak(gflops, threads) {
+            println!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
+        }
         if let Some(mb) = peak_rss_mb() {
             println!("  peak RSS    {mb:10.0} MB (whole process)");
         }
