@@ -58,7 +58,9 @@ def vffn():
         pytest.skip("target/release/vffn is not built (cargo build --release)")
 
     def run(*args, cwd=None):
-        done = subprocess.run([binary, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+        done = subprocess.run(
+            [binary, *map(str, args)], capture_output=True, text=True, errors="replace", cwd=cwd
+        )
         if done.returncode != 0:
             raise AssertionError(f"vffn {' '.join(map(str, args))} failed:\n{done.stderr}")
         return done.stdout

@@ -6,6 +6,8 @@ Bounds (f32 in both): logits max |Δ| ≤ 1e-4 · max |logit|; each gradient max
 max |gradient of that tensor|."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -76,3 +78,19 @@ def test_training_forward_and_every_gradient_match_vffn(variant, trained, vffn, 
         assert err <= 1e-3, f"{variant}: {name} gradient relative error {err:.2e}"
     print(f"{variant} training: logits error {logits_err:.2e}, worst gradient error {worst:.2e} "
           "of the tensor's largest")
+
+
+def test_fixture_writer_reproduces_the_committed_fixtures_byte_for_byte(tmp_path):
+    # benches/compare/reference_model.py writes tests/fixtures/ (checked by the Rust tests in
+    # tests/tests/fixtures_pytorch.rs) with this package's model.
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = os.path.join(REPO, "benches", "compare", "reference_model.py")
+    done = subprocess.run([sys.executable, script, "--out", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for block in ("dense", "kloop", "moe", "versatile"):
+        with open(os.path.join(REPO, "tests", "fixtures", f"{block}.safetensors"), "rb") as f:
+            assert (tmp_path / f"{block}.safetensors").read_bytes() == f.read(), block
