@@ -52,6 +52,10 @@ class Config:
     temperature: float = 1.0
 
     @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
     def expert_hidden(self) -> int:
         return self.hidden // self.n_experts
 
