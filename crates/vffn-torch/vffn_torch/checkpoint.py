@@ -82,8 +82,9 @@ def resolve(path: str) -> str:
 
 def load(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> VffnModel:
     """The model of a vffn checkpoint (run directory, ckpt directory or model.safetensors),
-    its parameters cast to `dtype` (float32, bfloat16, float16 or float64). The checkpoint's
-    temperature and extra metadata are kept on the model (`temperature`, `metadata`)."""
+    its parameters cast to `dtype` (float32, bfloat16, float16 or float64), in eval mode (vffn's
+    inference; `.train()` for the training forward). The checkpoint's temperature and extra
+    metadata are kept on the model (`temperature`, `metadata`)."""
     file = resolve(path)
     tensors, metadata = read_safetensors(file)
     if "config" not in metadata:
@@ -109,7 +110,7 @@ def load(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> VffnMod
     model.load_state_dict(tensors, strict=True)
     model.metadata = metadata
     model.checkpoint_file = file
-    return model.to(device=device, dtype=dtype)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 @dataclass

@@ -323,6 +323,18 @@ class VffnModel(nn.Module):
         self.transformer = Transformer(cfg)
         # The depth predictor's temperature saved with the checkpoint (vffn's `temperature`).
         self.temperature = cfg.temperature_end if temperature is None else temperature
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """vffn's init scheme: matrices N(0, init_std) truncated at ±3σ, norm gains 1 (torch's
+        random stream, not vffn's: the same distribution, other numbers)."""
+        std = f32(self.config.init_std)
+        for name, param in self.named_parameters():
+            if param.dim() == 1:
+                param.fill_(1.0)
+            else:
+                nn.init.trunc_normal_(param, 0.0, std, -3 * std, 3 * std, generator=generator)
 
     def forward(
         self,

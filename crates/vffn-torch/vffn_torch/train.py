@@ -31,9 +31,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import CKPT_DIR, DATA_SALT, load_training, save
+from .checkpoint import CKPT_DIR, DATA_SALT, CheckpointError, load_training, save
 from .config import TrainConfig, f32
-from .data import Batcher, load_dataset, validation_windows
+from .data import Batcher, DataError, load_dataset, validation_windows
 from .model import VffnModel
 from .rng import Rng
 
@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--data", help="data file (default: vffn's built-in corpus)")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps to run")
     p.add_argument("--out", required=True, help="run directory to write (vffn reads it back)")
+    p.add_argument("--batch-size", type=int,
+                   help="sequences per optimizer step over all ranks (default: the run's batch_size; "
+                        "saved into the checkpoint's config)")
     p.add_argument("--threads", type=int, help="torch threads per process (default: cores / local ranks)")
     p.add_argument("--fsdp", choices=["auto", "on", "off"], default="auto",
                    help="FSDP instead of DDP (auto: when CUDA is present)")
@@ -55,6 +58,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
     return args
 
 
@@ -249,6 +254,11 @@ def main(argv=None) -> int:
     ckpt = load_training(args.init)
     model, start = ckpt.model, ckpt.step
     cfg = model.config
+    if args.batch_size is not None:
+        cfg.batch_size = args.batch_size
+    if cfg.batch_size < d.world:
+        raise SystemExit(f"error: batch of {cfg.batch_size} sequences cannot be split over {d.world} ranks "
+                         "(raise --batch-size)")
     state = ckpt.state
     train = TrainConfig.from_dict(state["train"]) if state else TrainConfig()
     train.steps = start + args.steps  # the schedules' planned total, as `vffn train --resume --steps`
@@ -372,5 +382,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli() -> int:
+    """main() with bad input (checkpoint, data, config) reported as one `error:` line."""
+    try:
+        return main()
+    except (CheckpointError, DataError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
