@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
 
 import torch
 from safetensors import safe_open
@@ -33,50 +32,20 @@ from vffn_torch.checkpoint import safetensors_bytes
 DTYPE = torch.float64
 
 
-@dataclass
-class Config:
-    """The fixture's architecture (its JSON is the fixtures' `config` metadata)."""
-
-    vocab_size: int = 256
-    d_model: int = 16
-    n_heads: int = 2
-    n_layers: int = 2
-    hidden: int = 32
-    block: str = "dense"  # dense | kloop | moe | versatile
-    n_experts: int = 4
-    top_k: int = 2
-    max_depth: int = 3
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-6
-    balance_loss_coef: float = 0.01
-    temperature: float = 1.0
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def expert_hidden(self) -> int:
-        return self.hidden // self.n_experts
-
-    def model(self) -> vffn_torch.VffnModel:
-        """The package's model of this architecture, in float64, at the fixture's temperature."""
-        cfg = vffn_torch.Config(
-            vocab_size=self.vocab_size, d_model=self.d_model, n_heads=self.n_heads,
-            n_layers=self.n_layers, hidden=self.hidden, block=self.block,
-            n_experts=self.n_experts, top_k=self.top_k, max_depth=self.max_depth,
-            rope_theta=self.rope_theta, norm_eps=self.norm_eps,
-            balance_loss_coef=self.balance_loss_coef,
-        )
-        return vffn_torch.VffnModel(cfg, temperature=self.temperature).to(DTYPE)
+# The fixtures' architecture: these keys and the temperature form each fixture's `config`
+# metadata, which tests/tests/fixtures_pytorch.rs reads.
+FIXTURE_KEYS = ("vocab_size", "d_model", "n_heads", "n_layers", "hidden", "block", "n_experts",
+                "top_k", "max_depth", "rope_theta", "norm_eps", "balance_loss_coef")
+FIXTURE_TEMPERATURE = 1.0
 
 
-# ---------------------------------------------------------------------------------------------
-# Parameters and fixtures
-# ---------------------------------------------------------------------------------------------
+def fixture_config(block: str) -> vffn_torch.Config:
+    return vffn_torch.Config(d_model=16, n_heads=2, n_layers=2, hidden=32, block=block,
+                             n_experts=4, top_k=2, max_depth=3, balance_loss_coef=0.01)
 
-def init_params(cfg: Config, std: float, gen: torch.Generator) -> dict:
-    d, h, s, n_exp = cfg.d_model, cfg.hidden, cfg.expert_hidden, cfg.n_experts
+
+def init_params(cfg: vffn_torch.Config, std: float, gen: torch.Generator) -> dict:
+    d, h, s, n_exp = cfg.d_model, cfg.hidden, cfg.expert_width, cfg.n_experts
 
     def normal(*shape):
         t = torch.empty(*shape, dtype=DTYPE)
@@ -116,10 +85,10 @@ TEXT = b"VersatileFFN: width and depth from one set of weights.\n"
 
 
 def make_fixture(block: str, seed: int, std: float, batch: int = 2, seq: int = 12):
-    cfg = Config(block=block)
+    cfg = fixture_config(block)
     gen = torch.Generator().manual_seed(seed)
     # Round weights to f32 first: the stored f32 weights are then exactly the forward's inputs.
-    model = cfg.model()
+    model = vffn_torch.VffnModel(cfg, temperature=FIXTURE_TEMPERATURE).to(DTYPE)
     model.load_state_dict({k: v.float().to(DTYPE) for k, v in init_params(cfg, std, gen).items()})
     params = dict(model.named_parameters())
     tokens = torch.tensor(
@@ -168,8 +137,8 @@ def make_fixture(block: str, seed: int, std: float, batch: int = 2, seq: int = 1
             rec["depth_gap"] = gap
     for name, t in params.items():
         assert t.grad is not None and t.grad.abs().max() > 0, f"{block}: zero grad for {name}"
-    meta_cfg = {k: v for k, v in asdict(cfg).items()}
-    metadata = {"config": json.dumps(meta_cfg, sort_keys=True), "temperature": repr(cfg.temperature)}
+    meta_cfg = {k: getattr(cfg, k) for k in FIXTURE_KEYS} | {"temperature": FIXTURE_TEMPERATURE}
+    metadata = {"config": json.dumps(meta_cfg, sort_keys=True), "temperature": repr(FIXTURE_TEMPERATURE)}
     return tensors, metadata, records, loss.item(), ce.item()
 
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_model as ref  # noqa: E402  (the fixture's Config and init; adds vffn_torch)
+import vffn_torch  # noqa: E402
 from vffn_torch import model as vm  # noqa: E402
 
 # The reference computes in float64 (fixtures); the benchmark runs float32 like vffn. Its
@@ -51,18 +52,14 @@ PRESETS = {
     "small": dict(d_model=256, n_heads=8, n_layers=6, hidden=1024, seq_len=256, batch_size=16),
 }
 COMMON = dict(vocab_size=256, n_experts=8, top_k=2, max_depth=4, rope_theta=10000.0,
-              norm_eps=1e-6, balance_loss_coef=1e-5, temperature=5.0)
+              norm_eps=1e-6, balance_loss_coef=1e-5)
+TEMPERATURE = 5.0  # temperature_start: the depth router's Gumbel-softmax τ at step 0
 INIT_STD = 0.02
 
 
 def make_config(preset: str, block: str):
     p = PRESETS[preset]
-    cfg = ref.Config(vocab_size=COMMON["vocab_size"], d_model=p["d_model"], n_heads=p["n_heads"],
-                     n_layers=p["n_layers"], hidden=p["hidden"], block=block,
-                     n_experts=COMMON["n_experts"], top_k=COMMON["top_k"],
-                     max_depth=COMMON["max_depth"], rope_theta=COMMON["rope_theta"],
-                     norm_eps=COMMON["norm_eps"], balance_loss_coef=COMMON["balance_loss_coef"],
-                     temperature=COMMON["temperature"])
+    cfg = vffn_torch.Config(block=block, **COMMON, **p)
     return cfg, p["seq_len"], p["batch_size"]
 
 
@@ -123,7 +120,7 @@ def routed(z, gates, chosen, n_experts, expert_fn):
 
 
 def versatile_expert(cfg, proj, outw):
-    h, s = cfg.hidden, cfg.expert_hidden
+    h, s = cfg.hidden, cfg.expert_width
 
     def run(e, z_e):
         e_proj = torch.cat((proj[e * s:(e + 1) * s], proj[h + e * s:h + (e + 1) * s]))
@@ -155,7 +152,7 @@ def ffn_part(cfg, p, prefix, x, train: bool, infer: str):
     if train:
         z = vm.rms_norm(x, p[f"{prefix}.ff_norm.weight"], cfg.norm_eps)
         width = x + routed(z, gates, chosen, cfg.n_experts, expert)
-        probs = F.gumbel_softmax(depth_logits, tau=cfg.temperature, hard=True)  # straight-through
+        probs = F.gumbel_softmax(depth_logits, tau=TEMPERATURE, hard=True)  # straight-through
         states, x_l = [], x
         for _ in range(D):
             x_l = x_l + ffn(cfg, p, prefix, x_l)
@@ -244,7 +241,7 @@ def main():
     cfg, seq, bsz = make_config(args.preset, args.block)
     params = init_params(cfg, args.seed)
     if args.impl == "reference":
-        model = cfg.model().float()
+        model = vm.VffnModel(cfg, temperature=TEMPERATURE).float()
         model.load_state_dict({k: v.detach() for k, v in params.items()})
         params = dict(model.named_parameters())
     cos, sin = vm.rope_cos_sin(seq, cfg.head_dim, cfg.rope_theta, torch.float32, "cpu")
@@ -263,7 +260,7 @@ def main():
         def step(i):
             tokens = batches[i % len(batches)]
             if args.impl == "reference":
-                out = model(tokens[:, :-1], infer=False, temperature=cfg.temperature)
+                out = model(tokens[:, :-1], infer=False, temperature=TEMPERATURE)
                 loss = model.loss(out, tokens[:, 1:])[0]
             else:
                 logits, balance, _ = forward(cfg, params, tokens[:, :-1], cos, sin, train=True)
@@ -283,7 +280,7 @@ def main():
             with torch.no_grad():
                 if args.impl == "reference":
                     # training-mode graph without noise: all loops, the width path for every token
-                    logits = model(tokens[:, :-1], infer=False, temperature=cfg.temperature).logits
+                    logits = model(tokens[:, :-1], infer=False, temperature=TEMPERATURE).logits
                 else:
                     logits, _, depths = forward(cfg, params, tokens[:, :-1], cos, sin,
                                                 train=False, infer=args.infer)
