@@ -50,14 +50,17 @@ def test_two_process_run_is_read_back_by_vffn_eval_generate_inspect_and_resume(t
     assert steps == sorted(steps) and steps[-1] == 60 and 50 in steps
 
 
-def test_torch_continuing_a_dense_run_follows_vffn_continuing_it(trained, vffn, tmp_path):
-    # Dense blocks draw no Gumbel noise: both continuations see the same batches (the data
-    # position is handed over) under the same recipe, so they differ only by float rounding.
-    run = trained("dense")
+@pytest.mark.parametrize("block", ["dense", "moe"])
+def test_torch_continuing_a_run_without_noise_follows_vffn_continuing_it(block, trained, vffn, tmp_path):
+    # Dense and moe blocks draw no Gumbel noise: both continuations see the same batches (the
+    # data position is handed over) under the same recipe and objective (moe: f_e of the whole
+    # batch over both ranks; an expert no token chose still decays), so they differ only by
+    # float rounding (measured ≤ 5e-7 of each tensor's largest entry).
+    run = trained(block)
     by_vffn = copy_run(run, tmp_path / "by-vffn")
     vffn("train", "--resume", "--out", by_vffn, "--steps", 48, "--sample-bytes", 0)
     by_torch = tmp_path / "by-torch"
-    torchrun("--init", run, "--steps", 8, "--out", by_torch)
+    torchrun("--init", run, "--steps", 8, "--out", by_torch, "--eval-windows", 8)
     a, b = state(by_vffn), state(by_torch)
     for key in ("step", "data_rng", "tokens_seen", "data_source", "train"):
         assert a[key] == b[key], key
@@ -70,9 +73,9 @@ def test_torch_continuing_a_dense_run_follows_vffn_continuing_it(trained, vffn, 
         for name in want:
             scale = want[name].abs().max().item()
             err = (got[name] - want[name]).abs().max().item() / scale
-            assert err <= 1e-3, f"{file} {name}: {err:.2e}"
+            assert err <= 1e-5, f"{file} {name}: {err:.2e}"
             worst[file] = max(worst[file], err)
-    print(f"torch vs vffn continuation, worst relative difference: {worst}")
+    print(f"{block}: torch vs vffn continuation, worst relative difference: {worst}")
     moved = load_file(os.path.join(run, "ckpt", "model.safetensors"))
     torch_weights = load_file(by_torch / "ckpt" / "model.safetensors")
     assert any(not torch.equal(moved[n], torch_weights[n]) for n in moved), "weights did not move"

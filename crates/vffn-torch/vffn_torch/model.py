@@ -243,10 +243,9 @@ class Block(nn.Module):
             gates, chosen = top_k_routing(logits, cfg.top_k)
             routed = torch.zeros_like(x)
             for e, expert in enumerate(self.experts):
-                hit = (chosen == e).any(dim=-1)
-                if not bool(hit.any()):
-                    continue
-                rows = hit.nonzero().squeeze(1)
+                # An expert no token chose still runs (on no rows): its gradient is then zero,
+                # not absent, so AdamW decays it as vffn's fused MoE kernel has it do.
+                rows = (chosen == e).any(dim=-1).nonzero().squeeze(1)
                 y = swiglu(z[rows], expert.ff_proj.weight, expert.ff_out.weight)
                 routed = routed.index_add(0, rows, gates[rows, e : e + 1] * y)
             out.experts.append(chosen)

@@ -286,11 +286,12 @@ def main(argv=None) -> int:
         if ckpt.moments is not None and start > 0:
             fsdp_load_moments(wrapped, optimizer, cfg, ckpt.moments, start)
     elif d.enabled:
-        moe = cfg.block == "moe"  # an expert no token of a rank chose gets no gradient there
+        # Every parameter takes part in every step, except a router an ablation switches off.
+        unused = cfg.block == "versatile" and cfg.paths != "both"
         wrapped = nn.parallel.DistributedDataParallel(
             step_module,
             device_ids=[d.local_rank] if d.cuda else None,
-            find_unused_parameters=moe,
+            find_unused_parameters=unused,
         )
     else:
         wrapped = step_module
