@@ -33,8 +33,7 @@ def test_save_then_load_is_bit_exact_and_vffn_reads_it_back(trained, vffn, tmp_p
         assert all(torch.equal(want[k], got[k]) for k in want), file
     with open(out / "ckpt" / "state.json", encoding="utf-8") as f:
         assert json.load(f) == state
-    assert vffn("eval", "--checkpoint", out, "--json") == vffn("eval", "--checkpoint", run, "--json")
-    # A saved checkpoint resumes in vffn exactly as the original does.
+    # vffn resumes it (its own checks: shapes, moments for every parameter, steps agree).
     vffn("train", "--resume", "--out", out, "--steps", 41, "--sample-bytes", 0)
 
 
@@ -51,7 +50,8 @@ def test_half_dtypes_load_and_save_as_f32(trained, vffn, tmp_path):
     vffn_torch.save(model, tmp_path / "half")
     saved = load_file(tmp_path / "half" / "ckpt" / "model.safetensors")
     assert all(t.dtype == torch.float32 for t in saved.values())
-    assert json.loads(vffn("eval", "--checkpoint", tmp_path / "half", "--json"))["loss"] > 0
+    vffn("forward", "--checkpoint", tmp_path / "half", "--text", "12+34=", "--out", tmp_path / "f.st")
+    assert load_file(tmp_path / "f.st")["logits"].shape == (6, 256)
 
 
 def test_fresh_model_saves_a_checkpoint_vffn_can_resume(vffn, tmp_path):
