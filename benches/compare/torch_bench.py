@@ -7,13 +7,13 @@ Run by hand (not in CI, not in the cargo workspace), e.g.
         --mode train --threads 2 --steps 5 --warmup 2 --json
 
 Prints one JSON line: tokens_per_s, step_ms, threads, block, preset, mode, torch_version,
-peak_rss_mb (+ a few descriptive fields). The model is the one of reference_model.py (same
+peak_rss_mb (+ a few descriptive fields). The model is vffn_torch's (crates/vffn-torch: same
 parameter names, shapes, RMSNorm/RoPE/SwiGLU/top-k routing code), run in float32 with:
 
 - experts (moe) and virtual experts (versatile width path) dispatched sparsely: a Python loop
   over experts, gather of the routed tokens, index_add of the gated outputs (as HF Mixtral);
-  `--impl reference` runs reference_model.forward itself instead (every expert over every token,
-  einsum attention), to show what that costs;
+  `--impl reference` runs vffn_torch's VffnModel itself instead (training-mode graph: the width
+  path as the whole FFN with per-expert gates, moe experts gathered), to show what that costs;
 - attention through F.scaled_dot_product_attention(is_causal=True), RoPE tables built once;
 - train = one full step: training forward (all D loops and the width path for every token, hard
   Gumbel-softmax at τ = temperature_start = 5), backward, clip_grad_norm_(1.0), AdamW (lr 1e-3,
@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference_model as ref  # noqa: E402
+import reference_model as ref  # noqa: E402  (the fixture's Config and init; adds vffn_torch)
+import vffn_torch  # noqa: E402
+from vffn_torch import model as vm  # noqa: E402
 
 # The reference computes in float64 (fixtures); the benchmark runs float32 like vffn. Its
 # functions read the module global at call time, so this switches them all.
@@ -50,18 +52,14 @@ PRESETS = {
     "small": dict(d_model=256, n_heads=8, n_layers=6, hidden=1024, seq_len=256, batch_size=16),
 }
 COMMON = dict(vocab_size=256, n_experts=8, top_k=2, max_depth=4, rope_theta=10000.0,
-              norm_eps=1e-6, balance_loss_coef=1e-5, temperature=5.0)
+              norm_eps=1e-6, balance_loss_coef=1e-5)
+TEMPERATURE = 5.0  # temperature_start: the depth router's Gumbel-softmax τ at step 0
 INIT_STD = 0.02
 
 
 def make_config(preset: str, block: str):
     p = PRESETS[preset]
-    cfg = ref.Config(vocab_size=COMMON["vocab_size"], d_model=p["d_model"], n_heads=p["n_heads"],
-                     n_layers=p["n_layers"], hidden=p["hidden"], block=block,
-                     n_experts=COMMON["n_experts"], top_k=COMMON["top_k"],
-                     max_depth=COMMON["max_depth"], rope_theta=COMMON["rope_theta"],
-                     norm_eps=COMMON["norm_eps"], balance_loss_coef=COMMON["balance_loss_coef"],
-                     temperature=COMMON["temperature"])
+    cfg = vffn_torch.Config(block=block, **COMMON, **p)
     return cfg, p["seq_len"], p["batch_size"]
 
 
@@ -79,12 +77,30 @@ def init_params(cfg, seed: int) -> dict:
 # Fast float32 model (reference building blocks, sparse expert dispatch, SDPA attention)
 # ---------------------------------------------------------------------------------------------
 
+def apply_rope(x, cos, sin):
+    # x [B, T, H, hd], cos/sin [T, hd]
+    return x * cos[None, :, None, :] + vm.rotate_half(x) * sin[None, :, None, :]
+
+
+def ffn(cfg, p, prefix, x):
+    # x [N, d] -> FFN(ff_norm x) [N, d]
+    z = vm.rms_norm(x, p[f"{prefix}.ff_norm.weight"], cfg.norm_eps)
+    return vm.swiglu(z, p[f"{prefix}.ff_proj.weight"], p[f"{prefix}.ff_out.weight"])
+
+
+def top_k_routing(cfg, logits):
+    # logits [N, E] -> gates [N, E], chosen [N, k], balance loss E·Σ_e f_e·P_e
+    gates, chosen = vm.top_k_routing(logits, cfg.top_k)
+    term = vm.balance_term(logits, chosen)
+    return gates, chosen, term.loss(term.counts)
+
+
 def attention(cfg, p, prefix, x, cos, sin):
     bsz, seq, d = x.shape
     hd = cfg.head_dim
-    qkv = ref.rms_norm(x, p[f"{prefix}.attn_norm.weight"], cfg.norm_eps) @ p[f"{prefix}.att_proj.weight"].T
+    qkv = vm.rms_norm(x, p[f"{prefix}.attn_norm.weight"], cfg.norm_eps) @ p[f"{prefix}.att_proj.weight"].T
     q, k, v = (t.reshape(bsz, seq, cfg.n_heads, hd) for t in qkv.split(d, dim=-1))
-    q, k = ref.apply_rope(q, cos, sin), ref.apply_rope(k, cos, sin)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          is_causal=True)
     return out.transpose(1, 2).reshape(bsz, seq, d) @ p[f"{prefix}.attn_out.weight"].T
@@ -104,27 +120,27 @@ def routed(z, gates, chosen, n_experts, expert_fn):
 
 
 def versatile_expert(cfg, proj, outw):
-    h, s = cfg.hidden, cfg.expert_hidden
+    h, s = cfg.hidden, cfg.expert_width
 
     def run(e, z_e):
         e_proj = torch.cat((proj[e * s:(e + 1) * s], proj[h + e * s:h + (e + 1) * s]))
-        return ref.swiglu(z_e, e_proj, outw[:, e * s:(e + 1) * s])
+        return vm.swiglu(z_e, e_proj, outw[:, e * s:(e + 1) * s])
     return run
 
 
 def ffn_part(cfg, p, prefix, x, train: bool, infer: str):
     # x [N, d] -> (out [N, d], balance or None, mean depth or None)
     if cfg.block == "dense":
-        return x + ref.ffn(cfg, p, prefix, x), None, None
+        return x + ffn(cfg, p, prefix, x), None, None
     if cfg.block == "kloop":
         for _ in range(cfg.max_depth):
-            x = x + ref.ffn(cfg, p, prefix, x)
+            x = x + ffn(cfg, p, prefix, x)
         return x, None, None
     if cfg.block == "moe":
-        z = ref.rms_norm(x, p[f"{prefix}.ff_norm.weight"], cfg.norm_eps)
-        shared = ref.swiglu(z, p[f"{prefix}.ff_proj.weight"], p[f"{prefix}.ff_out.weight"])
-        gates, chosen, balance = ref.top_k_routing(cfg, z @ p[f"{prefix}.expert_gate.weight"].T)
-        r = routed(z, gates, chosen, cfg.n_experts, lambda e, z_e: ref.swiglu(
+        z = vm.rms_norm(x, p[f"{prefix}.ff_norm.weight"], cfg.norm_eps)
+        shared = vm.swiglu(z, p[f"{prefix}.ff_proj.weight"], p[f"{prefix}.ff_out.weight"])
+        gates, chosen, balance = top_k_routing(cfg, z @ p[f"{prefix}.expert_gate.weight"].T)
+        r = routed(z, gates, chosen, cfg.n_experts, lambda e, z_e: vm.swiglu(
             z_e, p[f"{prefix}.experts.{e}.ff_proj.weight"], p[f"{prefix}.experts.{e}.ff_out.weight"]))
         return x + shared + r, balance, None
     assert cfg.block == "versatile"
@@ -132,14 +148,14 @@ def ffn_part(cfg, p, prefix, x, train: bool, infer: str):
     proj, outw = p[f"{prefix}.ff_proj.weight"], p[f"{prefix}.ff_out.weight"]
     expert = versatile_expert(cfg, proj, outw)
     depth_logits = x @ p[f"{prefix}.depth_predictor.weight"].T  # [N, D]
-    gates, chosen, balance = ref.top_k_routing(cfg, x @ p[f"{prefix}.expert_gate.weight"].T)
+    gates, chosen, balance = top_k_routing(cfg, x @ p[f"{prefix}.expert_gate.weight"].T)
     if train:
-        z = ref.rms_norm(x, p[f"{prefix}.ff_norm.weight"], cfg.norm_eps)
+        z = vm.rms_norm(x, p[f"{prefix}.ff_norm.weight"], cfg.norm_eps)
         width = x + routed(z, gates, chosen, cfg.n_experts, expert)
-        probs = F.gumbel_softmax(depth_logits, tau=cfg.temperature, hard=True)  # straight-through
+        probs = F.gumbel_softmax(depth_logits, tau=TEMPERATURE, hard=True)  # straight-through
         states, x_l = [], x
         for _ in range(D):
-            x_l = x_l + ref.ffn(cfg, p, prefix, x_l)
+            x_l = x_l + ffn(cfg, p, prefix, x_l)
             states.append(x_l)
         depth_out = (torch.stack(states, dim=1) * probs[:, :, None]).sum(dim=1)
         loops = torch.arange(1, D + 1, dtype=x.dtype)
@@ -152,10 +168,10 @@ def ffn_part(cfg, p, prefix, x, train: bool, infer: str):
         deepest = int(depth.max())
         states, x_l = [], x
         for _ in range(deepest):
-            x_l = x_l + ref.ffn(cfg, p, prefix, x_l)
+            x_l = x_l + ffn(cfg, p, prefix, x_l)
             states.append(x_l)
         depth_out = torch.stack(states, dim=0)[depth - 1, torch.arange(n)]
-        z = ref.rms_norm(x, p[f"{prefix}.ff_norm.weight"], cfg.norm_eps)
+        z = vm.rms_norm(x, p[f"{prefix}.ff_norm.weight"], cfg.norm_eps)
         width = x + routed(z, gates, chosen, cfg.n_experts, expert)
         out = (1 - lam) * depth_out + lam * width
     else:  # early-exit, as vffn's Model::infer
@@ -165,7 +181,7 @@ def ffn_part(cfg, p, prefix, x, train: bool, infer: str):
         for loop in range(1, D + 1):
             if running.numel() == 0:
                 break
-            x_run = x_run + ref.ffn(cfg, p, prefix, x_run)
+            x_run = x_run + ffn(cfg, p, prefix, x_run)
             done = depth[running] <= loop
             out[running[done]] = x_run[done]
             keep = ~done
@@ -173,7 +189,7 @@ def ffn_part(cfg, p, prefix, x, train: bool, infer: str):
         rows = torch.nonzero(depth < D).squeeze(-1)
         if rows.numel() > 0:
             x_w = x[rows]
-            z_w = ref.rms_norm(x_w, p[f"{prefix}.ff_norm.weight"], cfg.norm_eps)
+            z_w = vm.rms_norm(x_w, p[f"{prefix}.ff_norm.weight"], cfg.norm_eps)
             width = x_w + routed(z_w, gates[rows], chosen[rows], cfg.n_experts, expert)
             lam_w = lam[rows]
             out[rows] = (1 - lam_w) * out[rows] + lam_w * width
@@ -194,7 +210,7 @@ def forward(cfg, p, inputs, cos, sin, train: bool, infer: str = "paper"):
             balance_total = balance if balance_total is None else balance_total + balance
         if mean_depth is not None:
             depths.append(mean_depth)
-    x = ref.rms_norm(x, p["transformer.ln_f.weight"], cfg.norm_eps)
+    x = vm.rms_norm(x, p["transformer.ln_f.weight"], cfg.norm_eps)
     logits = x.reshape(bsz * seq, -1) @ p["transformer.ff_out.weight"].T
     return logits, balance_total, depths
 
@@ -224,7 +240,11 @@ def main():
     torch.manual_seed(args.seed)
     cfg, seq, bsz = make_config(args.preset, args.block)
     params = init_params(cfg, args.seed)
-    cos, sin = ref.rope_cos_sin(seq, cfg.head_dim, cfg.rope_theta)
+    if args.impl == "reference":
+        model = vm.VffnModel(cfg, temperature=TEMPERATURE).float()
+        model.load_state_dict({k: v.detach() for k, v in params.items()})
+        params = dict(model.named_parameters())
+    cos, sin = vm.rope_cos_sin(seq, cfg.head_dim, cfg.rope_theta, torch.float32, "cpu")
     gen = torch.Generator().manual_seed(args.seed + 1)
     batches = [torch.randint(0, cfg.vocab_size, (bsz, seq + 1), generator=gen) for _ in range(4)]
 
@@ -240,7 +260,8 @@ def main():
         def step(i):
             tokens = batches[i % len(batches)]
             if args.impl == "reference":
-                _, loss, _, _ = ref.forward(cfg, params, tokens)
+                out = model(tokens[:, :-1], infer=False, temperature=TEMPERATURE)
+                loss = model.loss(out, tokens[:, 1:])[0]
             else:
                 logits, balance, _ = forward(cfg, params, tokens[:, :-1], cos, sin, train=True)
                 loss = F.cross_entropy(logits, tokens[:, 1:].reshape(-1))
@@ -253,14 +274,13 @@ def main():
             if not torch.isfinite(norm):
                 raise SystemExit(f"non-finite gradient norm at step {i}")
     else:
-        cfg_ref = cfg
 
         def step(i):
             tokens = batches[i % len(batches)]
             with torch.no_grad():
                 if args.impl == "reference":
-                    # training-mode graph without noise: all loops, all experts, every token
-                    logits = ref.forward(cfg_ref, params, tokens)[0]
+                    # training-mode graph without noise: all loops, the width path for every token
+                    logits = model(tokens[:, :-1], infer=False, temperature=TEMPERATURE).logits
                 else:
                     logits, _, depths = forward(cfg, params, tokens[:, :-1], cos, sin,
                                                 train=False, infer=args.infer)

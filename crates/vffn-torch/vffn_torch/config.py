@@ -1,0 +1,191 @@
+"""The model and recipe configuration of vffn (crates/model/src/config.rs), every key.
+
+Values keep the form they have in the checkpoint's JSON (so a save writes back the same text);
+`f32()` gives the value vffn computes with (its fields are f32).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+BLOCKS = ("dense", "kloop", "moe", "versatile")
+PATHS = ("both", "width", "depth")
+FUSIONS = ("gated", "average")
+
+
+def f32(value: float) -> float:
+    """The float32 value vffn holds for a config number."""
+    return float(np.float32(value))
+
+
+@dataclass
+class Config:
+    """`[model]`: the architecture, in config.rs's key order (defaults: the tiny preset)."""
+
+    vocab_size: int = 256
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 4
+    hidden: int = 512
+    block: str = "versatile"  # dense | kloop | moe | versatile
+    n_experts: int = 8
+    top_k: int = 2
+    max_depth: int = 4
+    paths: str = "both"  # both | width | depth (versatile ablation)
+    fusion: str = "gated"  # gated | average (versatile ablation)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    temperature_start: float = 5.0
+    temperature_end: float = 0.1
+    balance_loss_coef: float = 1e-5
+    seq_len: int = 128
+    batch_size: int = 16
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def expert_width(self) -> int:
+        return self.hidden // self.n_experts
+
+    def validate(self) -> None:
+        def fail(key, reason):
+            raise ValueError(f"`model.{key}` = {getattr(self, key)}: {reason}")
+
+        for key in ("vocab_size", "d_model", "n_heads", "n_layers", "hidden", "n_experts",
+                    "top_k", "max_depth", "seq_len", "batch_size"):
+            if getattr(self, key) < 1:
+                fail(key, "must be at least 1")
+        if self.block not in BLOCKS:
+            fail("block", f"expected one of {', '.join(BLOCKS)}")
+        if self.paths not in PATHS:
+            fail("paths", f"expected one of {', '.join(PATHS)}")
+        if self.fusion not in FUSIONS:
+            fail("fusion", f"expected one of {', '.join(FUSIONS)}")
+        if self.d_model % self.n_heads or self.head_dim % 2:
+            fail("n_heads", "must divide d_model into an even head_dim")
+        if self.top_k > self.n_experts:
+            fail("top_k", f"must be at most n_experts = {self.n_experts}")
+        if self.block in ("moe", "versatile") and self.hidden % self.n_experts:
+            fail("hidden", f"must be a multiple of n_experts = {self.n_experts}")
+
+    def to_json(self) -> str:
+        """The form stored in model.safetensors' `config` metadata (vffn's key order)."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"config: unknown key `{unknown[0]}`")
+        return cls(**data)
+
+    def temperature_at(self, step: int, total_steps: int, floor_frac: float) -> float:
+        """Gumbel-softmax temperature at `step` of a `total_steps` run, as vffn computes it:
+        exponential decay from temperature_start to temperature_end at floor_frac·total_steps."""
+        floor_step = f32(floor_frac) * float(total_steps)
+        start, end = f32(self.temperature_start), f32(self.temperature_end)
+        if not math.isfinite(floor_step) or floor_step < 1.0 or step >= floor_step:
+            return end
+        return f32(start * (end / start) ** (step / floor_step))
+
+    def param_specs(self) -> list[tuple[str, tuple[int, ...], bool]]:
+        """(checkpoint name, shape, decays) of every parameter, in vffn's order."""
+        d, h, v = self.d_model, self.hidden, self.vocab_size
+        specs = [("transformer.wte.weight", (v, d), True)]
+        for layer in range(self.n_layers):
+            p = f"transformer.blocks.{layer}"
+            specs += [
+                (f"{p}.attn_norm.weight", (d,), False),
+                (f"{p}.att_proj.weight", (3 * d, d), True),
+                (f"{p}.attn_out.weight", (d, d), True),
+                (f"{p}.ff_norm.weight", (d,), False),
+                (f"{p}.ff_proj.weight", (2 * h, d), True),
+                (f"{p}.ff_out.weight", (d, h), True),
+            ]
+            if self.block == "versatile":
+                specs.append((f"{p}.expert_gate.weight", (self.n_experts, d), True))
+                specs.append((f"{p}.depth_predictor.weight", (self.max_depth, d), True))
+            if self.block == "moe":
+                specs.append((f"{p}.expert_gate.weight", (self.n_experts, d), True))
+                s = self.expert_width
+                for e in range(self.n_experts):
+                    specs.append((f"{p}.experts.{e}.ff_proj.weight", (2 * s, d), True))
+                    specs.append((f"{p}.experts.{e}.ff_out.weight", (d, s), True))
+        specs.append(("transformer.ln_f.weight", (d,), False))
+        specs.append(("transformer.ff_out.weight", (v, d), True))
+        return specs
+
+
+@dataclass
+class TrainConfig:
+    """`[train]`: the recipe, in config.rs's key order and with its defaults."""
+
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    steps: int = 2000
+    eval_every: int = 200
+    eval_batches: int = 20
+    log_every: int = 10
+    seed: int = 1337
+    temperature_floor_frac: float = 0.96
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up lr·(step+1)/warmup_steps, then cosine to min_lr_ratio·lr at the last
+        step (as vffn: f64 arithmetic on the f32 values, the result rounded to f32)."""
+        lr = f32(self.lr)
+        if step < self.warmup_steps:
+            return f32(lr * (step + 1) / self.warmup_steps)
+        min_lr = lr * f32(self.min_lr_ratio)
+        last = max(self.steps - 1, 0)
+        if last <= self.warmup_steps:
+            progress = 1.0
+        else:
+            progress = min((step - self.warmup_steps) / (last - self.warmup_steps), 1.0)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return f32(min_lr + (lr - min_lr) * cosine)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"train: unknown key `{unknown[0]}`")
+        return cls(**data)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, float):
+        text = repr(value)
+        return text if any(c in text for c in ".eE") or "inf" in text or "nan" in text else text + ".0"
+    return str(value)
+
+
+def run_toml(model: Config, train: TrainConfig) -> str:
+    """config.toml of a run directory (`[model]` and `[train]` with every key)."""
+    lines = ["[model]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in asdict(model).items()]
+    lines += ["", "[train]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in asdict(train).items()]
+    return "\n".join(lines) + "\n"
