@@ -147,9 +147,9 @@ fn run_in_pool(args: InspectArgs) -> Result<()> {
     }
     if args.json {
         let line = json_report(&model, &stats)?;
-        println!("{}", serde_json::to_string(&line).context("inspect result")?);
+        outln!("{}", serde_json::to_string(&line).context("inspect result")?);
     } else {
-        print!("{}", report(&config, &stats, &dir, &source)?);
+        out!("{}", report(&config, &stats, &dir, &source)?);
     }
     if let Some(svg_dir) = &args.svg {
         write_svgs(svg_dir, &config, &stats, &run_dir_of(&args.checkpoint, &dir))?;
@@ -316,7 +316,7 @@ fn write_svgs(dir: &Path, config: &Config, stats: &RoutingStats, run_dir: &Path)
         };
         write("loss-curves.svg", loss_curves_svg(&[series]))?;
     } else {
-        eprintln!("no {} next to the checkpoint: loss curves skipped", METRICS_FILE);
+        errln!("no {} next to the checkpoint: loss curves skipped", METRICS_FILE);
     }
     let depth_panels: Vec<(String, Vec<(String, f64)>)> = (0..config.n_layers)
         .filter(|&layer| !stats.depth_counts[layer].is_empty())

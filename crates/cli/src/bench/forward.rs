@@ -88,20 +88,22 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
             "gflops": gflops,
             "peak_rss_mb": peak_rss_mb(),
         });
-        println!("{line}");
+        outln!("{line}");
     } else {
-        println!(
+        outln!(
             "forward {name}/{block}, {threads} threads, {}×{} tokens, median of {} runs",
-            config.batch_size, config.seq_len, args.repeats
+            config.batch_size,
+            config.seq_len,
+            args.repeats
         );
-        println!("  forward     {ms:10.1} ms");
-        println!("  throughput  {tokens_per_s:10.0} tokens/s");
-        println!(
+        outln!("  forward     {ms:10.1} ms");
+        outln!("  throughput  {tokens_per_s:10.0} tokens/s");
+        outln!(
             "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token realized)",
             flops_per_token / 1e6
         );
         if let Some(mb) = peak_rss_mb() {
-            println!("  peak RSS    {mb:10.0} MB (whole process)");
+            outln!("  peak RSS    {mb:10.0} MB (whole process)");
         }
     }
     Ok(())

@@ -70,20 +70,22 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "gflops": gflops,
             "peak_rss_mb": peak_rss_mb(),
         });
-        println!("{line}");
+        outln!("{line}");
     } else {
-        println!(
+        outln!(
             "train {name}/{block}, {threads} threads, {}×{} tokens/step, median of {} steps",
-            config.batch_size, config.seq_len, args.steps
+            config.batch_size,
+            config.seq_len,
+            args.steps
         );
-        println!("  step        {step_ms:10.1} ms");
-        println!("  throughput  {tokens_per_s:10.0} tokens/s");
-        println!(
+        outln!("  step        {step_ms:10.1} ms");
+        outln!("  throughput  {tokens_per_s:10.0} tokens/s");
+        outln!(
             "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token)",
             flops_per_token / 1e6
         );
         if let Some(mb) = peak_rss_mb() {
-            println!("  peak RSS    {mb:10.0} MB (whole process)");
+            outln!("  peak RSS    {mb:10.0} MB (whole process)");
         }
     }
     Ok(())
