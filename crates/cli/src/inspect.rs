@@ -299,12 +299,9 @@ fn report(config: &Config, stats: &RoutingStats, dir: &Path, source: &str) -> Re
 fn write_svgs(dir: &Path, config: &Config, stats: &RoutingStats, run_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the SVG directory `{}`", dir.display()))?;
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))
-    };
+    let write = |name: &str, text: String| ckpt_io::write_atomic(&dir.join(name), text.as_bytes());
     let metrics_path = run_dir.join(METRICS_FILE);
-    if metrics_path.is_file() {
+    if ckpt_io::exists(&metrics_path)? {
         let rows = read_metrics(&metrics_path)?;
         let series = Series {
             label: run_dir.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned()),

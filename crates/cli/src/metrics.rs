@@ -126,11 +126,16 @@ fn rows_up_to(text: &[u8], step: u64) -> Result<Kept> {
     Ok(Kept { text: kept, torn_tail: false })
 }
 
-/// Reads a metrics file (rows that do not parse are skipped).
+/// Reads a metrics file: a row that does not parse is an error naming its line (a last line
+/// cut short by a crash is left out).
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    Ok(text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect())
+    let bytes = fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let kept = rows_up_to(&bytes, u64::MAX).with_context(|| format!("`{}`", path.display()))?;
+    kept.text
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).context("metrics row"))
+        .collect()
 }
 
 #[cfg(test)]
