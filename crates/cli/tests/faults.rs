@@ -128,6 +128,18 @@ fn wait_for_line(child: &mut Child, needle: &str) -> BufReader<std::process::Chi
     }
 }
 
+/// Starts `vffn` with stderr piped (for [`wait_for_line`]) and stdout discarded.
+fn spawn(args: &[&str]) -> Child {
+    vffn().args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap()
+}
+
+/// `vffn train --config cfg --out run --threads 1 extra..`, as [`spawn`] starts it.
+fn train_child(cfg: &Path, run: &Path, extra: &[&str]) -> Child {
+    let mut args = vec!["train", "--config", path(cfg), "--out", path(run), "--threads", "1"];
+    args.extend(extra);
+    spawn(&args)
+}
+
 fn signal(child: &Child, name: &str) {
     let status = Command::new("kill").args([name, &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -237,13 +249,7 @@ fn sigterm_finishes_the_step_saves_and_exits_143() {
     let dir = scratch("sigterm");
     let cfg = config(&dir, "");
     let run = dir.join("run");
-    let mut child = vffn()
-        .args(["train", "--config", path(&cfg), "--out", path(&run), "--steps", "1000000"])
-        .args(["--threads", "1"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = train_child(&cfg, &run, &["--steps", "1000000"]);
     let reader = wait_for_line(&mut child, "step 10:");
     signal(&child, "-TERM");
     let status = child.wait().unwrap();
@@ -261,13 +267,7 @@ fn ctrl_c_during_the_final_sample_ends_the_command() {
     let dir = scratch("sample");
     let cfg = config(&dir, "");
     let run = dir.join("run");
-    let mut child = vffn()
-        .args(["train", "--config", path(&cfg), "--out", path(&run), "--steps", "3"])
-        .args(["--sample-bytes", "100000000", "--threads", "1"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = train_child(&cfg, &run, &["--steps", "3", "--sample-bytes", "100000000"]);
     let reader = wait_for_line(&mut child, "done:");
     std::thread::sleep(Duration::from_millis(200));
     signal(&child, "-INT");
@@ -307,13 +307,7 @@ fn ctrl_c_during_an_evaluation_stops_it_and_saves_the_step() {
     )
     .unwrap();
     let run = dir.join("run");
-    let mut child = vffn()
-        .args(["train", "--config", path(&cfg), "--out", path(&run), "--data", path(&data)])
-        .args(["--threads", "1", "--sample-bytes", "0"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = train_child(&cfg, &run, &["--data", path(&data), "--sample-bytes", "0"]);
     let reader = wait_for_line(&mut child, "training ");
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "-INT");
@@ -339,12 +333,7 @@ fn a_second_ctrl_c_exits_at_once() {
                 batch_size = 16\n[train]\nsteps = 5\n";
     fs::write(&cfg, slow).unwrap();
     let run = dir.join("run");
-    let mut child = vffn()
-        .args(["train", "--config", path(&cfg), "--out", path(&run), "--threads", "1"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = train_child(&cfg, &run, &[]);
     let reader = wait_for_line(&mut child, "training ");
     std::thread::sleep(Duration::from_millis(200));
     signal(&child, "-INT");
@@ -486,13 +475,7 @@ fn a_second_process_on_a_run_directory_is_refused_naming_the_holder() {
     let dir = scratch("lock");
     let cfg = config(&dir, "");
     let run = dir.join("run");
-    let mut child = vffn()
-        .args(["train", "--config", path(&cfg), "--out", path(&run), "--steps", "1000000"])
-        .args(["--threads", "1", "--sample-bytes", "0"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = train_child(&cfg, &run, &["--steps", "1000000", "--sample-bytes", "0"]);
     let reader = wait_for_line(&mut child, "step 10:");
     let holder = format!("pid {}", child.id());
     fails_with(&["train", "--resume", "--out", path(&run)], &holder);
