@@ -335,9 +335,9 @@ fn a_second_ctrl_c_exits_at_once() {
     let run = dir.join("run");
     let mut child = train_child(&cfg, &run, &[]);
     let reader = wait_for_line(&mut child, "training ");
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(50));
     signal(&child, "-INT");
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(30));
     signal(&child, "-INT");
     let status = child.wait().unwrap();
     let text = rest(reader);

@@ -832,6 +832,41 @@ mod tests {
         assert!(matches!(read_tensors(text.as_bytes()), Err(CheckpointError::Format(_))));
     }
 
+    #[test]
+    fn every_flipped_bit_of_a_model_file_is_refused() {
+        let tensors = [
+            TensorRef { name: "a", shape: &[2, 3], data: &[1.0, -2.0, 3.5, 0.0, 1e-3, 7.0] },
+            TensorRef { name: "b", shape: &[1], data: &[0.25] },
+        ];
+        let extra = BTreeMap::from([("step".to_string(), "12".to_string())]);
+        let bytes = save_model(&small_config(BlockKind::Moe), 1.5, &extra, &tensors).unwrap();
+        assert!(load_model(&bytes).is_ok());
+        for at in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut flipped = bytes.clone();
+                flipped[at] ^= 1 << bit;
+                assert!(load_model(&flipped).is_err(), "byte {at} bit {bit} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_values_and_negative_second_moments_are_refused() {
+        let config = small_config(BlockKind::Dense);
+        let nan = [TensorRef { name: "w", shape: &[2], data: &[1.0, f32::NAN] }];
+        let err = load_model(&save_model(&config, 1.0, &BTreeMap::new(), &nan).unwrap());
+        assert!(
+            matches!(&err, Err(CheckpointError::NonFinite { name, index: 1, .. }) if name == "w"),
+            "{err:?}"
+        );
+        let moments = [AdamMomentsRef { name: "w", shape: &[2], m: &[0.0, 0.0], v: &[0.0, -1.0] }];
+        let err = load_optimizer(&save_optimizer(1, &moments).unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::Negative { name, .. } if name == "w.adam_v"),
+            "{err}"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -986,6 +1021,12 @@ mod tests {
         assert!(matches!(TrainState::from_json(&renamed), Err(CheckpointError::State(_))));
         let bad_word = text.replace("\"18446744073709551615\"", "\"18446744073709551616\"");
         assert!(TrainState::from_json(&bad_word).is_err());
+        let zero_rng = text.replacen(&format!("\"{}\"", state.model_rng[0]), "\"0\"", 1);
+        let zero_rng = state.model_rng[1..]
+            .iter()
+            .fold(zero_rng, |t, w| t.replacen(&format!("\"{w}\""), "\"0\"", 1));
+        let err = TrainState::from_json(&zero_rng).unwrap_err().to_string();
+        assert!(err.contains("model_rng") && err.contains("all zeros"), "{err}");
         let future = text.replace("\"format\": 1", "\"format\": 2");
         assert!(TrainState::from_json(&future).unwrap_err().to_string().contains("format 2"));
     }
