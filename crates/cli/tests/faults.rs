@@ -105,12 +105,19 @@ fn rewrite_model(run: &Path, edit: impl FnOnce(&mut BTreeMap<String, vffn_model:
     let model = load_model(&fs::read(&file).unwrap()).unwrap();
     let mut tensors = model.tensors.clone();
     edit(&mut tensors);
-    let refs: Vec<TensorRef<'_>> = tensors
-        .iter()
-        .map(|(name, t)| TensorRef { name, shape: &t.shape, data: &t.data })
-        .collect();
-    let bytes = save_model(&model.config, model.temperature, &model.extra, &refs).unwrap();
-    fs::write(file, bytes).unwrap();
+    let bytes = save_model(&model.config, model.temperature, &model.extra, &refs(&tensors));
+    fs::write(file, bytes.unwrap()).unwrap();
+}
+
+fn refs(tensors: &BTreeMap<String, vffn_model::TensorData>) -> Vec<TensorRef<'_>> {
+    tensors.iter().map(|(name, t)| TensorRef { name, shape: &t.shape, data: &t.data }).collect()
+}
+
+/// Rewrites `state.json` of `run` after `edit` changed it.
+fn edit_state(run: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut json = state(run);
+    edit(&mut json);
+    fs::write(run.join("ckpt/state.json"), json.to_string()).unwrap();
 }
 
 /// Reads stderr lines of a child until one contains `needle` (panics after 60 s).
@@ -495,11 +502,8 @@ fn a_negative_adam_second_moment_is_refused() {
     let optimizer = read_tensors(&fs::read(&file).unwrap()).unwrap();
     let mut tensors = optimizer.tensors.clone();
     tensors.get_mut("transformer.wte.weight.adam_v").unwrap().data[2] = -1.0;
-    let refs: Vec<TensorRef<'_>> = tensors
-        .iter()
-        .map(|(name, t)| TensorRef { name, shape: &t.shape, data: &t.data })
-        .collect();
-    fs::write(&file, vffn_model::write_tensors(&refs, &optimizer.metadata).unwrap()).unwrap();
+    fs::write(&file, vffn_model::write_tensors(&refs(&tensors), &optimizer.metadata).unwrap())
+        .unwrap();
     let err = fails_with(&["train", "--resume", "--out", path(&run)], "negative");
     assert!(err.contains("transformer.wte.weight.adam_v"), "{err}");
     fs::remove_dir_all(&dir).unwrap();
@@ -509,11 +513,7 @@ fn a_negative_adam_second_moment_is_refused() {
 fn an_all_zero_rng_state_is_refused() {
     let dir = scratch("rng");
     let run = trained(&dir, &["--steps", "3"]);
-    let file = run.join("ckpt/state.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
-    json["model_rng"] = serde_json::json!(["0", "0", "0", "0"]);
-    fs::write(&file, json.to_string()).unwrap();
+    edit_state(&run, |json| json["model_rng"] = serde_json::json!(["0", "0", "0", "0"]));
     fails_with(&["train", "--resume", "--out", path(&run), "--steps", "5"], "model_rng");
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -553,11 +553,7 @@ fn out_naming_a_regular_file_is_a_clear_error() {
 fn tokens_seen_saturates_instead_of_wrapping() {
     let dir = scratch("tokens");
     let run = trained(&dir, &["--stop-after", "3"]);
-    let file = run.join("ckpt/state.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
-    json["tokens_seen"] = serde_json::json!(u64::MAX - 1);
-    fs::write(&file, json.to_string()).unwrap();
+    edit_state(&run, |json| json["tokens_seen"] = serde_json::json!(u64::MAX - 1));
     ok(&["train", "--resume", "--out", path(&run), "--stop-after", "4", "--sample-bytes", "0"]);
     assert_eq!(state(&run)["tokens_seen"].as_u64(), Some(u64::MAX));
     fs::remove_dir_all(&dir).unwrap();
@@ -586,11 +582,23 @@ fn sigkill_at_ten_random_moments_then_resume_matches_an_uninterrupted_run() {
     let parts = dir.join("parts");
     // A fixed generator: the same "random" moments on every run of the test.
     let mut seed = 0x5EED_u64;
-    let mut kills = 0;
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    let rows = || fs::read_to_string(parts.join("metrics.jsonl")).map_or(0, |t| t.lines().count());
+    let (mut kills, mut attempts) = (0, 0);
     while kills < 10 {
-        let resume = parts.join("ckpt/model.safetensors").exists();
-        let mut args = vec!["train", "--out", path(&parts)];
-        if resume {
+        attempts += 1;
+        assert!(attempts <= 40, "only {kills} kills landed in {attempts} runs");
+        // Kill k lands at a random point of steps 9k+1 ..= 9k+9 (logged rows tell where the
+        // run is), plus up to 15 ms: inside a step, a checkpoint write or a metrics append.
+        // The child stops by itself 9 steps later should this process be too slow to kill it.
+        let target = 9 * kills + 1 + next() % 9;
+        let extra = Duration::from_micros(next() % 15_000);
+        let stop_after = (target + 9).to_string();
+        let mut args = vec!["train", "--out", path(&parts), "--stop-after", &stop_after];
+        if parts.join("ckpt/model.safetensors").exists() {
             args.push("--resume");
         } else {
             args.extend(["--config", path(&cfg)]);
@@ -598,35 +606,17 @@ fn sigkill_at_ten_random_moments_then_resume_matches_an_uninterrupted_run() {
         args.extend(common);
         let mut child =
             vffn().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        // Kill k lands at a random point of steps 9k+1 ..= 9k+9 (logged rows tell where the
-        // run is), plus up to 15 ms: inside a step, a checkpoint write or a metrics append.
-        let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            seed >> 33
-        };
-        let target = 9 * kills + 1 + next() % 9;
-        let extra = Duration::from_micros(next() % 15_000);
-        let rows =
-            || fs::read_to_string(parts.join("metrics.jsonl")).map_or(0, |t| t.lines().count());
-        let mut finished = false;
-        while (rows() as u64) < target {
-            if child.try_wait().unwrap().is_some() {
-                finished = true;
-                break;
-            }
+        while (rows() as u64) < target && child.try_wait().unwrap().is_none() {
             std::thread::sleep(Duration::from_micros(500));
         }
         std::thread::sleep(extra);
-        if finished || child.try_wait().unwrap().is_some() {
-            break; // The run ended before this kill.
+        if child.try_wait().unwrap().is_some() {
+            continue; // It stopped before the kill: no kill this time.
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
-        let saved = parts.join("ckpt/state.json").exists().then(|| state(&parts)["step"].clone());
-        eprintln!("kill {kills}: checkpoint at step {saved:?}");
     }
-    assert_eq!(kills, 10, "every run was killed before it finished");
     ok(&[&["train", "--resume", "--out", path(&parts)][..], &common].concat());
     let (a, b) = (loss_bits(&whole), loss_bits(&parts));
     assert_eq!(b.iter().map(|r| r.0).collect::<Vec<_>>(), (1..=100).collect::<Vec<_>>());
