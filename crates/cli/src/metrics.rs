@@ -157,6 +157,22 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_row_is_an_error_a_torn_last_line_is_dropped_and_lines_stay_whole() {
+        let line = |step| format!("{}\n", serde_json::to_string(&row(step, 1.5)).unwrap());
+        let (one, two, three) = (line(1), line(2), line(3));
+        let text = format!("{one}{two}{three}");
+        let kept = rows_up_to(text.as_bytes(), 2).unwrap();
+        assert_eq!(kept, Kept { text: format!("{one}{two}").into_bytes(), torn_tail: false });
+        let err = rows_up_to(format!("{one}not json\n{two}").as_bytes(), 9).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let torn = rows_up_to(format!("{one}{{\"step\":2,\"lo").as_bytes(), 9).unwrap();
+        assert_eq!(torn, Kept { text: one.clone().into_bytes(), torn_tail: true });
+        // A whole row whose newline was lost gets it back, so the next append starts a line.
+        let unterminated = rows_up_to(one.trim_end().as_bytes(), 9).unwrap();
+        assert_eq!(unterminated.text, one.into_bytes());
+    }
+
+    #[test]
     fn resume_drops_rows_after_the_checkpoint_and_floats_round_trip() {
         let dir = std::env::temp_dir().join(format!("vffn-metrics-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
