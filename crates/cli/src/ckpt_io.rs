@@ -42,8 +42,8 @@ pub fn write_checkpoint(run_dir: &Path, files: &[(&str, &[u8])]) -> Result<PathB
     sync_dir(&staging)?;
     let final_dir = run_dir.join(CKPT_DIR);
     let old_dir = run_dir.join(OLD_DIR);
-    if final_dir.exists() {
-        if old_dir.exists() {
+    if exists(&final_dir)? {
+        if exists(&old_dir)? {
             // `ckpt` is complete, so a leftover `ckpt.old` is not needed.
             fs::remove_dir_all(&old_dir)
                 .with_context(|| format!("cannot remove `{}`", old_dir.display()))?;
@@ -54,7 +54,7 @@ pub fn write_checkpoint(run_dir: &Path, files: &[(&str, &[u8])]) -> Result<PathB
     fs::rename(&staging, &final_dir)
         .with_context(|| format!("cannot rename `{}` into place", staging.display()))?;
     sync_dir(run_dir)?;
-    if old_dir.exists() {
+    if exists(&old_dir)? {
         fs::remove_dir_all(&old_dir)
             .with_context(|| format!("cannot remove `{}`", old_dir.display()))?;
     }
@@ -65,7 +65,9 @@ pub fn write_checkpoint(run_dir: &Path, files: &[(&str, &[u8])]) -> Result<PathB
 fn remove_stale_staging(run_dir: &Path) -> Result<()> {
     let entries = fs::read_dir(run_dir)
         .with_context(|| format!("cannot list the run directory `{}`", run_dir.display()))?;
-    for entry in entries.flatten() {
+    for entry in entries {
+        let entry = entry
+            .with_context(|| format!("cannot list the run directory `{}`", run_dir.display()))?;
         if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
             fs::remove_dir_all(entry.path())
                 .with_context(|| format!("cannot remove `{}`", entry.path().display()))?;
@@ -81,16 +83,58 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot fsync the directory `{}`", dir.display()))
 }
 
+/// Writes one file atomically: a temporary file next to it is written and fsynced, renamed over
+/// `path`, and the directory fsynced. A crash leaves the old file or the new one, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = File::create(&tmp)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(err) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("cannot write `{}`", path.display()));
+    }
+    sync_dir(&dir)
+}
+
+/// Whether `path` exists; an unreadable parent is an error, not "absent".
+pub fn exists(path: &Path) -> Result<bool> {
+    path.try_exists().with_context(|| format!("cannot access `{}`", path.display()))
+}
+
 /// True if `run_dir` holds a checkpoint (or the remains of an interrupted swap).
-pub fn has_checkpoint(run_dir: &Path) -> bool {
-    run_dir.join(CKPT_DIR).join(MODEL_FILE).exists()
-        || run_dir.join(OLD_DIR).join(MODEL_FILE).exists()
+pub fn has_checkpoint(run_dir: &Path) -> Result<bool> {
+    Ok(exists(&run_dir.join(CKPT_DIR).join(MODEL_FILE))?
+        || exists(&run_dir.join(OLD_DIR).join(MODEL_FILE))?)
+}
+
+/// Refuses an `--out` that cannot be a run directory: a regular file, or a checkpoint
+/// directory itself (`RUN/ckpt`, which would nest a checkpoint inside it).
+pub fn check_run_dir(out: &Path) -> Result<()> {
+    if exists(out)? && !out.is_dir() {
+        bail!("--out `{}` is a file, not a run directory", out.display());
+    }
+    let inside_run = |name: &str| out.file_name().is_some_and(|n| n == name);
+    if exists(&out.join(MODEL_FILE))? || inside_run(CKPT_DIR) || inside_run(OLD_DIR) {
+        let run = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        bail!(
+            "--out `{}` is a checkpoint directory; give its run directory `{}` instead",
+            out.display(),
+            run.display()
+        );
+    }
+    Ok(())
 }
 
 /// The directory holding the checkpoint files for `path`, which may be the checkpoint directory
 /// itself or a run directory (then `ckpt/`, or `ckpt.old/` after a crash between two renames).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if !path.exists() {
+    if !exists(path)? {
         bail!("checkpoint `{}` does not exist", path.display());
     }
     if !path.is_dir() {
@@ -100,7 +144,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         );
     }
     for candidate in [path.to_path_buf(), path.join(CKPT_DIR), path.join(OLD_DIR)] {
-        if candidate.join(MODEL_FILE).is_file() {
+        if exists(&candidate.join(MODEL_FILE))? {
             return Ok(candidate);
         }
     }
@@ -184,7 +228,7 @@ mod tests {
         // Simulate a crash after `ckpt` was moved aside, with a half-written staging dir.
         fs::rename(run.join(CKPT_DIR), run.join(OLD_DIR)).unwrap();
         fs::create_dir(run.join(format!("{TMP_PREFIX}999"))).unwrap();
-        assert!(has_checkpoint(&run));
+        assert!(has_checkpoint(&run).unwrap());
         assert_eq!(resolve(&run).unwrap(), run.join(OLD_DIR));
         write_checkpoint(&run, &[(MODEL_FILE, b"new")]).unwrap();
         assert_eq!(resolve(&run).unwrap(), run.join(CKPT_DIR));

@@ -121,6 +121,33 @@ pub fn check_memory(config: &Config, max_mb: Option<u64>) -> Result<()> {
     Ok(())
 }
 
+/// Sums products of sizes with overflow checks: `[[a, b], [c]]` is a·b + c; None on overflow.
+pub fn checked_size(terms: &[&[usize]]) -> Option<usize> {
+    terms.iter().try_fold(0usize, |total, term| {
+        let product = term.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n))?;
+        total.checked_add(product)
+    })
+}
+
+/// Refuses buffers of `floats` f32 values in all (None: the size overflowed) that do not fit
+/// the available memory, before anything is allocated.
+pub fn check_buffers(what: &str, floats: Option<usize>) -> Result<()> {
+    let bytes = floats.and_then(|n| n.checked_mul(4)).filter(|&b| b <= isize::MAX as usize);
+    let Some(bytes) = bytes else {
+        bail!("{what}: the sizes are too large (their buffers would exceed the address space)");
+    };
+    if let Some(available) = available_memory_bytes() {
+        if bytes as u128 > available {
+            bail!(
+                "{what}: the buffers need about {} MiB but the available memory is {} MiB",
+                (bytes as u128).div_ceil(1 << 20),
+                available >> 20
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Draws the next byte from `logits` [V]: greedy when `temperature` ≤ 0, else softmax of
 /// logits/temperature restricted to the `top_k` largest (0 = all).
 pub fn sample_token(logits: &[f32], temperature: f32, top_k: usize, rng: &mut Rng) -> u32 {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use vffn_model::{validation_batches, Model, Split};
 
@@ -44,17 +44,31 @@ impl EvalResult {
 /// Inference-mode cross-entropy over the non-overlapping `seq_len` windows of `split`, in order,
 /// `batch_size` per batch; `max_batches` limits how many (None = all).
 pub fn evaluate(model: &Model, split: &Split, max_batches: Option<usize>) -> Result<EvalResult> {
+    let result = evaluate_until(model, split, max_batches, &|| false)?;
+    Ok(result.expect("never stopped"))
+}
+
+/// [`evaluate`], checking `stop` before each batch: None if it asked to stop.
+pub fn evaluate_until(
+    model: &Model,
+    split: &Split,
+    max_batches: Option<usize>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<EvalResult>> {
     let (seq_len, batch_size) = (model.config.seq_len, model.config.batch_size);
     let batches = validation_batches(split, seq_len, batch_size).context("validation split")?;
     let (mut weighted, mut tokens) = (0.0f64, 0u64);
     for batch in batches.take(max_batches.unwrap_or(usize::MAX)) {
+        if stop() {
+            return Ok(None);
+        }
         let count = (batch.batch_size * batch.seq_len) as u64;
         let loss = model.eval_loss(&batch).context("evaluation forward")?;
         weighted += loss as f64 * count as f64;
         tokens += count;
     }
     let loss = if tokens == 0 { f64::NAN } else { weighted / tokens as f64 };
-    Ok(EvalResult { loss, tokens })
+    Ok(Some(EvalResult { loss, tokens }))
 }
 
 /// The `--json` output line.
@@ -75,6 +89,13 @@ fn run_in_pool(args: EvalArgs) -> Result<()> {
         .with_context(|| format!("checkpoint `{}`", dir.display()))?;
     let (dataset, source) = load_dataset(args.data.as_deref(), model.config.seq_len)?;
     let result = evaluate(&model, &dataset.val, None)?;
+    if !result.loss.is_finite() {
+        bail!(
+            "checkpoint `{}`: the validation loss is {}: its weights are unusable",
+            dir.display(),
+            result.loss
+        );
+    }
     if args.json {
         // Fields in the documented order (a json! map would sort them).
         let line = EvalLine {
@@ -82,9 +103,9 @@ fn run_in_pool(args: EvalArgs) -> Result<()> {
             bits_per_byte: result.bits_per_byte(),
             tokens: result.tokens,
         };
-        println!("{}", serde_json::to_string(&line).context("eval result")?);
+        outln!("{}", serde_json::to_string(&line).context("eval result")?);
     } else {
-        println!(
+        outln!(
             "{}: validation of {source}: loss {:.4} nats, {:.4} bits per byte over {} bytes",
             dir.display(),
             result.loss,

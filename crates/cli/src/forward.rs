@@ -11,13 +11,14 @@
 //! `<name>.grad` of CE + balance loss for every parameter.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use vffn_autograd::{Rng, Tape};
-use vffn_model::{write_tensors, Batch, Model, Routing, TensorRef};
+use vffn_model::{
+    write_tensors, Batch, Model, Routing, TensorRef, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+};
 
 use crate::ckpt_io;
 
@@ -62,7 +63,31 @@ fn routing_tensors(routing: &Routing, tokens: usize, top_k: usize, out: &mut Nam
     }
 }
 
+/// Refuses an output path that is part of a checkpoint (a file of a directory holding
+/// `model.safetensors`) or a directory.
+fn check_output(out: &Path) -> Result<()> {
+    if out.is_dir() {
+        bail!("--out `{}` is a directory; give a file name", out.display());
+    }
+    let dir = match out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let is_part = out.file_name().is_some_and(|name| {
+        [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE].iter().any(|part| name == *part)
+    });
+    if is_part && ckpt_io::exists(&dir.join(MODEL_FILE))? {
+        bail!(
+            "--out `{}` would overwrite a file of the checkpoint in `{}`; choose another file",
+            out.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: ForwardArgs) -> Result<()> {
+    check_output(&args.out)?;
     let (dir, ckpt) = ckpt_io::read_model(&args.checkpoint)?;
     let model =
         Model::from_checkpoint(&ckpt).with_context(|| format!("checkpoint `{}`", dir.display()))?;
@@ -108,8 +133,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let refs: Vec<TensorRef<'_>> =
         named.iter().map(|(name, shape, data)| TensorRef { name, shape, data }).collect();
     let bytes = write_tensors(&refs, &BTreeMap::new())?;
-    fs::write(&args.out, bytes)
-        .with_context(|| format!("cannot write `{}`", args.out.display()))?;
-    eprintln!("wrote {} tensors to {}", named.len(), args.out.display());
+    ckpt_io::write_atomic(&args.out, &bytes)?;
+    errln!("wrote {} tensors to {}", named.len(), args.out.display());
     Ok(())
 }

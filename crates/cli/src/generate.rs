@@ -63,7 +63,8 @@ pub fn stream(
     for &byte in &context {
         logits = decoder.push(u32::from(byte)).context("decoding the prompt")?;
     }
-    let mut generated = Vec::with_capacity(max_new);
+    // Grown as bytes come: --max-new may be far more than memory holds (the output streams).
+    let mut generated = Vec::with_capacity(max_new.min(1 << 16));
     for i in 0..max_new {
         let next = sample_token(&logits, temperature, top_k, &mut rng);
         let byte = u8::try_from(next).context("the model predicted a token outside 0..=255")?;

@@ -147,9 +147,9 @@ fn run_in_pool(args: InspectArgs) -> Result<()> {
     }
     if args.json {
         let line = json_report(&model, &stats)?;
-        println!("{}", serde_json::to_string(&line).context("inspect result")?);
+        outln!("{}", serde_json::to_string(&line).context("inspect result")?);
     } else {
-        print!("{}", report(&config, &stats, &dir, &source)?);
+        out!("{}", report(&config, &stats, &dir, &source)?);
     }
     if let Some(svg_dir) = &args.svg {
         write_svgs(svg_dir, &config, &stats, &run_dir_of(&args.checkpoint, &dir))?;
@@ -299,12 +299,9 @@ fn report(config: &Config, stats: &RoutingStats, dir: &Path, source: &str) -> Re
 fn write_svgs(dir: &Path, config: &Config, stats: &RoutingStats, run_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the SVG directory `{}`", dir.display()))?;
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))
-    };
+    let write = |name: &str, text: String| ckpt_io::write_atomic(&dir.join(name), text.as_bytes());
     let metrics_path = run_dir.join(METRICS_FILE);
-    if metrics_path.is_file() {
+    if ckpt_io::exists(&metrics_path)? {
         let rows = read_metrics(&metrics_path)?;
         let series = Series {
             label: run_dir.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned()),
@@ -316,7 +313,7 @@ fn write_svgs(dir: &Path, config: &Config, stats: &RoutingStats, run_dir: &Path)
         };
         write("loss-curves.svg", loss_curves_svg(&[series]))?;
     } else {
-        eprintln!("no {} next to the checkpoint: loss curves skipped", METRICS_FILE);
+        errln!("no {} next to the checkpoint: loss curves skipped", METRICS_FILE);
     }
     let depth_panels: Vec<(String, Vec<(String, f64)>)> = (0..config.n_layers)
         .filter(|&layer| !stats.depth_counts[layer].is_empty())

@@ -5,6 +5,9 @@
 
 use clap::{Parser, Subcommand};
 
+#[macro_use]
+mod out;
+
 mod bench;
 mod ckpt_io;
 mod common;
@@ -12,7 +15,9 @@ mod eval;
 mod forward;
 mod generate;
 mod inspect;
+mod lock;
 mod metrics;
+mod signals;
 mod svg;
 mod train;
 
@@ -42,12 +47,11 @@ enum Command {
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // Help and version go to stdout as usual; a usage error is its first line only.
-        Err(err) if !err.use_stderr() => err.exit(),
+        // Clap's own messages (usage errors, help, version) are printed whole: they name the
+        // missing argument or list the possible values. Printing them never panics.
         Err(err) => {
-            let text = err.to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
-            std::process::exit(2);
+            let _ = err.print();
+            std::process::exit(err.exit_code());
         }
     };
     let result = match cli.command {
@@ -58,11 +62,32 @@ fn main() {
         Command::Forward(args) => forward::run(args),
         Command::Bench(args) => bench::run(args),
     };
-    if let Err(err) = result {
-        // One line: the error and its causes, joined; multi-line messages folded.
-        let text = format!("{err:#}");
-        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-        eprintln!("error: {}", lines.join(" "));
-        std::process::exit(1);
+    let code = match result {
+        Ok(()) if out::stdout_failed() => {
+            errln!("error: cannot write to stdout");
+            1
+        }
+        Ok(()) => 0,
+        Err(err) => {
+            errln!("error: {}", one_line(&err));
+            1
+        }
+    };
+    // A run stopped by SIGTERM saved its checkpoint and ends with 143 (128 + 15), as shells do.
+    std::process::exit(if code == 0 { signals::exit_code() } else { code });
+}
+
+/// The error and its causes on one line, each said once: a cause whose text its parent message
+/// already contains (a library error that prints its source) is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let text = text.join(" ");
+        if !text.is_empty() && !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
     }
+    parts.join(": ")
 }

@@ -4,8 +4,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::ckpt_io::write_atomic;
 
 /// The metrics file name inside a run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -39,33 +41,42 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    /// A fresh log (an existing file is replaced).
+    /// A fresh log (an existing file is replaced, atomically).
     pub fn create(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(METRICS_FILE);
-        let file =
-            File::create(&path).with_context(|| format!("cannot create `{}`", path.display()))?;
-        Ok(MetricsLog { path, out: BufWriter::new(file) })
+        write_atomic(&path, b"")?;
+        Self::append_to(path)
     }
 
     /// Continues a log at checkpoint step `step`: rows logged after it (by a run that went on
-    /// past its last checkpoint) are dropped, so the file reads as one uninterrupted run.
+    /// past its last checkpoint) are dropped, so the file reads as one uninterrupted run. The
+    /// kept rows are written to a new file that replaces the old one atomically; a row that
+    /// does not parse is an error naming its line (the file is left as it was), except a last
+    /// line cut short by a crash (no final newline), which is dropped with a note. A missing
+    /// file starts empty; an unreadable one is an error.
     pub fn resume(run_dir: &Path, step: u64) -> Result<Self> {
         let path = run_dir.join(METRICS_FILE);
-        let kept: Vec<String> = match fs::read_to_string(&path) {
-            Ok(text) => text
-                .lines()
-                .filter(|line| {
-                    serde_json::from_str::<MetricsRow>(line).is_ok_and(|row| row.step <= step)
-                })
-                .map(str::to_string)
-                .collect(),
-            Err(_) => Vec::new(),
+        let text = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot read `{}`", path.display()))
+            }
         };
-        let mut text = kept.join("\n");
-        if !text.is_empty() {
-            text.push('\n');
+        let kept = rows_up_to(&text, step).with_context(|| {
+            format!("`{}` (fix or remove the line to resume; it was not changed)", path.display())
+        })?;
+        if kept.torn_tail {
+            errln!(
+                "note: dropped an incomplete last line of {} (cut short by a crash)",
+                path.display()
+            );
         }
-        fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))?;
+        write_atomic(&path, &kept.text)?;
+        Self::append_to(path)
+    }
+
+    fn append_to(path: PathBuf) -> Result<Self> {
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -82,11 +93,49 @@ impl MetricsLog {
     }
 }
 
-/// Reads a metrics file (rows that do not parse are skipped).
+/// What [`MetricsLog::resume`] keeps of a metrics file.
+#[derive(Debug, PartialEq)]
+struct Kept {
+    /// The lines to keep (each ending in a newline): the rows of steps ≤ the checkpoint's.
+    text: Vec<u8>,
+    /// Whether an unterminated, unparseable last line was dropped.
+    torn_tail: bool,
+}
+
+/// The rows of steps ≤ `step` of a metrics file, in order. Rows are written in increasing
+/// step order, so everything from the first later row on is dropped.
+fn rows_up_to(text: &[u8], step: u64) -> Result<Kept> {
+    let mut kept = Vec::with_capacity(text.len());
+    for (index, line) in text.split_inclusive(|&b| b == b'\n').enumerate() {
+        let terminated = line.ends_with(b"\n");
+        let row = std::str::from_utf8(line)
+            .map_err(anyhow::Error::from)
+            .and_then(|l| serde_json::from_str::<MetricsRow>(l.trim_end()).map_err(Into::into));
+        match row {
+            Ok(row) if row.step <= step => {
+                kept.extend_from_slice(line);
+                if !terminated {
+                    kept.push(b'\n');
+                }
+            }
+            Ok(_) => break,
+            Err(_) if !terminated => return Ok(Kept { text: kept, torn_tail: true }),
+            Err(err) => bail!("line {} is not a metrics row: {err}", index + 1),
+        }
+    }
+    Ok(Kept { text: kept, torn_tail: false })
+}
+
+/// Reads a metrics file: a row that does not parse is an error naming its line (a last line
+/// cut short by a crash is left out).
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    Ok(text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect())
+    let bytes = fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let kept = rows_up_to(&bytes, u64::MAX).with_context(|| format!("`{}`", path.display()))?;
+    kept.text
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).context("metrics row"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -105,6 +154,22 @@ mod tests {
             tokens_per_s: 1000.0,
             grad_norm: 0.3,
         }
+    }
+
+    #[test]
+    fn a_bad_row_is_an_error_a_torn_last_line_is_dropped_and_lines_stay_whole() {
+        let line = |step| format!("{}\n", serde_json::to_string(&row(step, 1.5)).unwrap());
+        let (one, two, three) = (line(1), line(2), line(3));
+        let text = format!("{one}{two}{three}");
+        let kept = rows_up_to(text.as_bytes(), 2).unwrap();
+        assert_eq!(kept, Kept { text: format!("{one}{two}").into_bytes(), torn_tail: false });
+        let err = rows_up_to(format!("{one}not json\n{two}").as_bytes(), 9).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let torn = rows_up_to(format!("{one}{{\"step\":2,\"lo").as_bytes(), 9).unwrap();
+        assert_eq!(torn, Kept { text: one.clone().into_bytes(), torn_tail: true });
+        // A whole row whose newline was lost gets it back, so the next append starts a line.
+        let unterminated = rows_up_to(one.trim_end().as_bytes(), 9).unwrap();
+        assert_eq!(unterminated.text, one.into_bytes());
     }
 
     #[test]

@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -12,16 +10,18 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vffn_autograd::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, Rng};
 use vffn_model::{
-    save_model, save_optimizer, AdamMomentsRef, Batcher, Config, ConfigError, Model, RunConfig,
-    Split, TrainConfig, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_GROUPS,
-    TRAIN_STATE_FORMAT,
+    save_model, save_optimizer, validation_batches, AdamMomentsRef, Batcher, Config, ConfigError,
+    Model, RunConfig, Split, TrainConfig, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+    TRAIN_GROUPS, TRAIN_STATE_FORMAT,
 };
 
 use crate::ckpt_io;
 use crate::common::{check_memory, in_pool, load_dataset, read_input_file, BUILTIN_SOURCE};
-use crate::eval::evaluate;
+use crate::eval::evaluate_until;
 use crate::generate;
+use crate::lock::lock_run_dir;
 use crate::metrics::{MetricsLog, MetricsRow};
+use crate::signals::{self, Signals, Stop};
 
 /// Steps of the default run (`vffn train` with no flags: tiny preset, built-in corpus), chosen
 /// so that it finishes in about five minutes on 2 cores.
@@ -183,32 +183,84 @@ fn config_difference(a: &Config, b: &Config) -> String {
     "the configs differ".to_string()
 }
 
+/// The explicit `[train]` entries of a config file, as `train.<key>` and TOML value text.
+fn config_file_train_entries(path: &Path) -> Result<Vec<(String, String)>> {
+    let bytes = read_input_file(path, "config file")?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("config file `{}` is not UTF-8", path.display()))?;
+    let table: toml::Table =
+        text.parse().with_context(|| format!("config file `{}`", path.display()))?;
+    Ok(match table.get("train") {
+        Some(toml::Value::Table(train)) => {
+            train.iter().map(|(key, value)| (format!("train.{key}"), value.to_string())).collect()
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// The configuration of a resumed run: the checkpoint's, with the `[train]` values the flags
+/// and the config file give (each change printed as a note). An architecture that differs
+/// from the checkpoint's, or another seed, is refused naming the key.
+fn resume_config(args: &TrainArgs, model: &Config, train: &TrainConfig) -> Result<RunConfig> {
+    let checkpoint = RunConfig { model: model.clone(), train: train.clone() };
+    // The architecture asked: the file's or the preset's (with --block laid over it), or the
+    // checkpoint's own with --block laid over it.
+    let mut asked = match (&args.config, &args.preset) {
+        (Some(_), _) | (_, Some(_)) => requested_config(args)?,
+        (None, None) => checkpoint.clone(),
+    };
+    if let Some(block) = &args.block {
+        asked.set("model.block", block)?;
+    }
+    if asked.model != *model {
+        bail!(
+            "another architecture is asked ({}); drop --config/--preset/--block or change them \
+             to match",
+            config_difference(&asked.model, model)
+        );
+    }
+    let mut run = checkpoint;
+    if let Some(path) = &args.config {
+        for (key, value) in config_file_train_entries(path)? {
+            run.set(&key, &value).with_context(|| format!("config file `{}`", path.display()))?;
+        }
+    }
+    if let Some(steps) = args.steps {
+        run.set("train.steps", &steps.to_string())?;
+    }
+    if let Some(seed) = args.seed {
+        run.train.seed = seed;
+    }
+    if run.train.seed != train.seed {
+        bail!(
+            "`train.seed` = {} asked but the checkpoint's seed is {} (a resumed run keeps its \
+             seed)",
+            run.train.seed,
+            train.seed
+        );
+    }
+    run.validate()?;
+    let (old, new) = (
+        serde_json::to_value(train).unwrap_or_default(),
+        serde_json::to_value(&run.train).unwrap_or_default(),
+    );
+    if let (Some(old), Some(new)) = (old.as_object(), new.as_object()) {
+        for (key, value) in new {
+            if old.get(key) != Some(value) {
+                let before = old.get(key).map(ToString::to_string).unwrap_or_default();
+                errln!("note: train.{key} = {value} (the checkpoint had {before})");
+            }
+        }
+    }
+    Ok(run)
+}
+
 fn resume_trainer(args: &TrainArgs) -> Result<Trainer> {
     let ckpt = ckpt_io::read_training(&args.out).with_context(|| {
         format!("cannot resume from `{}` (train without --resume to start)", args.out.display())
     })?;
-    let config = ckpt.model.config.clone();
-    // Flags that choose an architecture must agree with the checkpoint's.
-    if args.config.is_some() || args.preset.is_some() || args.block.is_some() {
-        let asked = requested_config(args)?.model;
-        if asked != config {
-            bail!(
-                "checkpoint `{}` is of another architecture ({}); drop --config/--preset/--block \
-                 to resume it",
-                ckpt.dir.display(),
-                config_difference(&asked, &config)
-            );
-        }
-    }
-    let mut train = ckpt.state.train.clone();
-    if let Some(steps) = args.steps {
-        train.steps = steps;
-    }
-    if args.seed.is_some_and(|seed| seed != train.seed) {
-        bail!("--seed differs from the seed {} of the checkpoint being resumed", train.seed);
-    }
-    let run = RunConfig { model: config, train };
-    run.validate()?;
+    let run = resume_config(args, &ckpt.model.config, &ckpt.state.train)
+        .with_context(|| format!("cannot resume `{}`", ckpt.dir.display()))?;
     let source = match &args.data {
         None => BUILTIN_SOURCE.to_string(),
         Some(path) => {
@@ -229,6 +281,7 @@ fn resume_trainer(args: &TrainArgs) -> Result<Trainer> {
     let specs = run.model.param_specs();
     ckpt.optimizer.check(&specs).with_context(|| format!("checkpoint `{}`", ckpt.dir.display()))?;
     let mut moments = ckpt.optimizer.moments;
+    // (Finite values and second moments ≥ 0 were checked when the file was read.)
     let mut state = AdamWState { step: ckpt.optimizer.step, names: vec![], m: vec![], v: vec![] };
     for (_, param) in model.params.iter() {
         let found = moments.remove(param.name()).with_context(|| {
@@ -264,7 +317,7 @@ fn resume_trainer(args: &TrainArgs) -> Result<Trainer> {
 }
 
 fn fresh_trainer(args: &TrainArgs) -> Result<Trainer> {
-    if ckpt_io::has_checkpoint(&args.out) && !args.overwrite {
+    if ckpt_io::has_checkpoint(&args.out)? && !args.overwrite {
         bail!(
             "`{}` already holds a checkpoint: pass --resume to continue it, --overwrite to start \
              over, or another --out",
@@ -281,7 +334,7 @@ fn fresh_trainer(args: &TrainArgs) -> Result<Trainer> {
             let (dir, ckpt) = ckpt_io::read_model(path)?;
             let (model, plan) = Model::init_from(run.model.clone(), seed, &ckpt)
                 .with_context(|| format!("cannot initialize from `{}`", dir.display()))?;
-            eprintln!(
+            errln!(
                 "initialized from {}: {} tensors copied, {} freshly initialized, {} ignored",
                 dir.display(),
                 plan.copied.len(),
@@ -351,6 +404,46 @@ impl Trainer {
         )
     }
 
+    /// Every parameter and optimizer moment finite, second moments ≥ 0: checked after each
+    /// update, so a bad update stops the run before anything of it is saved.
+    fn check_weights(&self) -> Result<()> {
+        for tensor in self.model.tensor_refs() {
+            if let Some(i) = tensor.data.iter().position(|x| !x.is_finite()) {
+                bail!(
+                    "parameter `{}` is {} at index {i}: training stopped",
+                    tensor.name,
+                    tensor.data[i]
+                );
+            }
+        }
+        let adam = self.optimizer.state();
+        for (i, name) in adam.names.iter().enumerate() {
+            let bad_m = adam.m[i].iter().any(|x| !x.is_finite());
+            let bad_v = adam.v[i].iter().any(|x| !x.is_finite() || *x < 0.0);
+            if bad_m || bad_v {
+                bail!("the optimizer state of `{name}` is not finite: training stopped");
+            }
+        }
+        Ok(())
+    }
+
+    /// The loss of the current weights on the first validation batch, which must be finite
+    /// before they are saved: finite weights can still be too large to compute with.
+    fn check_loss(&self) -> Result<()> {
+        let (seq_len, batch_size) = (self.run.model.seq_len, self.run.model.batch_size);
+        let mut batches = validation_batches(&self.valid, seq_len, batch_size)?;
+        if let Some(batch) = batches.next() {
+            let loss = self.model.eval_loss(&batch).context("validation forward")?;
+            if !loss.is_finite() {
+                bail!(
+                    "the validation loss of the weights after step {} is {loss}: training stopped",
+                    self.step
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// One optimizer step; returns the metrics row (without val_loss / tokens_per_s).
     fn step_once(&mut self) -> Result<MetricsRow> {
         let step = self.step;
@@ -384,7 +477,9 @@ impl Trainer {
         self.optimizer.step(&mut self.model.params, lr).context("optimizer step")?;
         self.model.params.zero_grad();
         self.step += 1;
-        self.tokens_seen += (batch.batch_size * batch.seq_len) as u64;
+        self.tokens_seen =
+            self.tokens_seen.saturating_add((batch.batch_size * batch.seq_len) as u64);
+        self.check_weights().with_context(|| format!("after step {}", self.step))?;
         Ok(MetricsRow {
             step: self.step,
             loss,
@@ -409,30 +504,46 @@ fn progress_bar(total: u64, position: u64) -> ProgressBar {
     bar
 }
 
-fn run_in_pool(args: TrainArgs) -> Result<()> {
-    let mut trainer = if args.resume { resume_trainer(&args)? } else { fresh_trainer(&args)? };
-    let run_dir = args.out.clone();
-    std::fs::create_dir_all(&run_dir)
+/// Creates (if needed) and locks the run directory, then builds the trainer; a directory this
+/// call created is removed again if that fails.
+fn open_run(args: &TrainArgs) -> Result<(crate::lock::RunLock, Trainer)> {
+    let run_dir = &args.out;
+    ckpt_io::check_run_dir(run_dir)?;
+    let created = !ckpt_io::exists(run_dir)?;
+    std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create the run directory `{}`", run_dir.display()))?;
+    let lock = lock_run_dir(run_dir)?;
+    let trainer = if args.resume { resume_trainer(args) } else { fresh_trainer(args) };
+    match trainer {
+        Ok(trainer) => Ok((lock, trainer)),
+        Err(err) => {
+            if created {
+                drop(lock);
+                let _ = std::fs::remove_file(run_dir.join(crate::lock::LOCK_FILE));
+                let _ = std::fs::remove_dir(run_dir);
+            }
+            Err(err)
+        }
+    }
+}
+
+fn run_in_pool(args: TrainArgs) -> Result<()> {
+    let (_lock, mut trainer) = open_run(&args)?;
+    let run_dir = args.out.clone();
     let mut metrics = if args.resume {
         MetricsLog::resume(&run_dir, trainer.step)?
     } else {
         MetricsLog::create(&run_dir)?
     };
-    let config_path = run_dir.join("config.toml");
-    std::fs::write(&config_path, trainer.run.to_toml())
-        .with_context(|| format!("cannot write `{}`", config_path.display()))?;
-
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&interrupted);
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("cannot install the Ctrl-C handler")?;
+    ckpt_io::write_atomic(&run_dir.join("config.toml"), trainer.run.to_toml().as_bytes())?;
+    let signals = Signals::install()?;
+    let stop_requested = || signals.received().is_some();
 
     let total = trainer.run.train.steps;
     let train = trainer.run.train.clone();
     let valid = trainer.valid.clone();
     let eval_batches = (train.eval_batches > 0).then_some(train.eval_batches as usize);
-    eprintln!(
+    errln!(
         "training {:?} model ({} parameters) on {} for {} steps (from step {}), batch {}×{}, \
          into {}",
         trainer.run.model.block,
@@ -451,33 +562,59 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
     let start_step = trainer.step;
     let mut last_saved = args.resume.then_some(start_step);
+    let stopped = |err: anyhow::Error, last_saved: Option<u64>| {
+        bar.abandon();
+        let kept = match last_saved {
+            Some(step) => format!(
+                "; the last good checkpoint (step {step}) stays in {}",
+                run_dir.join(ckpt_io::CKPT_DIR).display()
+            ),
+            None => "; no checkpoint was written yet".to_string(),
+        };
+        anyhow::anyhow!("{err:#}{kept}")
+    };
+    if let Some(limit) = args.stop_after.filter(|&limit| trainer.step >= limit) {
+        // Nothing to run: a fresh run still leaves its step-0 checkpoint to resume.
+        if last_saved.is_none() {
+            trainer.save(&run_dir)?;
+        }
+        bar.abandon();
+        errln!(
+            "stopped (--stop-after {limit}) at step {}/{total} before any step; checkpoint in {}",
+            trainer.step,
+            run_dir.join(ckpt_io::CKPT_DIR).display()
+        );
+        return Ok(());
+    }
     while trainer.step < total {
         let step_started = Instant::now();
         let mut row = match trainer.step_once() {
             Ok(row) => row,
-            Err(err) => {
-                bar.abandon();
-                let kept = match last_saved {
-                    Some(step) => format!(
-                        "; the last good checkpoint (step {step}) stays in {}",
-                        run_dir.join(ckpt_io::CKPT_DIR).display()
-                    ),
-                    None => "; no checkpoint was written yet".to_string(),
-                };
-                return Err(anyhow::anyhow!("{err:#}{kept}"));
-            }
+            Err(err) => return Err(stopped(err, last_saved)),
         };
         window_tokens += tokens_per_step;
         window_time += step_started.elapsed();
         let done = trainer.step;
         let last = done == total;
         let evaluate_now = done.is_multiple_of(train.eval_every) || last;
-        if evaluate_now {
-            let result = evaluate(&trainer.model, &valid, eval_batches)?;
+        // An evaluation stops early on a signal (the step is then saved without it).
+        let evaluated = if evaluate_now {
+            evaluate_until(&trainer.model, &valid, eval_batches, &stop_requested)?
+        } else {
+            None
+        };
+        if let Some(result) = evaluated {
+            if !result.loss.is_finite() {
+                let err = anyhow::anyhow!(
+                    "the validation loss after step {done} is {}: training stopped",
+                    result.loss
+                );
+                return Err(stopped(err, last_saved));
+            }
             last_val = Some(result.loss as f32);
             row.val_loss = last_val;
             bar.suspend(|| {
-                eprintln!("step {done}: train loss {:.4}, val loss {:.4}", row.loss, result.loss)
+                errln!("step {done}: train loss {:.4}, val loss {:.4}", row.loss, result.loss)
             });
         }
         let tokens_per_s =
@@ -498,22 +635,33 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
             window_time = Duration::ZERO;
         }
         let stop_now = args.stop_after.is_some_and(|s| done >= s);
-        let stop_signal = interrupted.load(Ordering::SeqCst);
+        let stop_signal = signals.received();
         let save_now = last
             || evaluate_now
             || stop_now
-            || stop_signal
+            || stop_signal.is_some()
             || args.save_every.is_some_and(|every| every > 0 && done.is_multiple_of(every));
         if save_now {
+            // An evaluation just proved the weights compute a finite loss; otherwise check.
+            if evaluated.is_none() {
+                trainer.check_loss().map_err(|err| stopped(err, last_saved))?;
+            }
             let dir = trainer.save(&run_dir)?;
             last_saved = Some(done);
-            if stop_now || stop_signal {
+            if stop_now || stop_signal.is_some() {
                 bar.abandon();
-                let why = if stop_signal { "interrupted" } else { "stopped (--stop-after)" };
-                eprintln!(
+                let why = match stop_signal {
+                    Some(Stop::Interrupt) => "interrupted",
+                    Some(Stop::Terminate) => "terminated (SIGTERM)",
+                    None => "stopped (--stop-after)",
+                };
+                errln!(
                     "{why} at step {done}/{total}; checkpoint saved to {}; continue with --resume",
                     dir.display()
                 );
+                if let Some(stop) = stop_signal {
+                    signals::finish_after(stop);
+                }
                 return Ok(());
             }
         }
@@ -521,7 +669,7 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let steps_run = trainer.step - start_step;
-    eprintln!(
+    errln!(
         "done: {steps_run} steps in {seconds:.1} s ({:.2} steps/s); final val loss {}; \
          checkpoint in {}",
         steps_run as f64 / seconds.max(1e-9),
@@ -529,16 +677,47 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
         run_dir.join(ckpt_io::CKPT_DIR).display()
     );
     if args.sample_bytes > 0 {
-        print_sample(&trainer.model, &valid.bytes, args.sample_bytes, trainer.run.train.seed)?;
+        let seed = trainer.run.train.seed;
+        let sampled = print_sample(&trainer.model, &valid.bytes, args.sample_bytes, seed, &signals);
+        if let Some(stop) = signals.received() {
+            errln!("\nsample interrupted; the checkpoint was saved before it");
+            signals::finish_after(stop);
+            return Ok(());
+        }
+        sampled?;
     }
     Ok(())
 }
 
+/// Stdout for the sample: a write fails once a signal came, which ends the sampling.
+struct StopOnSignal<'a, W> {
+    out: W,
+    signals: &'a Signals,
+}
+
+impl<W: std::io::Write> std::io::Write for StopOnSignal<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.signals.received().is_some() {
+            return Err(std::io::Error::other("stopped by a signal"));
+        }
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// Prints a sample continuation of the start of the validation split.
-fn print_sample(model: &Model, val: &[u8], max_new: usize, seed: u64) -> Result<()> {
+fn print_sample(
+    model: &Model,
+    val: &[u8],
+    max_new: usize,
+    seed: u64,
+    signals: &Signals,
+) -> Result<()> {
     use std::io::Write;
     let prompt = &val[..val.len().min(SAMPLE_PROMPT_BYTES)];
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = StopOnSignal { out: std::io::stdout().lock(), signals };
     writeln!(stdout, "--- sample (prompt: first {} validation bytes) ---", prompt.len())?;
     stdout.write_all(prompt)?;
     generate::stream(model, prompt, max_new, 0.8, 0, seed, &mut stdout)?;

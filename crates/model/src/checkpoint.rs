@@ -10,6 +10,11 @@
 //!
 //! Parsing never panics on bad input: truncated or corrupted files, wrong dtypes, missing
 //! tensors and wrong shapes are [`CheckpointError`]s that name the tensor or key.
+//!
+//! Every file [`write_tensors`] writes carries a content checksum of each tensor (and one of
+//! the other metadata) in the metadata key [`CHECKSUMS_KEY`]; model and optimizer files must
+//! have it and are verified on load, so one flipped bit anywhere is an error naming the tensor.
+//! Loaded values are validated too: weights and moments finite, second moments ≥ 0.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -30,6 +35,11 @@ pub const CONFIG_KEY: &str = "config";
 pub const TEMPERATURE_KEY: &str = "temperature";
 /// Metadata key holding the optimizer step as a decimal string.
 pub const STEP_KEY: &str = "step";
+/// Metadata key holding the content checksums: a JSON object from tensor name (and
+/// [`METADATA_CHECKSUM`] for the other metadata) to 16 hex digits.
+pub const CHECKSUMS_KEY: &str = "checksums";
+/// The entry of [`CHECKSUMS_KEY`] covering the metadata other than the checksums themselves.
+const METADATA_CHECKSUM: &str = "__metadata__";
 const ADAM_M_SUFFIX: &str = ".adam_m";
 const ADAM_V_SUFFIX: &str = ".adam_v";
 
@@ -37,8 +47,10 @@ const ADAM_V_SUFFIX: &str = ".adam_v";
 #[derive(Debug, Error)]
 pub enum CheckpointError {
     /// The safetensors container itself is unreadable (truncated, corrupted header, ...).
+    // Not `#[from]`: that would make the inner error a `source` too, and an error chain
+    // printed whole would say it twice.
     #[error("not a valid safetensors file (truncated or corrupted?): {0}")]
-    Format(#[from] safetensors::SafeTensorError),
+    Format(safetensors::SafeTensorError),
     #[error("tensor `{name}`: dtype {found}, expected F32")]
     WrongDtype { name: String, found: String },
     #[error("tensor `{name}`: missing from the checkpoint")]
@@ -56,9 +68,29 @@ pub enum CheckpointError {
     #[error("metadata `{key}`: {message}")]
     InvalidMetadata { key: String, message: String },
     #[error("metadata `config`: {0}")]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
+    #[error("tensor `{name}`: content does not match its checksum (the file is corrupted)")]
+    Checksum { name: String },
+    #[error("tensor `{name}`: value {value} at index {index} is not finite")]
+    NonFinite { name: String, index: usize, value: f32 },
+    #[error("tensor `{name}`: value {value} at index {index} is negative (must be at least 0)")]
+    Negative { name: String, index: usize, value: f32 },
+    #[error("header: {0} (the file is corrupted)")]
+    Header(String),
     #[error("{STATE_FILE}: {0}")]
     State(String),
+}
+
+impl From<safetensors::SafeTensorError> for CheckpointError {
+    fn from(err: safetensors::SafeTensorError) -> Self {
+        CheckpointError::Format(err)
+    }
+}
+
+impl From<ConfigError> for CheckpointError {
+    fn from(err: ConfigError) -> Self {
+        CheckpointError::Config(err)
+    }
 }
 
 /// A borrowed tensor to write: name, row-major shape and values.
@@ -125,10 +157,105 @@ pub fn write_tensors(
         }
         views.push((tensor.name, F32View { shape: tensor.shape, data: tensor.data }));
     }
-    let info = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if metadata.contains_key(CHECKSUMS_KEY) {
+        return Err(CheckpointError::InvalidMetadata {
+            key: CHECKSUMS_KEY.into(),
+            message: "reserved key given as metadata".into(),
+        });
+    }
+    let mut checksums =
+        BTreeMap::from([(METADATA_CHECKSUM.to_string(), metadata_checksum(metadata))]);
+    for tensor in tensors {
+        let bytes: Cow<'_, [u8]> = if cfg!(target_endian = "little") {
+            Cow::Borrowed(bytemuck::cast_slice(tensor.data))
+        } else {
+            Cow::Owned(tensor.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        };
+        checksums
+            .insert(tensor.name.to_string(), tensor_checksum(Dtype::F32, tensor.shape, &bytes));
+    }
+    let mut info: std::collections::HashMap<String, String> =
+        metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    info.insert(CHECKSUMS_KEY.into(), serde_json::to_string(&checksums).expect("map of strings"));
     let mut bytes = safetensors::serialize(views, Some(info))?;
     canonicalize_header(&mut bytes);
     Ok(bytes)
+}
+
+/// A 64-bit content hash. Each 8-byte word goes through a step that is a bijection of the state
+/// for a fixed word and injective in the word for a fixed state, so a change confined to one
+/// word (any single flipped bit) always changes the result; the length is mixed in last.
+fn hash_bytes(state: u64, bytes: &[u8]) -> u64 {
+    const ODD: u64 = 0x9E37_79B9_7F4A_7C15;
+    let step = |state: u64, word: u64| (state ^ word).wrapping_mul(ODD).rotate_left(29);
+    let mut words = bytes.chunks_exact(8);
+    let mut state = (&mut words)
+        .fold(state, |s, w| step(s, u64::from_le_bytes(w.try_into().expect("chunks of 8"))));
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    state = step(state, u64::from_le_bytes(tail));
+    step(state, bytes.len() as u64)
+}
+
+/// Checksum of one tensor: dtype, shape and raw bytes, as 16 hex digits.
+fn tensor_checksum(dtype: Dtype, shape: &[usize], bytes: &[u8]) -> String {
+    let mut state = hash_bytes(0x7666_666E, format!("{dtype:?}").as_bytes());
+    for &dim in shape {
+        state = hash_bytes(state, &(dim as u64).to_le_bytes());
+    }
+    format!("{:016x}", hash_bytes(state, bytes))
+}
+
+/// Checksum of the metadata (keys and values in key order), as 16 hex digits.
+fn metadata_checksum(metadata: &BTreeMap<String, String>) -> String {
+    let state = metadata.iter().fold(0x6D65_7461, |state, (key, value)| {
+        hash_bytes(hash_bytes(state, key.as_bytes()), value.as_bytes())
+    });
+    format!("{state:016x}")
+}
+
+/// Checks a file's header is exactly as [`write_tensors`] wrote it (canonical JSON padded with
+/// spaces) and every tensor and the other `metadata` match their entry in `checksums_json`.
+fn verify_checksums(
+    bytes: &[u8],
+    file: &SafeTensors<'_>,
+    metadata: &BTreeMap<String, String>,
+    checksums_json: &str,
+) -> Result<(), CheckpointError> {
+    let header_error = |what: &str| CheckpointError::Header(what.to_string());
+    let checksums: BTreeMap<String, String> = serde_json::from_str(checksums_json)
+        .map_err(|_| header_error("metadata `checksums` is not a JSON object of strings"))?;
+    let region = bytes
+        .get(..8)
+        .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok())
+        .and_then(|len| bytes.get(8..8usize.checked_add(len)?))
+        .ok_or_else(|| header_error("unreadable length"))?;
+    let written = &region[..region.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1)];
+    if canonical_header(region).as_deref().map(str::as_bytes) != Some(written) {
+        return Err(header_error("not in the form vffn writes"));
+    }
+    if checksums.get(METADATA_CHECKSUM) != Some(&metadata_checksum(metadata)) {
+        return Err(header_error("metadata does not match its checksum"));
+    }
+    if checksums.len() != file.len() + 1 {
+        return Err(header_error("the checksums list other tensors than the file holds"));
+    }
+    for (name, view) in file.iter() {
+        if checksums.get(name) != Some(&tensor_checksum(view.dtype(), view.shape(), view.data())) {
+            return Err(CheckpointError::Checksum { name: name.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// The first non-finite value of a tensor, as an error naming it.
+fn check_finite(name: &str, data: &[f32]) -> Result<(), CheckpointError> {
+    match data.iter().position(|x| !x.is_finite()) {
+        Some(index) => {
+            Err(CheckpointError::NonFinite { name: name.to_string(), index, value: data[index] })
+        }
+        None => Ok(()),
+    }
 }
 
 /// Rewrites the JSON header with its keys sorted: safetensors keeps the metadata in a HashMap,
@@ -136,7 +263,6 @@ pub fn write_tensors(
 /// The sorted header has the same length (same entries, reordered); if it somehow does not
 /// fit, the original (valid, merely unordered) header is kept.
 fn canonicalize_header(bytes: &mut [u8]) {
-    type Header = BTreeMap<String, serde_json::Value>;
     let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     else {
         return;
@@ -144,29 +270,56 @@ fn canonicalize_header(bytes: &mut [u8]) {
     let Some(region) = usize::try_from(len).ok().and_then(|n| bytes.get_mut(8..8 + n)) else {
         return;
     };
-    let Ok(mut header) = serde_json::from_slice::<Header>(region) else { return };
-    let metadata = header
-        .remove("__metadata__")
-        .and_then(|m| serde_json::from_value::<BTreeMap<String, String>>(m).ok());
-    let tensors = serde_json::to_string(&header).expect("map");
-    let tensors = &tensors[1..tensors.len() - 1];
-    let text = match metadata {
-        None => format!("{{{tensors}}}"),
-        Some(metadata) => {
-            let metadata = serde_json::to_string(&metadata).expect("map");
-            let separator = if tensors.is_empty() { "" } else { "," };
-            format!("{{\"__metadata__\":{metadata}{separator}{tensors}}}")
-        }
-    };
+    let Some(text) = canonical_header(region) else { return };
     if text.len() <= region.len() {
         region[..text.len()].copy_from_slice(text.as_bytes());
         region[text.len()..].fill(b' ');
     }
 }
 
-/// Parses safetensors bytes holding f32 tensors only.
+/// The header JSON with its keys sorted and `__metadata__` first, or None if it does not parse.
+fn canonical_header(region: &[u8]) -> Option<String> {
+    type Header = BTreeMap<String, serde_json::Value>;
+    let mut header = serde_json::from_slice::<Header>(region).ok()?;
+    let metadata = header
+        .remove("__metadata__")
+        .and_then(|m| serde_json::from_value::<BTreeMap<String, String>>(m).ok());
+    let tensors = serde_json::to_string(&header).ok()?;
+    let tensors = &tensors[1..tensors.len() - 1];
+    Some(match metadata {
+        None => format!("{{{tensors}}}"),
+        Some(metadata) => {
+            let metadata = serde_json::to_string(&metadata).ok()?;
+            let separator = if tensors.is_empty() { "" } else { "," };
+            format!("{{\"__metadata__\":{metadata}{separator}{tensors}}}")
+        }
+    })
+}
+
+/// Parses safetensors bytes holding f32 tensors only; checksums are verified when present.
 pub fn read_tensors(bytes: &[u8]) -> Result<TensorFile, CheckpointError> {
+    read_tensors_checked(bytes, false)
+}
+
+/// [`read_tensors`], with the checksums required when `require_checksums`.
+fn read_tensors_checked(
+    bytes: &[u8],
+    require_checksums: bool,
+) -> Result<TensorFile, CheckpointError> {
     let file = SafeTensors::deserialize(bytes)?;
+    let (_, header) = SafeTensors::read_metadata(bytes)?;
+    let mut metadata: BTreeMap<String, String> = header
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    match metadata.remove(CHECKSUMS_KEY) {
+        Some(checksums) => verify_checksums(bytes, &file, &metadata, &checksums)?,
+        None if require_checksums => {
+            return Err(CheckpointError::MissingMetadata { key: CHECKSUMS_KEY.into() })
+        }
+        None => {}
+    }
     let mut tensors = BTreeMap::new();
     for (name, view) in file.iter() {
         if view.dtype() != Dtype::F32 {
@@ -182,12 +335,6 @@ pub fn read_tensors(bytes: &[u8]) -> Result<TensorFile, CheckpointError> {
             .collect();
         tensors.insert(name.to_string(), TensorData { shape: view.shape().to_vec(), data });
     }
-    let (_, header) = SafeTensors::read_metadata(bytes)?;
-    let metadata = header
-        .metadata()
-        .as_ref()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
     Ok(TensorFile { tensors, metadata })
 }
 
@@ -236,7 +383,10 @@ pub fn save_model(
 
 /// Parses a model checkpoint: container, dtypes, `config` and `temperature` metadata.
 pub fn load_model(bytes: &[u8]) -> Result<ModelCheckpoint, CheckpointError> {
-    let TensorFile { tensors, mut metadata } = read_tensors(bytes)?;
+    let TensorFile { tensors, mut metadata } = read_tensors_checked(bytes, true)?;
+    for (name, tensor) in &tensors {
+        check_finite(name, &tensor.data)?;
+    }
     let config_json = metadata
         .remove(CONFIG_KEY)
         .ok_or_else(|| CheckpointError::MissingMetadata { key: CONFIG_KEY.into() })?;
@@ -354,7 +504,16 @@ pub fn save_optimizer(
 
 /// Parses an optimizer file; every parameter must have both moments with one shape.
 pub fn load_optimizer(bytes: &[u8]) -> Result<OptimizerState, CheckpointError> {
-    let TensorFile { mut tensors, metadata } = read_tensors(bytes)?;
+    let TensorFile { mut tensors, metadata } = read_tensors_checked(bytes, true)?;
+    for (name, tensor) in &tensors {
+        check_finite(name, &tensor.data)?;
+        if name.ends_with(ADAM_V_SUFFIX) {
+            if let Some(index) = tensor.data.iter().position(|&v| v < 0.0) {
+                let value = tensor.data[index];
+                return Err(CheckpointError::Negative { name: name.clone(), index, value });
+            }
+        }
+    }
     let step_text = metadata
         .get(STEP_KEY)
         .ok_or_else(|| CheckpointError::MissingMetadata { key: STEP_KEY.into() })?;
@@ -463,6 +622,13 @@ impl TrainState {
             )));
         }
         state.train.validate().map_err(|e| CheckpointError::State(e.to_string()))?;
+        for (key, words) in [("model_rng", state.model_rng), ("data_rng", state.data_rng)] {
+            if words == [0; 4] {
+                return Err(CheckpointError::State(format!(
+                    "`{key}` is all zeros, which is not a valid generator state"
+                )));
+            }
+        }
         Ok(state)
     }
 }
@@ -666,6 +832,41 @@ mod tests {
         assert!(matches!(read_tensors(text.as_bytes()), Err(CheckpointError::Format(_))));
     }
 
+    #[test]
+    fn every_flipped_bit_of_a_model_file_is_refused() {
+        let tensors = [
+            TensorRef { name: "a", shape: &[2, 3], data: &[1.0, -2.0, 3.5, 0.0, 1e-3, 7.0] },
+            TensorRef { name: "b", shape: &[1], data: &[0.25] },
+        ];
+        let extra = BTreeMap::from([("step".to_string(), "12".to_string())]);
+        let bytes = save_model(&small_config(BlockKind::Moe), 1.5, &extra, &tensors).unwrap();
+        assert!(load_model(&bytes).is_ok());
+        for at in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut flipped = bytes.clone();
+                flipped[at] ^= 1 << bit;
+                assert!(load_model(&flipped).is_err(), "byte {at} bit {bit} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_values_and_negative_second_moments_are_refused() {
+        let config = small_config(BlockKind::Dense);
+        let nan = [TensorRef { name: "w", shape: &[2], data: &[1.0, f32::NAN] }];
+        let err = load_model(&save_model(&config, 1.0, &BTreeMap::new(), &nan).unwrap());
+        assert!(
+            matches!(&err, Err(CheckpointError::NonFinite { name, index: 1, .. }) if name == "w"),
+            "{err:?}"
+        );
+        let moments = [AdamMomentsRef { name: "w", shape: &[2], m: &[0.0, 0.0], v: &[0.0, -1.0] }];
+        let err = load_optimizer(&save_optimizer(1, &moments).unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::Negative { name, .. } if name == "w.adam_v"),
+            "{err}"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -748,7 +949,9 @@ mod tests {
         let config = small_config(BlockKind::Moe);
         let specs = config.param_specs();
         let m = random_params(&specs, 6);
-        let v = random_params(&specs, 7);
+        // Second moments are never negative.
+        let mut v = random_params(&specs, 7);
+        v.iter_mut().for_each(|(_, _, data)| data.iter_mut().for_each(|x| *x = x.abs()));
         let entries: Vec<AdamMomentsRef<'_>> = m
             .iter()
             .zip(&v)
@@ -818,6 +1021,12 @@ mod tests {
         assert!(matches!(TrainState::from_json(&renamed), Err(CheckpointError::State(_))));
         let bad_word = text.replace("\"18446744073709551615\"", "\"18446744073709551616\"");
         assert!(TrainState::from_json(&bad_word).is_err());
+        let zero_rng = text.replacen(&format!("\"{}\"", state.model_rng[0]), "\"0\"", 1);
+        let zero_rng = state.model_rng[1..]
+            .iter()
+            .fold(zero_rng, |t, w| t.replacen(&format!("\"{w}\""), "\"0\"", 1));
+        let err = TrainState::from_json(&zero_rng).unwrap_err().to_string();
+        assert!(err.contains("model_rng") && err.contains("all zeros"), "{err}");
         let future = text.replace("\"format\": 1", "\"format\": 2");
         assert!(TrainState::from_json(&future).unwrap_err().to_string().contains("format 2"));
     }

@@ -148,7 +148,7 @@ pub fn run(args: AllArgs) -> Result<()> {
         let report: Report = serde_json::from_slice(&bytes).with_context(|| {
             format!("`{}` is not a `vffn bench all --json` document", path.display())
         })?;
-        print!("{}", markdown(&report));
+        out!("{}", markdown(&report));
         return Ok(());
     }
     ensure!(args.budget_ms <= 600_000, "--budget-ms must be at most 600000");
@@ -170,7 +170,7 @@ pub fn run(args: AllArgs) -> Result<()> {
         let mut items = Vec::with_capacity(work.len());
         for (name, w) in &work {
             if progress {
-                eprint!("\r\x1b[K{name} …");
+                err!("\r\x1b[K{name} …");
             }
             let item = match w {
                 Work::Gemm(m, k, n, trans_b) => {
@@ -237,7 +237,7 @@ pub fn run(args: AllArgs) -> Result<()> {
         Ok((items, rayon::current_num_threads()))
     })?;
     if progress {
-        eprint!("\r\x1b[K");
+        err!("\r\x1b[K");
     }
     let machine = machine(threads);
     if let Some(peak) = machine.peak_gflops.filter(|p| *p > 0.0) {
@@ -256,9 +256,9 @@ pub fn run(args: AllArgs) -> Result<()> {
         items,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", text_table(&report));
+        out!("{}", text_table(&report));
     }
     Ok(())
 }

@@ -16,6 +16,8 @@ use vffn_kernels::ffn::{self, naive, DepthSaved, PackedFfn, WidthSaved};
 use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
 use vffn_kernels::rayon;
 
+use crate::common::{check_buffers, checked_size};
+
 #[derive(Args, Debug)]
 pub struct FfnArgs {
     #[arg(long, default_value_t = 2048)]
@@ -79,6 +81,11 @@ pub fn run(args: FfnArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.threads >= 1 && args.samples >= 1, "--threads and --samples must be ≥ 1");
     anyhow::ensure!(t >= 1 && d >= 1 && (1..=e).contains(&k), "bad sizes");
     anyhow::ensure!((1..=255).contains(&depth_max), "--max-depth must be in 1..=255");
+    // Weights (and their packed copies and gradients), the token buffers of every loop, the
+    // hidden activations: checked before any is allocated.
+    let floats =
+        checked_size(&[&[8, h, d], &[10 + 4 * depth_max, t, d], &[4, t, h], &[2, t, k], &[2, e]]);
+    check_buffers("--tokens/--d/--h", floats)?;
     let eps = 1e-6f32;
     let w1 = fill(2 * h * d, 1, 1.0 / (d as f32).sqrt());
     let w2 = fill(d * h, 2, 1.0 / (h as f32).sqrt());
@@ -212,18 +219,19 @@ pub fn run(args: FfnArgs) -> anyhow::Result<()> {
             line.push_str(&format!(",\"{name}\":{v:.3}"));
         }
         line.push('}');
-        println!("{line}");
+        outln!("{line}");
     } else {
-        println!(
+        outln!(
             "ffn T={t} d={d} h={h} E={e} k={k} D={depth_max} threads={} (median ms of {})",
-            args.threads, args.samples
+            args.threads,
+            args.samples
         );
         for (name, v) in ITEMS.iter().zip(&med) {
-            println!("  {name:<14} {v:9.3} ms");
+            outln!("  {name:<14} {v:9.3} ms");
         }
-        println!("  mean_depth     {mean_depth:9.3}");
+        outln!("  mean_depth     {mean_depth:9.3}");
         for (name, v) in ratios {
-            println!("  {name:<30} {v:.3}");
+            outln!("  {name:<30} {v:.3}");
         }
     }
     Ok(())

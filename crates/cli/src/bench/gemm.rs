@@ -13,6 +13,7 @@ use vffn_kernels::rayon;
 use vffn_kernels::selected_kernel;
 
 use super::{sample, Sampling};
+use crate::common::checked_size;
 use vffn_benches::values;
 
 #[derive(Args, Debug)]
@@ -41,6 +42,7 @@ pub fn run(args: GemmArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(args.samples >= 1, "--samples must be at least 1");
     let (m, k, n) = (args.m, args.k, args.n);
+    crate::common::check_buffers("--m/--k/--n", checked_size(&[&[m, k], &[k, n], &[m, n]]))?;
     let a = values(m * k, 1);
     let b = values(k * n, 2);
     let mut c = vec![0.0f32; m * n];
@@ -84,22 +86,22 @@ pub fn run(args: GemmArgs) -> anyhow::Result<()> {
             line.push_str(&format!(",\"peak_fraction\":{f:.3}"));
         }
         line.push('}');
-        println!("{line}");
+        outln!("{line}");
     } else {
         let ta = if args.trans_a { "ᵀ" } else { "" };
         let tb = if args.trans_b { "Wᵀ" } else { "B" };
-        print!(
+        out!(
             "gemm {m}×{k}×{n} (A{ta}·{tb}) threads={} kernel={kernel}: {gflops:.1} GFLOP/s (median of {}, best {best_gflops:.1}, {:.1} µs/call)",
             args.threads,
             args.samples,
             median * 1e6
         );
         if let Some(g) = weight_gbps {
-            print!(", weights {g:.1} GB/s");
+            out!(", weights {g:.1} GB/s");
         }
         match peak {
-            Some(f) => println!(", {:.1} % of the measured FMA peak", 100.0 * f),
-            None => println!(),
+            Some(f) => outln!(", {:.1} % of the measured FMA peak", 100.0 * f),
+            None => outln!(),
         }
     }
     Ok(())

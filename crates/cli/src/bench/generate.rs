@@ -12,7 +12,7 @@ use vffn_autograd::Rng;
 use vffn_model::{causal_mean_context, Model};
 
 use super::{block_name, ModelChoice};
-use crate::common::{in_pool, sample_token};
+use crate::common::{check_buffers, checked_size, in_pool, sample_token};
 
 /// The first token fed to the decoder (a newline byte).
 const START_TOKEN: u32 = b'\n' as u32;
@@ -30,6 +30,16 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
     let config = args.model.run_config()?.model;
     let tokens = args.tokens.unwrap_or(config.seq_len);
     ensure!(tokens >= 1, "--tokens must be at least 1");
+    // The KV cache (keys and values of every layer), and the routing forward over the whole
+    // sequence: activations, attention scores of every head, logits.
+    let (d, h, layers) = (config.d_model, config.hidden, config.n_layers);
+    let floats = checked_size(&[
+        &[2, layers, tokens, d],
+        &[layers, tokens, 8 * d + 6 * h],
+        &[layers, config.n_heads, tokens, tokens],
+        &[2, tokens, config.vocab_size],
+    ]);
+    check_buffers("--tokens", floats)?;
     let seed = args.model.seed;
     let (seconds, sequence, threads) = in_pool(args.model.threads, || {
         let model = Model::new(config.clone(), seed)?;
@@ -67,19 +77,17 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
             "gflops": gflops,
             "peak_fraction": super::peak::fraction_of_peak(gflops, threads),
         });
-        println!("{line}");
+        outln!("{line}");
     } else {
-        println!(
-            "generate {name}/{block}, {threads} threads, {tokens} tokens greedy with KV cache"
-        );
-        println!("  per token   {:10.3} ms", seconds * 1e3 / tokens as f64);
-        println!("  throughput  {tokens_per_s:10.0} tokens/s");
-        println!(
+        outln!("generate {name}/{block}, {threads} threads, {tokens} tokens greedy with KV cache");
+        outln!("  per token   {:10.3} ms", seconds * 1e3 / tokens as f64);
+        outln!("  throughput  {tokens_per_s:10.0} tokens/s");
+        outln!(
             "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token realized)",
             flops.total / 1e6
         );
         if let Some(f) = super::peak::fraction_of_peak(gflops, threads) {
-            println!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
+            outln!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
         }
     }
     Ok(())

@@ -32,13 +32,13 @@ pub fn run(args: PeakArgs) -> anyhow::Result<()> {
         let gflops = pool.install(|| peak_gflops(kind, args.threads, args.rounds, 50))?;
         let chosen = kind == selected;
         if args.json {
-            println!(
+            outln!(
                 "{{\"isa\":\"{kind}\",\"threads\":{},\"gflops\":{gflops:.1},\"selected\":{chosen}}}",
                 args.threads
             );
         } else {
             let mark = if chosen { " (selected)" } else { "" };
-            println!("peak {kind:<8} threads={}: {gflops:.1} GFLOP/s{mark}", args.threads);
+            outln!("peak {kind:<8} threads={}: {gflops:.1} GFLOP/s{mark}", args.threads);
         }
     }
     Ok(())

@@ -71,23 +71,25 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             "peak_fraction": super::peak::fraction_of_peak(gflops, threads),
             "peak_rss_mb": peak_rss_mb(),
         });
-        println!("{line}");
+        outln!("{line}");
     } else {
-        println!(
+        outln!(
             "train {name}/{block}, {threads} threads, {}×{} tokens/step, median of {} steps",
-            config.batch_size, config.seq_len, args.steps
+            config.batch_size,
+            config.seq_len,
+            args.steps
         );
-        println!("  step        {step_ms:10.1} ms");
-        println!("  throughput  {tokens_per_s:10.0} tokens/s");
-        println!(
+        outln!("  step        {step_ms:10.1} ms");
+        outln!("  throughput  {tokens_per_s:10.0} tokens/s");
+        outln!(
             "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token)",
             flops_per_token / 1e6
         );
         if let Some(f) = super::peak::fraction_of_peak(gflops, threads) {
-            println!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
+            outln!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
         }
         if let Some(mb) = peak_rss_mb() {
-            println!("  peak RSS    {mb:10.0} MB (whole process)");
+            outln!("  peak RSS    {mb:10.0} MB (whole process)");
         }
     }
     Ok(())
