@@ -48,8 +48,11 @@ for round in $(seq 1 "$rounds"); do
   g=$("$vffn" bench gemm --m 1024 --k 1024 --n 1024 --threads 2 --samples "$samples" --json |
     "$py" -c 'import json,sys; print(json.load(sys.stdin)["gflops"])')
   echo "{\"peer\":\"vffn\",\"m\":1024,\"k\":1024,\"n\":1024,\"trans_b\":false,\"threads\":2,\"gflops\":$g,\"round\":$round}"
-  "$py" "$root/benches/compare/gemm_torch.py" --threads 2 1024x1024x1024 | head -1 | sed "s/}\$/, \"round\": $round}/"
+  # (grep reads every line: closing the pipe early would kill the writer with EPIPE)
+  "$py" "$root/benches/compare/gemm_torch.py" --threads 2 1024x1024x1024 |
+    grep '"trans_b": false' | sed "s/}\$/, \"round\": $round}/"
   (unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE; OPENBLAS_NUM_THREADS=2 \
-    "$py" "$root/benches/compare/gemm_numpy.py" 1024x1024x1024 | head -1 | sed "s/\"threads\": 1/\"threads\": 2/; s/}\$/, \"round\": $round}/")
+    "$py" "$root/benches/compare/gemm_numpy.py" 1024x1024x1024 |
+    grep '"trans_b": false' | sed "s/}\$/, \"round\": $round}/")
 done
 echo "# $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
