@@ -506,7 +506,8 @@ fn block(
                         for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
                             // SAFETY: in-place panels are full (16 readable values per row p < kc).
                             let from = unsafe { std::slice::from_raw_parts(src.add(p * rs_b), NR) };
-                            row.copy_from_slice(from);
+                            let row: &mut [f32; NR] = row.try_into().expect("16 values");
+                            *row = from.try_into().expect("16 values");
                         }
                     }
                     (b_ptr, rs_b, b_next) = (dst.as_ptr(), NR, kc * NR);

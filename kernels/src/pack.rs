@@ -177,8 +177,8 @@ fn pack_a_cols<const M: usize>(data: &[f32], s0: usize, cs: usize, live: usize, 
     for (p, out) in panel.chunks_exact_mut(M).enumerate() {
         let s = s0 + p * cs;
         if live == M {
-            let src: &[f32; M] = data[s..s + M].try_into().expect("M values");
-            out.copy_from_slice(src);
+            let out: &mut [f32; M] = out.try_into().expect("M values");
+            *out = data[s..s + M].try_into().expect("M values");
         } else {
             out[..live].copy_from_slice(&data[s..s + live]);
         }
@@ -220,7 +220,9 @@ pub(crate) fn pack_b_panel(
     let base = p0 * rs + j0 * cs;
     if nr == NR && cs == 1 {
         for (p, out) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
-            out.copy_from_slice(&b.data[base + p * rs..base + p * rs + NR]);
+            // Fixed-size arrays: a 64-byte copy inline, not a call to memmove per row.
+            let out: &mut [f32; NR] = out.try_into().expect("16 values");
+            *out = b.data[base + p * rs..base + p * rs + NR].try_into().expect("16 values");
         }
         return;
     }
