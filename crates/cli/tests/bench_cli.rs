@@ -93,6 +93,22 @@ fn bench_all_writes_one_json_document() {
     assert_eq!(machine["threads"], 2);
     assert!(!machine["cpu_model"].as_str().unwrap().is_empty());
     assert!(machine["features"].is_array());
+    // The kernel's tile, the caches it was blocked for, the blocking and the measured peak.
+    let tile = machine["tile"].as_str().unwrap();
+    let kernel = machine["kernel"].as_str().unwrap();
+    let want_tile = match kernel {
+        "avx512" => "14x32",
+        "avx2" => "6x16",
+        _ => "2x16",
+    };
+    assert_eq!(tile, want_tile, "{machine}");
+    let caches = &machine["caches"];
+    let l1 = caches["l1d"].as_u64().unwrap();
+    assert!(l1 >= 8 << 10 && caches["l2"].as_u64().unwrap() >= l1, "{caches}");
+    let kc = machine["blocking"]["kc"].as_u64().unwrap();
+    assert!((64..=1024).contains(&kc) && kc % 16 == 0, "{machine}");
+    let peak = machine["peak_gflops"].as_f64().unwrap();
+    assert!(peak.is_finite() && peak > 0.0, "{machine}");
     let items = doc["items"].as_array().unwrap();
     let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["gemm/B_1x1024x1024", "gemm/Wt_1x1024x1024"]);
@@ -186,4 +202,30 @@ fn benchmarks_doc_matches_its_bench_all_run() {
         doc.contains(&table),
         "docs/benchmarks.md does not contain `vffn bench all --markdown benches/bench-all.json`"
     );
+}
+
+/// `vffn bench peak --json`: one line per ISA the CPU runs, the selected one marked, each with a
+/// positive figure; `bench gemm --json` reports its GFLOP/s as a fraction of that peak.
+#[test]
+fn bench_peak_reports_every_isa_and_gemm_its_fraction_of_it() {
+    let out = vffn(&["bench", "peak", "--json", "--rounds", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(lines.iter().any(|l| l["isa"] == "portable"), "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l["selected"] == true).count(), 1, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["threads"], 1);
+        let g = line["gflops"].as_f64().unwrap();
+        assert!(g.is_finite() && g > 0.0, "{line}");
+    }
+    let out =
+        vffn(&["bench", "gemm", "--m", "64", "--k", "64", "--n", "64", "--samples", "3", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gemm: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fraction = gemm["peak_fraction"].as_f64().unwrap();
+    assert!(fraction > 0.0 && fraction.is_finite(), "{gemm}");
+    assert!(vffn(&["bench", "peak", "--threads", "0"]).status.code() == Some(1));
 }
