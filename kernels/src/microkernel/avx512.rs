@@ -44,6 +44,24 @@ pub(crate) unsafe fn tile(a_packed: bool, t: &Tile) {
         11 tile_11 wide_11 12 tile_12 wide_12 13 tile_13 wide_13 14 tile_14 wide_14)
 }
 
+/// Runs `$step!(a, b)` for every depth p < `$k`, two per iteration, advancing A by `$cs_a` and
+/// B by `$rs_b` per depth (shared by both tile widths; used inside their `unsafe` bodies).
+macro_rules! depth_loop {
+    ($k:expr, $a:ident, $b:ident, $cs_a:expr, $rs_b:expr, $step:ident) => {{
+        let mut left = $k;
+        while left >= 2 {
+            $step!($a, $b);
+            $step!($a.add($cs_a), $b.add($rs_b));
+            $a = $a.add(2 * $cs_a);
+            $b = $b.add(2 * $rs_b);
+            left -= 2;
+        }
+        if left > 0 {
+            $step!($a, $b);
+        }
+    }};
+}
+
 /// One 16-wide kernel per tile height, accumulators as named locals (kept in registers).
 macro_rules! tile_kernel {
     ($name:ident, $m:literal; $($i:literal: $c:ident),+) => {
@@ -62,17 +80,7 @@ macro_rules! tile_kernel {
                         $( $c = _mm512_fmadd_ps(_mm512_set1_ps(*$ap.add($i * rs_a)), bv, $c); )+
                     }};
                 }
-                let mut left = t.k;
-                while left >= 2 {
-                    step!(a, b);
-                    step!(a.add(cs_a), b.add(rs_b));
-                    a = a.add(2 * cs_a);
-                    b = b.add(2 * rs_b);
-                    left -= 2;
-                }
-                if left > 0 {
-                    step!(a, b);
-                }
+                depth_loop!(t.k, a, b, cs_a, rs_b, step);
                 epilogue::<$m>([$($c),+], t);
             }
         }
@@ -115,17 +123,7 @@ macro_rules! wide_kernel {
                         )+
                     }};
                 }
-                let mut left = t.k;
-                while left >= 2 {
-                    step!(a, b);
-                    step!(a.add(cs_a), b.add(rs_b));
-                    a = a.add(2 * cs_a);
-                    b = b.add(2 * rs_b);
-                    left -= 2;
-                }
-                if left > 0 {
-                    step!(a, b);
-                }
+                depth_loop!(t.k, a, b, cs_a, rs_b, step);
                 wide_epilogue::<$m>([$([$c0, $c1]),+], t);
             }
         }
