@@ -35,6 +35,7 @@ from torch import nn
 from .checkpoint import (
     CKPT_DIR,
     DATA_SALT,
+    LOCK_FILE,
     CheckpointError,
     check_run_dir,
     load_training,
@@ -295,13 +296,21 @@ def metrics_up_to(init: str, step: int) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     d = Distributed()
-    with contextlib.ExitStack() as held:
-        if d.rank == 0:
-            # One process per run directory, as `vffn train`: RUN2/lock is held to the end.
-            check_run_dir(args.out)
-            os.makedirs(args.out, exist_ok=True)
-            held.enter_context(run_lock(args.out))
-        return run(args, d)
+    created = d.rank == 0 and not os.path.exists(args.out)
+    try:
+        with contextlib.ExitStack() as held:
+            if d.rank == 0:
+                # One process per run directory, as `vffn train`: RUN2/lock is held to the end.
+                check_run_dir(args.out)
+                os.makedirs(args.out, exist_ok=True)
+                held.enter_context(run_lock(args.out))
+            return run(args, d)
+    except BaseException:
+        if created and os.path.isdir(args.out) and os.listdir(args.out) == [LOCK_FILE]:
+            # A failed run leaves no directory it created behind (as vffn).
+            os.remove(os.path.join(args.out, LOCK_FILE))
+            os.rmdir(args.out)
+        raise
 
 
 def run(args, d: Distributed) -> int:
