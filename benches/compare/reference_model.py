@@ -143,15 +143,16 @@ def make_fixture(block: str, seed: int, std: float, batch: int = 2, seq: int = 1
 
 
 def save_safetensors(tensors: dict, path: str, metadata: dict) -> None:
-    """Writes the safetensors file with the package's sorted-header writer (reruns are
-    byte-identical), then reads it back with the reference reader."""
+    """Writes the safetensors file with the package's writer (vffn's canonical header and
+    content checksums; reruns are byte-identical), then reads it back with the reference reader."""
     for t in tensors.values():
         assert t.dtype == torch.float32 and t.is_contiguous()
     with open(path, "wb") as f:
         f.write(safetensors_bytes(tensors, metadata))
     # Read it back with the reference reader.
     with safe_open(path, "pt") as f:
-        assert f.metadata() == metadata
+        written = dict(f.metadata())
+        assert written.pop("checksums") and written == metadata  # plus vffn's content checksums
         for name, t in tensors.items():
             assert torch.equal(f.get_tensor(name), t), name
 

@@ -63,7 +63,7 @@ pub enum CheckpointError {
     DuplicateTensor { name: String },
     #[error("tensor `{name}`: in the checkpoint but not in the model")]
     UnexpectedTensor { name: String },
-    #[error("metadata `{key}`: missing")]
+    #[error("metadata `{key}`: missing{}", missing_hint(key))]
     MissingMetadata { key: String },
     #[error("metadata `{key}`: {message}")]
     InvalidMetadata { key: String, message: String },
@@ -79,6 +79,18 @@ pub enum CheckpointError {
     Header(String),
     #[error("{STATE_FILE}: {0}")]
     State(String),
+}
+
+/// What a missing metadata key says about the file: no checksums means an older vffn (or
+/// another tool) wrote it, which is refused all the same.
+fn missing_hint(key: &str) -> &'static str {
+    if key == CHECKSUMS_KEY {
+        " (the file was written by an older vffn or by another tool, without the content \
+         checksums vffn requires; vffn_torch can re-save it: `vffn_torch.save(vffn_torch.load(\
+         PATH, require_checksums=False), DIR)`)"
+    } else {
+        ""
+    }
 }
 
 impl From<safetensors::SafeTensorError> for CheckpointError {
@@ -795,6 +807,25 @@ mod tests {
         ));
         let reserved = BTreeMap::from([(CONFIG_KEY.to_string(), String::new())]);
         assert!(save_model(&Config::tiny(), 1.0, &reserved, &one).is_err());
+    }
+
+    #[test]
+    fn a_file_without_checksums_is_refused_as_written_by_an_older_vffn_or_another_tool() {
+        let config = small_config(BlockKind::Dense);
+        let data = [1.0f32, 2.0];
+        let tensors = vec![("w", F32View { shape: &[2], data: &data })];
+        let metadata = std::collections::HashMap::from([
+            (CONFIG_KEY.to_string(), config.to_json()),
+            (TEMPERATURE_KEY.to_string(), "1.0".to_string()),
+        ]);
+        let bytes = safetensors::serialize(tensors, Some(metadata)).unwrap();
+        assert!(read_tensors(&bytes).is_ok(), "plain reads do not require checksums");
+        let err = load_model(&bytes).unwrap_err();
+        assert!(matches!(&err, CheckpointError::MissingMetadata { key } if key == CHECKSUMS_KEY));
+        let text = err.to_string();
+        assert!(text.contains("older vffn") && text.contains("another tool"), "{text}");
+        let other = CheckpointError::MissingMetadata { key: STEP_KEY.into() }.to_string();
+        assert_eq!(other, "metadata `step`: missing");
     }
 
     #[test]

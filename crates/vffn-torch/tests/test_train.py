@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PACKAGE, copy_run
+from vffn_torch.checkpoint import run_lock
 
 
 def torchrun(*args, procs: int = 2) -> dict:
@@ -79,3 +80,17 @@ def test_torch_continuing_a_run_without_noise_follows_vffn_continuing_it(block, 
     moved = load_file(os.path.join(run, "ckpt", "model.safetensors"))
     torch_weights = load_file(by_torch / "ckpt" / "model.safetensors")
     assert any(not torch.equal(moved[n], torch_weights[n]) for n in moved), "weights did not move"
+
+
+def test_the_trainer_refuses_an_out_directory_another_process_is_writing(trained, tmp_path):
+    run, out = trained("dense"), tmp_path / "busy"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=PACKAGE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "vffn_torch.train", "--init", run, "--steps", "1", "--out", out]
+    with run_lock(out):  # as a `vffn train` on that directory would hold it
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: `{out}` is in use by another vffn process (pid {os.getpid()}); wait for it to finish or stop it first"
+    ]
+    assert not (out / "ckpt").exists()

@@ -21,6 +21,72 @@ def f32(value: float) -> float:
     return float(np.float32(value))
 
 
+def _f32_digits(value: float) -> tuple[str, str, int]:
+    """(sign, shortest digits that read back to the same f32, exponent of the first digit)."""
+    x = np.float32(value)
+    if not np.isfinite(x):
+        raise ValueError(f"{value} is not a finite number (JSON has no form for it)")
+    sign = "-" if np.signbit(x) else ""
+    if x == 0:
+        return sign, "0", 0
+    mantissa, exponent = np.format_float_scientific(abs(x), unique=True, trim="-").split("e")
+    return sign, mantissa.replace(".", ""), int(exponent)
+
+
+def _fixed(digits: str, exp: int) -> str:
+    """digits·10^(exp - len + 1) in fixed notation, with at least one decimal."""
+    if len(digits) - 1 <= exp:
+        return digits + "0" * (exp + 1 - len(digits)) + ".0"
+    if exp >= 0:
+        return digits[: exp + 1] + "." + digits[exp + 1 :]
+    return "0." + "0" * (-exp - 1) + digits
+
+
+def _scientific(digits: str, exp: int, plus: str) -> str:
+    return digits[0] + ("." + digits[1:] if len(digits) > 1 else "") + "e" + ("-" if exp < 0 else plus) + str(abs(exp))
+
+
+def f32_text(value: float) -> str:
+    """An f32 as serde_json writes it: the shortest digits that read back to the same f32, in
+    fixed notation when the first digit's exponent is in -6..=12 ("0.000001", "10000.0"),
+    otherwise as "1e-8" / "1.5e+13"."""
+    sign, digits, exp = _f32_digits(value)
+    return sign + (_fixed(digits, exp) if -6 <= exp <= 12 else _scientific(digits, exp, "+"))
+
+
+def f32_debug(value: float) -> str:
+    """An f32 as Rust's `{:?}` writes it (the checkpoint's `temperature`): the same digits, in
+    fixed notation from 1e-4 up to 1e16, otherwise as "1e-5" / "1.5e16"."""
+    sign, digits, exp = _f32_digits(value)
+    return sign + (_fixed(digits, exp) if -4 <= exp < 16 or digits == "0" else _scientific(digits, exp, ""))
+
+
+def json_text(value, indent: int | None = None, level: int = 0) -> str:
+    """JSON as serde_json writes vffn's structs: compact (`to_string`) or, with `indent`, its
+    pretty form; floats are f32 fields (`f32_text`), keys keep their order."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f32_text(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        items = [json.dumps(str(k), ensure_ascii=False) + (": " if indent else ":")
+                 + json_text(v, indent, level + 1) for k, v in value.items()]
+        open_, close = "{", "}"
+    else:
+        items = [json_text(v, indent, level + 1) for v in value]
+        open_, close = "[", "]"
+    if not items:
+        return open_ + close
+    if not indent:
+        return open_ + ",".join(items) + close
+    inner, outer = "\n" + " " * (indent * (level + 1)), "\n" + " " * (indent * level)
+    return open_ + inner + ("," + inner).join(items) + outer + close
+
+
 @dataclass
 class Config:
     """`[model]`: the architecture, in config.rs's key order (defaults: the tiny preset)."""
@@ -79,7 +145,7 @@ class Config:
 
     def to_json(self) -> str:
         """The form stored in model.safetensors' `config` metadata (vffn's key order)."""
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json_text(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
@@ -174,11 +240,12 @@ class TrainConfig:
 
 
 def _toml_value(value) -> str:
+    """A config value as vffn's config.toml has it (floats: f32 digits, never an exponent)."""
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, float):
-        text = repr(value)
-        return text if any(c in text for c in ".eE") or "inf" in text or "nan" in text else text + ".0"
+        sign, digits, exp = _f32_digits(value)
+        return sign + _fixed(digits, exp)
     return str(value)
 
 

@@ -21,6 +21,7 @@ What is not carried over: the Gumbel noise stream (drawn here with torch generat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -31,8 +32,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import CKPT_DIR, DATA_SALT, CheckpointError, load_training, save
-from .config import TrainConfig, f32
+from .checkpoint import (
+    CKPT_DIR,
+    DATA_SALT,
+    LOCK_FILE,
+    CheckpointError,
+    check_run_dir,
+    load_training,
+    run_lock,
+    save,
+    write_atomic,
+)
+from .config import TrainConfig, f32, f32_text
 from .data import Batcher, DataError, load_dataset, validation_windows
 from .model import VffnModel
 from .rng import Rng
@@ -223,34 +234,89 @@ def evaluate(model: VffnModel, val: bytes, dist_info: Distributed, limit: int = 
     return float(sums[0] / sums[1]), int(sums[1])
 
 
-def copy_metrics(init: str, out: str, step: int) -> None:
-    """RUN2/metrics.jsonl starts with RUN's rows up to the handed-over step."""
+# A metrics.jsonl row: vffn's MetricsRow fields in order (val_loss optional), f32 but tokens_per_s.
+METRICS_FIELDS = ("step", "loss", "ce", "balance", "val_loss", "lr", "temperature", "tokens_per_s", "grad_norm")
+
+
+def metrics_line(row: dict) -> str:
+    """One metrics.jsonl line as vffn writes it (serde_json: field order, f32 shortest digits)."""
+    parts = []
+    for key in METRICS_FIELDS:
+        if key not in row:
+            continue
+        value = row[key]
+        text = str(value) if key == "step" else repr(float(value)) if key == "tokens_per_s" else f32_text(value)
+        parts.append(f'"{key}":{text}')
+    return "{" + ",".join(parts) + "}\n"
+
+
+def _metrics_row(line: str):
+    """The row of one line, or None when it is not one vffn would read."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] >= 0):
+        return None
+    numbers = all(isinstance(row.get(k), (int, float)) for k in METRICS_FIELDS if k not in ("step", "val_loss"))
+    return row if numbers else None
+
+
+def metrics_up_to(init: str, step: int) -> str:
+    """The metrics.jsonl lines of RUN (the run directory of --init) for steps <= `step`, as
+    vffn keeps them on resume: a line that is not a row is an error naming it, except a last
+    line cut short by a crash (no newline), which is dropped."""
     run_dir = init
     for _ in range(2):
         if os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
             break
         run_dir = os.path.dirname(os.path.abspath(run_dir))
-    rows = []
     source = os.path.join(run_dir, METRICS_FILE)
-    if os.path.isfile(source):
-        with open(source, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    if json.loads(line)["step"] <= step:
-                        rows.append(line.rstrip("\n"))
-                except (ValueError, KeyError):
-                    continue
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, METRICS_FILE), "w", encoding="utf-8") as f:
-        f.write("".join(r + "\n" for r in rows))
+    if not os.path.exists(source):
+        return ""
+    with open(source, "rb") as f:
+        data = f.read()
+    kept = []
+    for index, line in enumerate(data.splitlines(keepends=True)):
+        terminated = line.endswith(b"\n")
+        try:
+            row = _metrics_row(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            row = None
+        if row is None:
+            if not terminated:
+                break
+            raise CheckpointError(f"`{source}`: line {index + 1} is not a metrics row (fix or remove the line)")
+        if row["step"] > step:
+            break
+        kept.append(line.decode("utf-8").rstrip("\n") + "\n")
+    return "".join(kept)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     d = Distributed()
+    created = d.rank == 0 and not os.path.exists(args.out)
+    try:
+        with contextlib.ExitStack() as held:
+            if d.rank == 0:
+                # One process per run directory, as `vffn train`: RUN2/lock is held to the end.
+                check_run_dir(args.out)
+                os.makedirs(args.out, exist_ok=True)
+                held.enter_context(run_lock(args.out))
+            return run(args, d)
+    except BaseException:
+        if created and os.path.isdir(args.out) and os.listdir(args.out) == [LOCK_FILE]:
+            # A failed run leaves no directory it created behind (as vffn).
+            os.remove(os.path.join(args.out, LOCK_FILE))
+            os.rmdir(args.out)
+        raise
+
+
+def run(args, d: Distributed) -> int:
+    """The training run of `main`, with the output directory locked (rank 0)."""
     threads = args.threads or max(1, (os.cpu_count() or 1) // d.local_world)
     torch.set_num_threads(threads)
-
     ckpt = load_training(args.init)
     model, start = ckpt.model, ckpt.step
     cfg = model.config
@@ -304,8 +370,7 @@ def main(argv=None) -> int:
         f"{d.world} process(es) ({'FSDP' if use_fsdp else 'DDP' if d.enabled else 'single'}, "
         f"{d.device.type}, {threads} threads each), batch {cfg.batch_size}x{cfg.seq_len}"
     )
-    if d.rank == 0:
-        copy_metrics(args.init, args.out, start)
+    earlier_metrics = metrics_up_to(args.init, start) if d.rank == 0 else ""
     rows = [d.rank * cfg.batch_size // d.world, (d.rank + 1) * cfg.batch_size // d.world]
     weight = (rows[1] - rows[0]) * d.world / cfg.batch_size
     step, tokens_seen = start, int(state["tokens_seen"]) if state else 0
@@ -371,9 +436,8 @@ def main(argv=None) -> int:
     if d.rank == 0:
         if metrics:
             metrics[-1]["val_loss"] = val_loss
-        with open(os.path.join(args.out, METRICS_FILE), "a", encoding="utf-8") as f:
-            for row in metrics:
-                f.write(json.dumps(row) + "\n")
+        text = earlier_metrics + "".join(metrics_line(row) for row in metrics)
+        write_atomic(os.path.join(args.out, METRICS_FILE), text.encode())
         print(json.dumps({"step": step, "val_loss": val_loss, "tokens": tokens}), flush=True)
         d.log(f"done: step {step}, validation loss {val_loss:.6f} nats over {tokens} bytes "
               f"(vffn eval --checkpoint {os.path.join(args.out, CKPT_DIR)} computes the same)")
