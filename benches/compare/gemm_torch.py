@@ -5,10 +5,13 @@ Prints one JSON line per shape and layout (median GFLOP/s of timed samples of >=
 trans_b: B stored as W [n,k], op(B) = W^T (a linear layer's forward).
 """
 import json
+import os
 import sys
-import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gemm_numpy import median_gflops  # noqa: E402  (one timing loop for every peer)
 
 SHAPES = [(1024, 1024, 1024), (512, 256, 1024), (64, 256, 128), (16, 512, 512)]
 
@@ -19,19 +22,7 @@ def measure(m, k, n, trans_b, samples=21):
     w = torch.randn((n, k) if trans_b else (k, n), generator=g)
     b = w.t() if trans_b else w
     c = torch.empty(m, n)
-    t0 = time.perf_counter()
-    torch.matmul(a, b, out=c)
-    once = time.perf_counter() - t0
-    reps = max(1, min(100000, int(2e-3 / max(once, 1e-9))))
-    for _ in range(reps):
-        torch.matmul(a, b, out=c)
-    rates = []
-    for _ in range(samples):
-        t = time.perf_counter()
-        for _ in range(reps):
-            torch.matmul(a, b, out=c)
-        rates.append(2.0 * m * n * k * reps / (time.perf_counter() - t) / 1e9)
-    return sorted(rates)[len(rates) // 2]
+    return median_gflops(lambda: torch.matmul(a, b, out=c), 2.0 * m * n * k, samples)
 
 
 def main():
