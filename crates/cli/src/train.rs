@@ -21,7 +21,7 @@ use crate::ckpt_io;
 use crate::common::{check_memory, in_pool, load_dataset, read_input_file, BUILTIN_SOURCE};
 use crate::eval::evaluate;
 use crate::generate;
-use crate::metrics::{MetricsLog, MetricsRow};
+use crate::metrics::{depth_router_columns, MetricsLog, MetricsRow};
 
 /// Steps of the default run (`vffn train` with no flags: tiny preset, built-in corpus), chosen
 /// so that it finishes in about five minutes on 2 cores.
@@ -385,6 +385,7 @@ impl Trainer {
         self.model.params.zero_grad();
         self.step += 1;
         self.tokens_seen += (batch.batch_size * batch.seq_len) as u64;
+        let (depth_agree, depth_margin) = depth_router_columns(&out.depth_agreement);
         Ok(MetricsRow {
             step: self.step,
             loss,
@@ -395,6 +396,8 @@ impl Trainer {
             temperature,
             tokens_per_s: 0.0,
             grad_norm,
+            depth_agree,
+            depth_margin,
         })
     }
 }
