@@ -183,6 +183,34 @@ fn svg_open(out: &mut String, width: f64, height: f64) {
     let _ = writeln!(out, r#"<rect width="{width}" height="{height}" fill="white"/>"#);
 }
 
+/// An SVG document opened with its title centered at height `title_y`.
+fn titled_svg(width: f64, height: f64, title_y: f64, title: &str) -> String {
+    let mut out = String::new();
+    svg_open(&mut out, width, height);
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{title_y}" text-anchor="middle" font-size="15">{}</text>"#,
+        width / 2.0,
+        escape(title)
+    );
+    out
+}
+
+/// One legend entry: a color key and its label, the text baseline at `y`.
+fn legend_entry(out: &mut String, x: f64, y: f64, color: &str, label: &str) {
+    let _ = writeln!(
+        out,
+        r#"<rect x="{x:.1}" y="{:.1}" width="14" height="10" fill="{color}"/>"#,
+        y - 9.0
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{y:.1}" font-size="12">{}</text>"#,
+        x + 20.0,
+        escape(label)
+    );
+}
+
 fn finite_points(points: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + '_ {
     points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite())
 }
@@ -237,18 +265,7 @@ pub fn loss_curves_svg(series: &[Series]) -> String {
                 }
             }
         }
-        let y = frame.top + 10.0 + 20.0 * i as f64;
-        let _ = writeln!(
-            out,
-            r#"<rect x="{legend_x:.1}" y="{:.1}" width="14" height="10" fill="{color}"/>"#,
-            y - 9.0
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{y:.1}" font-size="12">{}</text>"#,
-            legend_x + 20.0,
-            escape(&run.label)
-        );
+        legend_entry(&mut out, legend_x, frame.top + 10.0 + 20.0 * i as f64, color, &run.label);
     }
     // Line-style key below the run legend.
     let key_y = frame.top + 20.0 + 20.0 * series.len() as f64;
@@ -303,14 +320,7 @@ pub fn line_panels_svg(title: &str, panels: &[LinePanel]) -> String {
     let (panel_width, panel_height) = (420.0, 330.0);
     let width = panels.len().max(1) as f64 * panel_width + 140.0;
     let height = panel_height + 50.0;
-    let mut out = String::new();
-    svg_open(&mut out, width, height);
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
-        width / 2.0,
-        escape(title)
-    );
+    let mut out = titled_svg(width, height, 24.0, title);
     let all = |panel: &LinePanel| -> Vec<(f64, f64)> {
         panel.lines.iter().flat_map(|(_, points)| finite_points(points)).collect()
     };
@@ -355,19 +365,8 @@ pub fn line_panels_svg(title: &str, panels: &[LinePanel]) -> String {
     let legend_x = width - 120.0;
     let labels = panels.iter().max_by_key(|p| p.lines.len()).map_or(&[][..], |p| &p.lines[..]);
     for (i, (label, _)) in labels.iter().enumerate() {
-        let y = 70.0 + 20.0 * i as f64;
-        let _ = writeln!(
-            out,
-            r#"<rect x="{legend_x:.1}" y="{:.1}" width="14" height="10" fill="{}"/>"#,
-            y - 9.0,
-            PALETTE[i % PALETTE.len()]
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{y:.1}" font-size="12">{}</text>"#,
-            legend_x + 20.0,
-            escape(label)
-        );
+        let color = PALETTE[i % PALETTE.len()];
+        legend_entry(&mut out, legend_x, 70.0 + 20.0 * i as f64, color, label);
     }
     out.push_str("</svg>\n");
     out
@@ -381,14 +380,7 @@ pub fn histograms_svg(title: &str, panels: &[(String, Vec<(String, f64)>)]) -> S
     let rows = panels.len().div_ceil(columns).max(1);
     let (panel_width, panel_height) = (260.0, 210.0);
     let (width, height) = (columns as f64 * panel_width + 20.0, rows as f64 * panel_height + 50.0);
-    let mut out = String::new();
-    svg_open(&mut out, width, height);
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="26" text-anchor="middle" font-size="15">{}</text>"#,
-        width / 2.0,
-        escape(title)
-    );
+    let mut out = titled_svg(width, height, 26.0, title);
     if panels.is_empty() {
         let _ = writeln!(
             out,
