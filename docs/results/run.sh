@@ -3,7 +3,7 @@
 # finished runs are skipped, interrupted ones resumed (bit-exactly), so it can be re-run until
 # everything is done. Summarize with `python3 docs/results/table.py`.
 #
-#   docs/results/run.sh                 # everything (≈ 6 h on 2 cores)
+#   docs/results/run.sh                 # everything (the issue-19 runs included: days on 2 cores)
 #   ONLY='^(scratch-dense|scratch-versatile)-s0$' docs/results/run.sh   # a subset (regex)
 #   THREADS=1 taskset -c 0 docs/results/run.sh & THREADS=1 taskset -c 1 docs/results/run.sh
 #                                       # two copies, one per core: each run is locked
@@ -24,7 +24,8 @@ STEPS=${STEPS:-2000} # override only to smoke-test the script
 [ -f "$DATA" ] || { echo "error: data file $DATA not found" >&2; exit 1; }
 mkdir -p "$OUT/configs"
 
-# Variant → [model] overrides of the tiny preset (d 128, 4 layers, h 512, E 8 top-2, D 4).
+# Variant → [model] overrides of the tiny preset (d 128, 4 layers, h 512, E 8 top-2, D 4), or
+# of the small preset for the small* variants (d 256, 6 layers, h 1024, seq 256).
 variant() {
   case "$1" in
     dense) echo 'block = "dense"' ;;
@@ -32,9 +33,23 @@ variant() {
     kloop4) printf 'block = "kloop"\nmax_depth = 4\n' ;;
     moe) echo 'block = "moe"' ;;
     versatile) echo 'block = "versatile"' ;;
-    width) printf 'block = "versatile"\npaths = "width"\n' ;;
+    # The first width-only rows: the routed virtual experts alone (2/8 of the FFN).
+    width) printf 'block = "versatile"\npaths = "width"\nshared_expert = false\n' ;;
+    # Issue 19: the paper's width-only setup keeps one shared expert (the whole FFN).
+    widthshared) printf 'block = "versatile"\npaths = "width"\nshared_expert = true\n' ;;
     depth) printf 'block = "versatile"\npaths = "depth"\n' ;;
     average) printf 'block = "versatile"\nfusion = "average"\n' ;;
+    # Issue 19, Table 4 at tiny scale: L_max under 8-choose-2, experts under L_max 4
+    # (L_max 4 with 8-choose-2 is the versatile row itself).
+    lmax2) printf 'block = "versatile"\nmax_depth = 2\n' ;;
+    lmax6) printf 'block = "versatile"\nmax_depth = 6\n' ;;
+    e8k4) printf 'block = "versatile"\nn_experts = 8\ntop_k = 4\n' ;;
+    e16k4) printf 'block = "versatile"\nn_experts = 16\ntop_k = 4\n' ;;
+    # Issue 19, the remedy: the depth router's noise scaled by the temperature.
+    noise) printf 'block = "versatile"\ndepth_noise = "scaled"\n' ;;
+    # Issue 19, one step up in scale (small preset).
+    smalldense) echo 'block = "dense"' ;;
+    smallversatile) echo 'block = "versatile"' ;;
     *) echo "unknown variant $1" >&2; exit 1 ;;
   esac
 }
@@ -42,7 +57,9 @@ variant() {
 config_of() {
   local file="$OUT/configs/$1.toml"
   # Written aside and renamed: a second copy of this script may be reading it.
-  printf 'preset = "tiny"\n[model]\n%s\n[train]\nsteps = %d\n' "$(variant "$1")" "$STEPS" >"$file.$$"
+  local preset=tiny
+  [[ $1 == small* ]] && preset=small
+  printf 'preset = "%s"\n[model]\n%s\n[train]\nsteps = %d\n' "$preset" "$(variant "$1")" "$STEPS" >"$file.$$"
   mv "$file.$$" "$file"
   echo "$file"
 }
@@ -88,8 +105,11 @@ run() {
   local evaldata=()
   [ "$data" = builtin ] || evaldata=(--data "$data")
   [ -s "$dir/eval.json" ] || "$VFFN" eval --checkpoint "$dir" "${evaldata[@]}" --json >"$dir/eval.json"
-  [ -s "$dir/inspect.json" ] ||
-    "$VFFN" inspect --checkpoint "$dir" "${evaldata[@]}" --batches 0 --json >"$dir/inspect.json"
+  # Re-inspected when written before the width-path expert load existed (issue 19).
+  if ! grep -qs width_expert_counts "$dir/inspect.json"; then
+    "$VFFN" inspect --checkpoint "$dir" "${evaldata[@]}" --batches 0 --json >"$dir/inspect.json.$$"
+    mv "$dir/inspect.json.$$" "$dir/inspect.json"
+  fi
   exec {lock}>&-
 }
 
@@ -103,6 +123,27 @@ for seed in $SEEDS; do
     run "cont-$var-s$seed" "$var" "$seed" "$DATA" "$OUT/scratch-dense-s0"
   done
 done
+# Issue 19 (after every run above): width-only with the shared expert, Table 4, the remedy
+# (one seed from scratch, one continued) and the small preset (seed 0, from scratch).
+for seed in $SEEDS; do
+  for var in widthshared lmax2 lmax6 e8k4 e16k4; do
+    run "cont-$var-s$seed" "$var" "$seed" "$DATA" "$OUT/scratch-dense-s0"
+  done
+done
+# The paper's method again with this binary, so that its metrics carry depth_agree /
+# depth_margin (the routing curves), beside the remedy trained by the same code.
+run "scratch-routing-s0" versatile 0
+run "cont-routing-s0" versatile 0 "$DATA" "$OUT/scratch-dense-s0"
+run "scratch-noise-s0" noise 0
+run "cont-noise-s0" noise 0 "$DATA" "$OUT/scratch-dense-s0"
+for name in scratch-routing-s0 cont-routing-s0 scratch-noise-s0 cont-noise-s0; do
+  if [[ $name =~ $ONLY ]] && finished "$OUT/$name"; then # routing.svg: one picture per regime
+    "$VFFN" inspect --checkpoint "$OUT/$name" --data "$DATA" --batches 0 \
+      --svg "docs/results/$name" >"$OUT/$name/inspect.txt"
+  fi
+done
+run "scratch-smalldense-s0" smalldense 0
+run "scratch-smallversatile-s0" smallversatile 0
 # Routing on the built-in corpus (known easy / hard tokens): depth histograms, easy vs hard.
 run "builtin-versatile-s0" versatile 0 builtin
 if [[ builtin-versatile-s0 =~ $ONLY ]]; then

@@ -1,7 +1,12 @@
 //! `vffn inspect`: what the routers of a checkpoint do on validation data — per layer the
 //! histogram of chosen depths, the expert load and the mean fusion weight λ; the realized
 //! inference FLOPs per token against a dense model; on the built-in corpus, the mean depth for
-//! easy and hard bytes. `--svg DIR` also draws the loss curves and the depth histograms.
+//! easy and hard bytes. `--svg DIR` also draws the loss curves, the depth histograms, the expert
+//! load and, from the run's metrics, the depth router's training agreement (`routing.svg`).
+//!
+//! Expert load is reported twice: over the tokens whose width path runs (λ > 0: chosen loops
+//! ℓ < D with the gated fusion, every token with `fusion = "average"` or width-only), which is
+//! the load the experts carry at inference, and as the router's raw choice over all tokens.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,8 +21,8 @@ use vffn_model::{
 
 use crate::ckpt_io;
 use crate::common::{in_pool, load_dataset};
-use crate::metrics::{read_metrics, METRICS_FILE};
-use crate::svg::{histograms_svg, loss_curves_svg, Series};
+use crate::metrics::{read_metrics, MetricsRow, METRICS_FILE};
+use crate::svg::{histograms_svg, line_panels_svg, loss_curves_svg, LinePanel, Series};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -27,7 +32,8 @@ pub struct InspectArgs {
     /// Data file whose validation split (last 10%) is routed (default: the built-in corpus).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Write loss-curves.svg, depth-histograms.svg and expert-load.svg into this directory.
+    /// Write loss-curves.svg, depth-histograms.svg, expert-load.svg and routing.svg into this
+    /// directory.
     #[arg(long)]
     pub svg: Option<PathBuf>,
     /// Validation batches to route (0 = all).
@@ -47,8 +53,11 @@ pub struct RoutingStats {
     /// Per layer: tokens that chose ℓ loops, at index ℓ − 1 (empty for layers without a depth
     /// router).
     pub depth_counts: Vec<Vec<u64>>,
-    /// Per layer: how often each expert was chosen (empty without an expert router).
+    /// Per layer: how often the router chose each expert, over all tokens (empty without an
+    /// expert router).
     pub expert_counts: Vec<Vec<u64>>,
+    /// Per layer: how often each expert was chosen by tokens whose width path runs (λ > 0).
+    pub width_expert_counts: Vec<Vec<u64>>,
     /// Per difficulty ([`Difficulty::ALL`] order): (Σ depth over layers with a depth router,
     /// number of (token, layer) pairs).
     pub depth_by_difficulty: [(u64, u64); 3],
@@ -61,6 +70,7 @@ impl RoutingStats {
         RoutingStats {
             depth_counts: vec![Vec::new(); config.n_layers],
             expert_counts: vec![Vec::new(); config.n_layers],
+            width_expert_counts: vec![Vec::new(); config.n_layers],
             depth_by_difficulty: [(0, 0); 3],
             tokens: 0,
         }
@@ -84,15 +94,28 @@ impl RoutingStats {
                 }
             }
         }
+        let k = config.top_k.max(1);
         for (layer, experts) in routing.experts.iter().enumerate().take(config.n_layers) {
             if experts.is_empty() {
                 continue;
             }
-            let counts = &mut self.expert_counts[layer];
-            counts.resize(config.n_experts, 0);
-            for &expert in experts {
-                if let Some(slot) = counts.get_mut(expert as usize) {
-                    *slot += 1;
+            let depths = routing.depth.get(layer).map_or(&[][..], Vec::as_slice);
+            // λ > 0: no depth router (width-only), λ = ½ (average), or ℓ < D (gated).
+            let runs_width = |token: usize| {
+                depths.is_empty()
+                    || config.fusion == Fusion::Average
+                    || depths.get(token).is_some_and(|&c| (c as usize) < config.max_depth)
+            };
+            self.expert_counts[layer].resize(config.n_experts, 0);
+            self.width_expert_counts[layer].resize(config.n_experts, 0);
+            for (slot, &expert) in experts.iter().enumerate() {
+                let e = expert as usize;
+                if e >= config.n_experts {
+                    continue;
+                }
+                self.expert_counts[layer][e] += 1;
+                if runs_width(slot / k) {
+                    self.width_expert_counts[layer][e] += 1;
                 }
             }
         }
@@ -202,6 +225,7 @@ fn json_report(model: &Model, stats: &RoutingStats) -> Result<serde_json::Value>
                 "mean_depth": stats.mean_depth(layer),
                 "mean_lambda": stats.mean_lambda(config, layer),
                 "expert_counts": stats.expert_counts[layer],
+                "width_expert_counts": stats.width_expert_counts[layer],
             })
         })
         .collect();
@@ -259,14 +283,23 @@ fn report(config: &Config, stats: &RoutingStats, dir: &Path, source: &str) -> Re
             }
             None => out.push_str(" no depth router;"),
         }
-        let experts = &stats.expert_counts[layer];
-        let total: u64 = experts.iter().sum();
-        if total > 0 {
-            let load: Vec<String> = experts
+        let shares = |counts: &[u64]| {
+            let total: u64 = counts.iter().sum();
+            let load: Vec<String> = counts
                 .iter()
-                .map(|&c| format!("{:.1}", 100.0 * c as f64 / total as f64))
+                .map(|&c| format!("{:.1}", 100.0 * c as f64 / total.max(1) as f64))
                 .collect();
-            let _ = write!(out, " expert load % [{}]", load.join(" "));
+            (total, load.join(" "))
+        };
+        let (all_slots, router) = shares(&stats.expert_counts[layer]);
+        let (width_slots, load) = shares(&stats.width_expert_counts[layer]);
+        if all_slots > 0 {
+            let _ = write!(
+                out,
+                " expert load % over width-path tokens ({:.1}% of tokens) [{load}], router \
+                 choice % over all tokens [{router}]",
+                100.0 * width_slots as f64 / all_slots as f64
+            );
         } else {
             out.push_str(" no expert router");
         }
@@ -343,7 +376,48 @@ fn write_svgs(dir: &Path, config: &Config, stats: &RoutingStats, run_dir: &Path)
     if !expert_panels.is_empty() {
         write("expert-load.svg", histograms_svg("expert load", &expert_panels))?;
     }
+    if let Some(panels) = routing_panels(&run_dir.join(METRICS_FILE))? {
+        let title = "Depth router during training: Gumbel pick vs noise-free argmax";
+        write("routing.svg", line_panels_svg(title, &panels))?;
+    }
     Ok(())
+}
+
+/// The `depth_agree` and `depth_margin` curves of every layer from a metrics file (None when
+/// the file is missing or has no such rows: no depth router, or an older run).
+fn routing_panels(metrics_path: &Path) -> Result<Option<Vec<LinePanel>>> {
+    if !metrics_path.is_file() {
+        return Ok(None);
+    }
+    let rows = read_metrics(metrics_path)?;
+    let curves = |field: fn(&MetricsRow) -> Option<&Vec<f64>>| {
+        let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        for row in &rows {
+            for (layer, &value) in field(row).into_iter().flatten().enumerate() {
+                if lines.len() <= layer {
+                    lines.push((format!("layer {layer}"), Vec::new()));
+                }
+                lines[layer].1.push((row.step as f64, value));
+            }
+        }
+        lines
+    };
+    let agree = curves(|r| r.depth_agree.as_ref());
+    if agree.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(vec![
+        LinePanel {
+            title: "agreement: training pick = argmax".into(),
+            y_title: "share of tokens".into(),
+            lines: agree,
+        },
+        LinePanel {
+            title: "mean top-1 − top-2 depth-logit margin".into(),
+            y_title: "logit margin".into(),
+            lines: curves(|r| r.depth_margin.as_ref()),
+        },
+    ]))
 }
 
 #[cfg(test)]
@@ -362,6 +436,9 @@ mod tests {
         stats.add(&config, &routing, Some(&labels));
         assert_eq!(stats.depth_counts, vec![vec![1, 1, 0, 2], vec![]]);
         assert_eq!(stats.expert_counts, vec![vec![2, 1, 0, 1], vec![0, 0, 4, 0]]);
+        // Layer 0: the two tokens with ℓ = D = 4 skip the width path (their experts 0 and 3);
+        // layer 1 has no depth router, so every token runs it.
+        assert_eq!(stats.width_expert_counts, vec![vec![1, 1, 0, 0], vec![0, 0, 4, 0]]);
         assert_eq!(stats.mean_depth(0), Some(11.0 / 4.0));
         assert_eq!(stats.mean_depth(1), None);
         assert_eq!(stats.mean_lambda(&config, 0), Some(1.0 - 11.0 / 16.0));
@@ -370,5 +447,9 @@ mod tests {
         assert_eq!(stats.mean_depth_of(Difficulty::Other), Some(2.0));
         let average = Config { fusion: Fusion::Average, ..config.clone() };
         assert_eq!(stats.mean_lambda(&average, 0), Some(0.5));
+        // λ = ½ for every token: the width-path load is the router's choice.
+        let mut averaged = RoutingStats::new(&average);
+        averaged.add(&average, &routing, None);
+        assert_eq!(averaged.width_expert_counts, averaged.expert_counts);
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use vffn_model::DepthAgreement;
 
 use crate::ckpt_io::write_atomic;
 
@@ -32,6 +33,25 @@ pub struct MetricsRow {
     pub tokens_per_s: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
+    /// Per layer (models with a depth router): share of this step's tokens whose training
+    /// pick (Gumbel) equals the noise-free argmax that inference uses, in [0, 1].
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub depth_agree: Option<Vec<f64>>,
+    /// Per layer: mean over this step's tokens of the top-1 − top-2 depth-logit margin (≥ 0).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub depth_margin: Option<Vec<f64>>,
+}
+
+/// The `depth_agree` and `depth_margin` columns of a step from its per-layer agreement counts
+/// (None, None when no layer has a depth router).
+pub fn depth_router_columns(layers: &[DepthAgreement]) -> (Option<Vec<f64>>, Option<Vec<f64>>) {
+    let routed: Vec<&DepthAgreement> = layers.iter().filter(|a| a.tokens > 0).collect();
+    if routed.is_empty() {
+        return (None, None);
+    }
+    let agree = routed.iter().filter_map(|a| a.agree_fraction()).collect();
+    let margin = routed.iter().filter_map(|a| a.mean_margin()).collect();
+    (Some(agree), Some(margin))
 }
 
 /// Appends rows to `DIR/metrics.jsonl`, one flushed line each.
@@ -153,6 +173,8 @@ mod tests {
             temperature: 5.0,
             tokens_per_s: 1000.0,
             grad_norm: 0.3,
+            depth_agree: None,
+            depth_margin: None,
         }
     }
 
@@ -170,6 +192,24 @@ mod tests {
         // A whole row whose newline was lost gets it back, so the next append starts a line.
         let unterminated = rows_up_to(one.trim_end().as_bytes(), 9).unwrap();
         assert_eq!(unterminated.text, one.into_bytes());
+    }
+
+    #[test]
+    fn depth_router_columns_are_per_routed_layer_and_absent_without_one() {
+        assert_eq!(depth_router_columns(&[DepthAgreement::default(); 3]), (None, None));
+        let layers = [
+            DepthAgreement { tokens: 4, agree: 3, margin_sum: 2.0 },
+            DepthAgreement { tokens: 4, agree: 0, margin_sum: 0.0 },
+        ];
+        let (agree, margin) = depth_router_columns(&layers);
+        assert_eq!(agree, Some(vec![0.75, 0.0]));
+        assert_eq!(margin, Some(vec![0.5, 0.0]));
+        let mut with = row(1, 2.0);
+        (with.depth_agree, with.depth_margin) = (agree, margin);
+        let line = serde_json::to_string(&with).unwrap();
+        assert!(line.contains("\"depth_agree\":[0.75,0.0]"), "{line}");
+        assert_eq!(serde_json::from_str::<MetricsRow>(&line).unwrap(), with);
+        assert!(!serde_json::to_string(&row(1, 2.0)).unwrap().contains("depth_"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Plots as hand-written SVG (no plotting dependency): loss curves of several runs overlaid, and
+//! Plots as hand-written SVG (no plotting dependency): loss curves of several runs overlaid,
+//! small-multiple line charts (e.g. a routing statistic of every layer over training) and
 //! small-multiple bar histograms (e.g. the chosen-depth histogram of every layer).
 //!
 //! Inputs are plain structs; the caller parses metrics files and writes the returned string.
@@ -182,6 +183,34 @@ fn svg_open(out: &mut String, width: f64, height: f64) {
     let _ = writeln!(out, r#"<rect width="{width}" height="{height}" fill="white"/>"#);
 }
 
+/// An SVG document opened with its title centered at height `title_y`.
+fn titled_svg(width: f64, height: f64, title_y: f64, title: &str) -> String {
+    let mut out = String::new();
+    svg_open(&mut out, width, height);
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{title_y}" text-anchor="middle" font-size="15">{}</text>"#,
+        width / 2.0,
+        escape(title)
+    );
+    out
+}
+
+/// One legend entry: a color key and its label, the text baseline at `y`.
+fn legend_entry(out: &mut String, x: f64, y: f64, color: &str, label: &str) {
+    let _ = writeln!(
+        out,
+        r#"<rect x="{x:.1}" y="{:.1}" width="14" height="10" fill="{color}"/>"#,
+        y - 9.0
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{y:.1}" font-size="12">{}</text>"#,
+        x + 20.0,
+        escape(label)
+    );
+}
+
 fn finite_points(points: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + '_ {
     points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite())
 }
@@ -224,18 +253,7 @@ pub fn loss_curves_svg(series: &[Series]) -> String {
     for (i, run) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         for (points, dashed) in [(&run.train, false), (&run.val, true)] {
-            let coords: Vec<String> = finite_points(points)
-                .map(|(x, y)| format!("{:.1},{:.1}", scale.px(x), scale.py(y)))
-                .collect();
-            if coords.is_empty() {
-                continue;
-            }
-            let dash = if dashed { r#" stroke-dasharray="6 4""# } else { "" };
-            let _ = writeln!(
-                out,
-                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"{dash}/>"#,
-                coords.join(" ")
-            );
+            polyline(&mut out, &scale, points, color, dashed);
             if dashed {
                 for (x, y) in finite_points(points) {
                     let _ = writeln!(
@@ -247,18 +265,7 @@ pub fn loss_curves_svg(series: &[Series]) -> String {
                 }
             }
         }
-        let y = frame.top + 10.0 + 20.0 * i as f64;
-        let _ = writeln!(
-            out,
-            r#"<rect x="{legend_x:.1}" y="{:.1}" width="14" height="10" fill="{color}"/>"#,
-            y - 9.0
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{y:.1}" font-size="12">{}</text>"#,
-            legend_x + 20.0,
-            escape(&run.label)
-        );
+        legend_entry(&mut out, legend_x, frame.top + 10.0 + 20.0 * i as f64, color, &run.label);
     }
     // Line-style key below the run legend.
     let key_y = frame.top + 20.0 + 20.0 * series.len() as f64;
@@ -283,6 +290,88 @@ pub fn loss_curves_svg(series: &[Series]) -> String {
     out
 }
 
+/// The finite points as one polyline (nothing when there are none); `dashed` for validation.
+fn polyline(out: &mut String, scale: &Scale, points: &[(f64, f64)], color: &str, dashed: bool) {
+    let coords: Vec<String> = finite_points(points)
+        .map(|(x, y)| format!("{:.1},{:.1}", scale.px(x), scale.py(y)))
+        .collect();
+    if coords.is_empty() {
+        return;
+    }
+    let dash = if dashed { r#" stroke-dasharray="6 4""# } else { "" };
+    let _ = writeln!(
+        out,
+        r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"{dash}/>"#,
+        coords.join(" ")
+    );
+}
+
+/// One panel of [`line_panels_svg`]: a title, the y-axis title, and labelled (x, y) lines.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinePanel {
+    pub title: String,
+    pub y_title: String,
+    pub lines: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Line charts side by side under one title, x = step; line i has the same color (and legend
+/// entry) in every panel. Non-finite points are skipped.
+pub fn line_panels_svg(title: &str, panels: &[LinePanel]) -> String {
+    let (panel_width, panel_height) = (420.0, 330.0);
+    let width = panels.len().max(1) as f64 * panel_width + 140.0;
+    let height = panel_height + 50.0;
+    let mut out = titled_svg(width, height, 24.0, title);
+    let all = |panel: &LinePanel| -> Vec<(f64, f64)> {
+        panel.lines.iter().flat_map(|(_, points)| finite_points(points)).collect()
+    };
+    if panels.iter().all(|p| all(p).is_empty()) {
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="14">no data</text>"#,
+            width / 2.0,
+            height / 2.0
+        );
+        out.push_str("</svg>\n");
+        return out;
+    }
+    for (index, panel) in panels.iter().enumerate() {
+        let left = 72.0 + index as f64 * panel_width;
+        let frame = Frame { left, top: 60.0, width: panel_width - 110.0, height: 240.0 };
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="48" text-anchor="middle" font-size="12">{}</text>"#,
+            frame.left + frame.width / 2.0,
+            escape(&panel.title)
+        );
+        let points = all(panel);
+        if points.is_empty() {
+            continue;
+        }
+        let (x_lo, x_hi) = points
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
+        let (y_lo, y_hi) = points
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+        let (x0, x1, x_step, x_ticks) = axis(x_lo, x_hi, 5);
+        let (y0, y1, y_step, y_ticks) = axis(y_lo.min(0.0), y_hi, 5);
+        let scale = Scale { frame, x: (x0, x1), y: (y0, y1) };
+        let ticks = (&x_ticks[..], x_step);
+        draw_axes(&mut out, &scale, Some(ticks), (&y_ticks, y_step), "step", &panel.y_title);
+        for (i, (_, points)) in panel.lines.iter().enumerate() {
+            polyline(&mut out, &scale, points, PALETTE[i % PALETTE.len()], false);
+        }
+    }
+    let legend_x = width - 120.0;
+    let labels = panels.iter().max_by_key(|p| p.lines.len()).map_or(&[][..], |p| &p.lines[..]);
+    for (i, (label, _)) in labels.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        legend_entry(&mut out, legend_x, 70.0 + 20.0 * i as f64, color, label);
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 /// Small multiples of bar charts under one title: each panel is (panel title, [(category,
 /// value)]), e.g. one panel per layer with the share of tokens per chosen loop count.
 /// Non-finite or negative values draw as empty bars.
@@ -291,14 +380,7 @@ pub fn histograms_svg(title: &str, panels: &[(String, Vec<(String, f64)>)]) -> S
     let rows = panels.len().div_ceil(columns).max(1);
     let (panel_width, panel_height) = (260.0, 210.0);
     let (width, height) = (columns as f64 * panel_width + 20.0, rows as f64 * panel_height + 50.0);
-    let mut out = String::new();
-    svg_open(&mut out, width, height);
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="26" text-anchor="middle" font-size="15">{}</text>"#,
-        width / 2.0,
-        escape(title)
-    );
+    let mut out = titled_svg(width, height, 26.0, title);
     if panels.is_empty() {
         let _ = writeln!(
             out,
@@ -456,11 +538,48 @@ mod tests {
     }
 
     #[test]
+    fn line_panels_draw_every_line_inside_its_panel() {
+        let line = |scale: f64| -> Vec<(f64, f64)> {
+            (1..=20).map(|s| (s as f64 * 10.0, scale * s as f64 / 20.0)).collect()
+        };
+        let panels = vec![
+            LinePanel {
+                title: "agreement".into(),
+                y_title: "share".into(),
+                lines: vec![("layer 0".into(), line(1.0)), ("layer 1".into(), line(0.5))],
+            },
+            LinePanel {
+                title: "margin".into(),
+                y_title: "logit".into(),
+                lines: vec![
+                    ("layer 0".into(), line(3.0)),
+                    ("layer 1".into(), vec![(5.0, f64::NAN)]),
+                ],
+            },
+        ];
+        let svg = line_panels_svg("Depth router <during training>", &panels);
+        assert_well_formed(&svg);
+        assert!(svg.contains("Depth router &lt;during training&gt;"));
+        let polylines = attribute_values(&svg, "polyline", "points");
+        assert_eq!(polylines.len(), 3, "the all-NaN line draws nothing");
+        for (i, points) in polylines.iter().enumerate() {
+            let (lo, hi) = if i < 2 { (72.0, 382.0) } else { (492.0, 802.0) };
+            for pair in points.split(' ') {
+                let (x, y) = pair.split_once(',').unwrap();
+                let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+                assert!((lo..=hi).contains(&x) && (60.0..=300.0).contains(&y), "{i}: {x},{y}");
+            }
+        }
+        assert_eq!(attribute_values(&svg, "rect", "fill").len(), 3, "background + 2 legend keys");
+    }
+
+    #[test]
     fn empty_charts_are_valid() {
         for svg in [
             loss_curves_svg(&[]),
             loss_curves_svg(&[Series { label: "x".into(), ..Default::default() }]),
             histograms_svg("depths", &[]),
+            line_panels_svg("routing", &[LinePanel::default()]),
         ] {
             assert_well_formed(&svg);
             assert!(svg.contains("no data"));

@@ -20,7 +20,7 @@ use crate::common::{check_memory, in_pool, load_dataset, read_input_file, BUILTI
 use crate::eval::evaluate_until;
 use crate::generate;
 use crate::lock::lock_run_dir;
-use crate::metrics::{MetricsLog, MetricsRow};
+use crate::metrics::{depth_router_columns, MetricsLog, MetricsRow};
 use crate::signals::{self, Signals, Stop};
 
 /// Steps of the default run (`vffn train` with no flags: tiny preset, built-in corpus), chosen
@@ -480,6 +480,7 @@ impl Trainer {
         self.tokens_seen =
             self.tokens_seen.saturating_add((batch.batch_size * batch.seq_len) as u64);
         self.check_weights().with_context(|| format!("after step {}", self.step))?;
+        let (depth_agree, depth_margin) = depth_router_columns(&out.depth_agreement);
         Ok(MetricsRow {
             step: self.step,
             loss,
@@ -490,6 +491,8 @@ impl Trainer {
             temperature,
             tokens_per_s: 0.0,
             grad_norm,
+            depth_agree,
+            depth_margin,
         })
     }
 }

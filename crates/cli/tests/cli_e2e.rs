@@ -75,6 +75,8 @@ struct Row {
     step: u64,
     loss: f32,
     val_loss: Option<f32>,
+    depth_agree: Option<Vec<f64>>,
+    depth_margin: Option<Vec<f64>>,
 }
 
 fn metrics(run: &Path) -> Vec<Row> {
@@ -105,6 +107,17 @@ fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
     assert!(last < first - 0.5, "loss falls: first {first}, last {last}");
     let vals: Vec<f32> = rows.iter().filter_map(|r| r.val_loss).collect();
     assert_eq!(vals.len(), 2, "validation at steps 25 and 50");
+    // The depth router's Gumbel pick against its argmax, per layer, at every logged step.
+    for row in &rows {
+        let (agree, margin) = (row.depth_agree.as_ref(), row.depth_margin.as_ref());
+        let (agree, margin) = (agree.expect("depth_agree"), margin.expect("depth_margin"));
+        assert_eq!((agree.len(), margin.len()), (2, 2), "one per layer: {row:?}");
+        assert!(agree.iter().all(|a| (0.0..=1.0).contains(a)), "{row:?}");
+        assert!(margin.iter().all(|m| m.is_finite() && *m >= 0.0), "{row:?}");
+    }
+    // At init (logits ≈ 0 against Gumbel noise) the pick is near-random among D = 4 loops.
+    let early: f64 = rows[..5].iter().flat_map(|r| r.depth_agree.clone().unwrap()).sum::<f64>();
+    assert!(early / 10.0 < 0.6, "mean early agreement {}", early / 10.0);
     assert!(vals[1] < vals[0], "{vals:?}");
     for file in ["model.safetensors", "optimizer.safetensors", "state.json"] {
         assert!(run.join("ckpt").join(file).is_file(), "{file}");
@@ -154,7 +167,7 @@ fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
         assert!(text.contains(needle), "`{needle}` in {text}");
     }
     assert!(text.contains("mean depth by target difficulty: easy"), "{text}");
-    for file in ["loss-curves.svg", "depth-histograms.svg", "expert-load.svg"] {
+    for file in ["loss-curves.svg", "depth-histograms.svg", "expert-load.svg", "routing.svg"] {
         let body = fs::read_to_string(svg.join(file)).unwrap();
         assert!(body.starts_with("<svg") || body.starts_with("<?xml"), "{file}");
     }
@@ -173,6 +186,17 @@ fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
         let mean = layer["mean_depth"].as_f64().unwrap();
         let lambda = layer["mean_lambda"].as_f64().unwrap();
         assert!((1.0..=4.0).contains(&mean) && (0.0..1.0).contains(&lambda), "{layer}");
+        // Expert load: the router's choice for every token (top-2), and over the tokens whose
+        // width path runs (ℓ < D = 4).
+        let sum = |key: &str| -> u64 {
+            layer[key].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum()
+        };
+        let below_max: u64 = layer["depth_counts"].as_array().unwrap()[..3]
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert_eq!(sum("expert_counts"), 2 * tokens, "{layer}");
+        assert_eq!(sum("width_expert_counts"), 2 * below_max, "{layer}");
     }
     let realized = json["inference_ffn_flops_per_token"].as_f64().unwrap();
     let dense = json["dense_inference_ffn_flops_per_token"].as_f64().unwrap();

@@ -247,6 +247,19 @@ pub(crate) fn moe_part(
 // x [N, d] -> [N, d]
 pub(crate) fn looped_part(tape: &mut Tape, cfg: &Config, w: &LayerWeights, x: &Tensor) -> Tensor {
     let loops = if cfg.block == BlockKind::Kloop { cfg.max_depth } else { 1 };
+    ffn_loops(tape, cfg, w, x, loops)
+}
+
+/// The residual FFN step x ← x + FFN(ff_norm x) `loops` times with the layer's FFN, fused when
+/// the layer is packed (any virtual-expert packing computes the whole FFN).
+// x [N, d] -> [N, d]
+pub(crate) fn ffn_loops(
+    tape: &mut Tape,
+    cfg: &Config,
+    w: &LayerWeights,
+    x: &Tensor,
+    loops: usize,
+) -> Tensor {
     if let Some(f) = &w.fused {
         let (n, eps) = (x.rows(), cfg.norm_eps);
         if !tape.wants_grad(&[x, &w.ff_norm, &w.ff_proj, &w.ff_out]) {

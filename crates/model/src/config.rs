@@ -67,6 +67,19 @@ pub enum Paths {
     Depth,
 }
 
+/// The Gumbel noise of the depth router's training pick (issue 19: an opt-in remedy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepthNoise {
+    /// The paper's hard Gumbel-softmax: the pick is argmax(logits + g), g ~ Gumbel(0, 1),
+    /// whatever the temperature τ.
+    Unit,
+    /// Noise scaled by the temperature: argmax(logits + τ·g), i.e. a draw from
+    /// softmax(logits/τ) (soft sample softmax(logits/τ + g) for the straight-through gradient),
+    /// so the pick sharpens toward the noise-free argmax as τ decays.
+    Scaled,
+}
+
 /// How the two VersatileFFN pathways are combined (the paper's ablation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,7 +99,7 @@ pub struct Config {
     pub d_model: usize,
     pub n_heads: usize,
     pub n_layers: usize,
-    /// SwiGLU value width h: `ff_proj` has 2h rows (gate | value), `ff_out` has h columns.
+    /// SwiGLU value width h: `ff_proj` has 2h rows (value | gate), `ff_out` has h columns.
     pub hidden: usize,
     pub block: BlockKind,
     /// Number of (virtual or real) experts E.
@@ -97,6 +110,16 @@ pub struct Config {
     pub max_depth: usize,
     pub paths: Paths,
     pub fusion: Fusion,
+    /// Width-only versatile (`paths = "width"`): keep the whole FFN active beside the routed
+    /// virtual experts, out = x + FFN(z) + Σ_k g_k·FFN_k(z) — the paper's "one shared expert"
+    /// read as the MoE baseline's shared FFN; it adds no parameters (the virtual experts are
+    /// slices of that same FFN). Unset = on for `paths = "width"`, off otherwise; `true` is
+    /// valid only with `block = "versatile"` and `paths = "width"`. Checkpoints written before
+    /// the key existed read as `false` ([`Config::from_json`]); unset is `null` in JSON and
+    /// absent in TOML.
+    pub shared_expert: Option<bool>,
+    /// Noise of the depth router's training pick; `unit` is the paper's method.
+    pub depth_noise: DepthNoise,
     pub rope_theta: f32,
     pub norm_eps: f32,
     /// Standard deviation of the truncated-normal weight init.
@@ -126,6 +149,8 @@ pub const MODEL_KEYS: &[&str] = &[
     "max_depth",
     "paths",
     "fusion",
+    "shared_expert",
+    "depth_noise",
     "rope_theta",
     "norm_eps",
     "init_std",
@@ -157,6 +182,8 @@ impl Default for Config {
             max_depth: 4,
             paths: Paths::Both,
             fusion: Fusion::Gated,
+            shared_expert: None,
+            depth_noise: DepthNoise::Unit,
             rope_theta: 10000.0,
             norm_eps: 1e-6,
             init_std: 0.02,
@@ -242,6 +269,13 @@ impl Config {
         self.hidden / self.n_experts
     }
 
+    /// Whether the width path keeps the whole FFN beside its routed virtual experts: the
+    /// `shared_expert` key, unset meaning on for width-only versatile blocks.
+    pub fn has_shared_expert(&self) -> bool {
+        let width_only = self.block == BlockKind::Versatile && self.paths == Paths::Width;
+        width_only && self.shared_expert.unwrap_or(true)
+    }
+
     /// Checks every constraint; the error names the first key that breaks one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |key: &str, value: String, reason: &str| {
@@ -317,6 +351,13 @@ impl Config {
                 "temperature_end",
                 self.temperature_end.to_string(),
                 &format!("must be at most temperature_start = {}", self.temperature_start),
+            );
+        }
+        if self.shared_expert == Some(true) && !self.has_shared_expert() {
+            return fail(
+                "shared_expert",
+                "true".to_string(),
+                "needs block = \"versatile\" and paths = \"width\"",
             );
         }
         if !(self.balance_loss_coef.is_finite() && self.balance_loss_coef >= 0.0) {
@@ -395,9 +436,17 @@ impl Config {
     }
 
     /// Parses the JSON form stored in checkpoints (all keys required to be known) and validates.
+    /// A width-only checkpoint without `shared_expert` predates the key and had no shared
+    /// expert: it reads as `false`, not as the width-only default.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = serde_json::from_str(text)
-            .map_err(|e| ConfigError::Syntax { format: "JSON", message: e.to_string() })?;
+        let syntax =
+            |e: serde_json::Error| ConfigError::Syntax { format: "JSON", message: e.to_string() };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(syntax)?;
+        let predates_shared_expert = value.get("shared_expert").is_none();
+        let mut config: Config = serde_json::from_value(value).map_err(syntax)?;
+        if predates_shared_expert && config.has_shared_expert() {
+            config.shared_expert = Some(false);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -742,8 +791,9 @@ mod tests {
 
     #[test]
     fn key_lists_match_serde_fields() {
-        let model = toml::Table::try_from(Config::default()).unwrap();
-        let mut keys: Vec<&str> = model.keys().map(String::as_str).collect();
+        // JSON, not TOML: TOML leaves out the unset `shared_expert`.
+        let model = serde_json::to_value(Config::default()).unwrap();
+        let mut keys: Vec<&str> = model.as_object().unwrap().keys().map(String::as_str).collect();
         let mut expected = MODEL_KEYS.to_vec();
         keys.sort_unstable();
         expected.sort_unstable();
@@ -793,6 +843,55 @@ mod tests {
         assert_eq!(RunConfig::from_toml(&text).unwrap(), run, "{text}");
         let json = run.model.to_json();
         assert_eq!(Config::from_json(&json).unwrap(), run.model);
+    }
+
+    #[test]
+    fn shared_expert_defaults_on_for_width_only_and_is_validated() {
+        let width = RunConfig::from_toml("[model]\npaths = \"width\"\n").unwrap().model;
+        assert_eq!(width.shared_expert, None);
+        assert!(width.has_shared_expert(), "unset: on for width-only");
+        assert!(!Config::tiny().has_shared_expert(), "unset: off for both paths");
+        let off = "[model]\npaths = \"width\"\nshared_expert = false\n";
+        assert!(!RunConfig::from_toml(off).unwrap().model.has_shared_expert());
+        // Set before paths on the command line, the unset default follows paths.
+        let mut run = RunConfig::default();
+        run.set("paths", "width").unwrap();
+        assert!(run.model.has_shared_expert());
+        for text in [
+            "[model]\nshared_expert = true\n",
+            "[model]\nblock = \"moe\"\nshared_expert = true\n",
+            "[model]\npaths = \"depth\"\nshared_expert = true\n",
+        ] {
+            match RunConfig::from_toml(text) {
+                Err(ConfigError::Constraint { key, .. }) => assert_eq!(key, "model.shared_expert"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // Checkpoint JSON: unset round-trips as null; a width-only checkpoint from before the
+        // key reads as no shared expert, any other keeps the unset default.
+        assert_eq!(Config::from_json(&width.to_json()).unwrap(), width);
+        let legacy = |c: &Config| c.to_json().replace(",\"shared_expert\":null", "");
+        assert!(!width.to_json().contains("shared_expert\":true"));
+        let old_width = Config::from_json(&legacy(&width)).unwrap();
+        assert_eq!(old_width.shared_expert, Some(false));
+        assert!(!old_width.has_shared_expert());
+        let old_both = Config::from_json(&legacy(&Config::tiny())).unwrap();
+        assert_eq!(old_both, Config::tiny());
+        assert_ne!(legacy(&width), width.to_json(), "the key was removed");
+        // The TOML written into a run directory reads back to the same config.
+        let run = RunConfig { model: width.clone(), ..RunConfig::default() };
+        assert_eq!(RunConfig::from_toml(&run.to_toml()).unwrap(), run);
+    }
+
+    #[test]
+    fn depth_noise_is_unit_by_default_and_scaled_on_request() {
+        assert_eq!(Config::tiny().depth_noise, DepthNoise::Unit);
+        let text = "[model]\ndepth_noise = \"scaled\"\n";
+        assert_eq!(RunConfig::from_toml(text).unwrap().model.depth_noise, DepthNoise::Scaled);
+        match RunConfig::from_toml("[model]\ndepth_noise = \"loud\"\n") {
+            Err(ConfigError::InvalidValue { key, .. }) => assert_eq!(key, "model.depth_noise"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //! - Training = 3 × forward (forward + backward, which costs about twice the forward).
 //!
 //! # Components
-//! - `ffn`: fixed (unrouted) passes through the layer's own FFN: dense 1·F, MoE's shared FFN 1·F.
+//! - `ffn`: fixed (unrouted) passes through the layer's own FFN: dense 1·F, MoE's shared FFN 1·F,
+//!   width-only VersatileFFN's shared expert 1·F (`shared_expert`).
 //! - `width`: routed sub-expert work, top-k of E experts of width h/E: `(k/E)·F` per token that
-//!   runs it (MoE experts; VersatileFFN's width path, which runs only where λ > 0, i.e. ℓ < D).
+//!   runs it (MoE experts; VersatileFFN's width path, which runs only where λ > 0: ℓ < D with the
+//!   gated fusion, every token with `fusion = "average"` (λ = ½) and width-only).
 //! - `depth`: looped passes through the shared FFN: k-loop D·F; VersatileFFN training D·F (all
 //!   loops are computed for the Gumbel-softmax mixture), inference ℓ·F for a token that chose ℓ.
 //! - `routers`: the expert gate `2·d·E` and the depth predictor `2·d·D`.
@@ -27,7 +29,7 @@
 
 use thiserror::Error;
 
-use crate::config::{BlockKind, Config, Paths};
+use crate::config::{BlockKind, Config, Fusion, Paths};
 
 /// FLOPs per token, by component (see the module doc for what each one counts).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -97,7 +99,8 @@ pub enum FlopsError {
 pub struct DepthRouting {
     /// N_mean: mean number of FFN loops per token (1..=D).
     pub mean_loops: f64,
-    /// P: fraction of tokens whose width path runs (chosen loops ℓ < D, so λ > 0).
+    /// P: fraction of tokens whose width path runs under the gated fusion (chosen loops ℓ < D,
+    /// so λ > 0); `fusion = "average"` runs it for every token whatever this says.
     pub width_fraction: f64,
 }
 
@@ -242,6 +245,7 @@ fn layer_forward(config: &Config, context: f64, routing: Option<DepthRouting>) -
         BlockKind::Versatile => {
             let (loops, width_fraction) = match routing {
                 None => (max_depth, 1.0),
+                Some(r) if config.fusion == Fusion::Average => (r.mean_loops, 1.0),
                 Some(r) => (r.mean_loops, r.width_fraction),
             };
             match config.paths {
@@ -251,6 +255,9 @@ fn layer_forward(config: &Config, context: f64, routing: Option<DepthRouting>) -
                     layer.routers = expert_gate + depth_predictor;
                 }
                 Paths::Width => {
+                    if config.has_shared_expert() {
+                        layer.ffn = full_ffn;
+                    }
                     layer.width = width_path;
                     layer.routers = expert_gate;
                 }
@@ -344,7 +351,8 @@ mod tests {
         assert_eq!(moe.width, dense.ffn * 2.0 / 8.0);
         assert_eq!(moe.routers, 3.0 * 4.0 * 2.0 * 128.0 * 8.0);
         assert_eq!(dense.attention, kloop.attention);
-        let width_only = Config { paths: Paths::Width, ..Config::tiny() };
+        let width_only =
+            Config { paths: Paths::Width, shared_expert: Some(false), ..Config::tiny() };
         let depth_only = Config { paths: Paths::Depth, ..Config::tiny() };
         let w = inference_flops(&width_only, ctx, DepthRouting::uniform(4));
         let d = inference_flops(&depth_only, ctx, DepthRouting::uniform(4));
@@ -358,6 +366,43 @@ mod tests {
         // Routing does not change the non-adaptive blocks.
         let routed = realized_inference_flops(&config(BlockKind::Moe), ctx, &[]).unwrap();
         assert_eq!(routed, inference_flops(&config(BlockKind::Moe), ctx, DepthRouting::uniform(4)));
+    }
+
+    /// One layer (d 128, h 512, E 8, k 2, D 4: F = 393 216, width path F/4 = 98 304, routers
+    /// 2·128·8 = 2 048 and 2·128·4 = 1 024, head 65 536, context 1 → attention 131 584) and
+    /// a fixed routing of 4 tokens choosing 1, 1, 2 and 4 loops, counted by hand.
+    #[test]
+    fn realized_flops_of_each_fusion_mode_and_width_setup_by_hand() {
+        let one_layer = Config { n_layers: 1, ..Config::tiny() };
+        let routing = [vec![1usize, 1, 2, 4]];
+        let realized = |cfg: &Config| realized_inference_flops(cfg, 1.0, &routing).unwrap();
+        let fixed = 131_584.0 + 65_536.0;
+        // Gated: loops 1+1+2+4 = 8 → 2 F per token; the width path for the 3 tokens with ℓ < 4.
+        let gated = realized(&one_layer);
+        assert_eq!(gated.depth, 786_432.0);
+        assert_eq!(gated.width, 73_728.0);
+        assert_eq!(gated.routers, 3_072.0);
+        assert_eq!(gated.total, fixed + 786_432.0 + 73_728.0 + 3_072.0);
+        // Average (λ = ½ for every token): the same loops, the width path for all 4 tokens.
+        let average = realized(&Config { fusion: Fusion::Average, ..one_layer.clone() });
+        assert_eq!(average.depth, 786_432.0);
+        assert_eq!(average.width, 98_304.0);
+        assert_eq!(average.total, fixed + 786_432.0 + 98_304.0 + 3_072.0);
+        // Width-only: no loops; every token runs its 2 of 8 experts, plus the whole FFN with
+        // the shared expert (the default for width-only).
+        let width = Config { paths: Paths::Width, ..one_layer.clone() };
+        let shared = inference_flops(&width, 1.0, DepthRouting::uniform(4));
+        assert_eq!((shared.ffn, shared.width, shared.depth), (393_216.0, 98_304.0, 0.0));
+        assert_eq!(shared.total, fixed + 393_216.0 + 98_304.0 + 2_048.0);
+        let alone = Config { shared_expert: Some(false), ..width };
+        let alone = inference_flops(&alone, 1.0, DepthRouting::uniform(4));
+        assert_eq!((alone.ffn, alone.width), (0.0, 98_304.0));
+        // Training counts every loop and the width path for every token in both fusions.
+        let train_gated = training_flops(&one_layer, 1.0);
+        let train_average =
+            training_flops(&Config { fusion: Fusion::Average, ..one_layer.clone() }, 1.0);
+        assert_eq!(train_gated, train_average);
+        assert_eq!(train_gated.width, 3.0 * 98_304.0);
     }
 
     #[test]

@@ -464,7 +464,15 @@ mod tests {
 
     #[test]
     fn fused_versatile_width_matches_composed() {
-        check(cfg(BlockKind::Versatile, Paths::Width, Fusion::Gated));
+        let c = cfg(BlockKind::Versatile, Paths::Width, Fusion::Gated);
+        check(Config { shared_expert: Some(false), ..c });
+    }
+
+    #[test]
+    fn fused_versatile_width_with_shared_expert_matches_composed() {
+        let c = cfg(BlockKind::Versatile, Paths::Width, Fusion::Gated);
+        assert!(c.has_shared_expert(), "on by default for width-only");
+        check(c);
     }
 
     #[test]

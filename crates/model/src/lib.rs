@@ -35,7 +35,8 @@ pub use checkpoint::{
     TRAIN_STATE_FORMAT,
 };
 pub use config::{
-    BlockKind, Config, ConfigError, Fusion, ParamKind, ParamSpec, Paths, RunConfig, TrainConfig,
+    BlockKind, Config, ConfigError, DepthNoise, Fusion, ParamKind, ParamSpec, Paths, RunConfig,
+    TrainConfig,
 };
 pub use corpus::{generate as generate_corpus, Corpus, Difficulty};
 pub use data::{
@@ -48,3 +49,4 @@ pub use flops::{
     realized_inference_flops_from_counts, training_flops, DepthRouting, FlopsBreakdown, FlopsError,
 };
 pub use model::{InferOutput, Model, ModelError, Routing, StepGrads, TrainOutput, TRAIN_GROUPS};
+pub use versatile::DepthAgreement;

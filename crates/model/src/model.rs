@@ -19,7 +19,7 @@ use crate::config::{BlockKind, Config, ConfigError, ParamKind};
 use crate::data::Batch;
 use crate::decode::Decoder;
 use crate::flops::{realized_inference_flops, FlopsBreakdown, FlopsError};
-use crate::versatile::{versatile_infer, versatile_train};
+use crate::versatile::{versatile_infer, versatile_train, DepthAgreement};
 
 /// Errors of building or running a model. Bad inputs (token ids, shapes) are errors, not panics.
 #[derive(Debug, Error)]
@@ -86,6 +86,9 @@ pub struct TrainOutput {
     /// [B·T, V] on the tape.
     pub logits: Tensor,
     pub routing: Routing,
+    /// Per layer: the depth router's training picks against its argmax (zero for layers
+    /// without a depth router).
+    pub depth_agreement: Vec<DepthAgreement>,
 }
 
 /// Groups of whole sequences a training batch is split into ([`Model::train_step_grads`] as used
@@ -106,6 +109,9 @@ pub struct StepGrads {
     pub ce: f32,
     /// Σ over routed layers of the balance loss (before the coefficient).
     pub balance: f32,
+    /// Per layer, over the whole batch: the depth router's training picks against its argmax
+    /// (zero for layers without a depth router).
+    pub depth_agreement: Vec<DepthAgreement>,
 }
 
 /// One group's forward, waiting for the batch-level balance shares.
@@ -113,7 +119,30 @@ struct GroupPart {
     tape: Tape,
     ce: Tensor,
     terms: Vec<BalanceTerm>,
+    agreement: Vec<DepthAgreement>,
     weight: f32,
+}
+
+/// Embedding and blocks of one forward (see `Model::trunk`).
+struct TrunkOut {
+    /// Residual stream after the last block. [B·T, d]
+    x: Tensor,
+    /// Balance term per routed layer (training).
+    balance: Vec<BalanceTerm>,
+    routing: Routing,
+    /// Per layer (training): the depth router's picks against its argmax.
+    agreement: Vec<DepthAgreement>,
+}
+
+/// The FFN part of one block (see `Model::ffn_part`).
+struct FfnPartOut {
+    out: Tensor,
+    balance: Option<BalanceTerm>,
+    /// Chosen loop count per token, or empty. [N]
+    depth: Vec<u8>,
+    /// Chosen experts per token, or empty. [N·k]
+    experts: Vec<u32>,
+    agreement: Option<DepthAgreement>,
 }
 
 /// What an inference forward returns.
@@ -291,8 +320,8 @@ impl Model {
         Ok(())
     }
 
-    /// Embedding and every block; `train` selects the training or the inference FFN parts.
-    // inputs [B·T] -> (residual [B·T, d], balance term per routed layer, routing)
+    /// Embedding and every block; `mode` selects the training or the inference FFN parts.
+    // inputs [B·T] -> residual [B·T, d], balance terms, routing, depth agreement
     fn trunk(
         &self,
         tape: &mut Tape,
@@ -301,13 +330,14 @@ impl Model {
         seq: usize,
         mode: Mode<'_>,
         prepacked: Option<&[LayerWeights]>,
-    ) -> (Tensor, Vec<BalanceTerm>, Routing) {
+    ) -> TrunkOut {
         let cfg = &self.config;
         let positions: Vec<usize> = (0..batch * seq).map(|i| i % seq).collect();
         let wte = tape.param(&self.params, self.wte);
         let mut x = tape.embedding(&wte, inputs);
         let mut balance = Vec::new();
         let mut routing = Routing::default();
+        let mut agreement = Vec::with_capacity(self.layers.len());
         let (temperature, mut noise) = match mode {
             Mode::Train { temperature, noise } => (Some(temperature), noise),
             Mode::Infer => (None, None),
@@ -323,14 +353,14 @@ impl Model {
             };
             let a = attention(tape, cfg, w, &x, batch, seq, &positions);
             let x_attn = tape.add(&x, &a);
-            let (out, layer_balance, depth, experts) =
-                self.ffn_part(tape, w, &x_attn, temperature, noise.as_deref_mut());
-            balance.extend(layer_balance);
-            routing.depth.push(depth);
-            routing.experts.push(experts);
-            x = out;
+            let part = self.ffn_part(tape, w, &x_attn, temperature, noise.as_deref_mut());
+            balance.extend(part.balance);
+            routing.depth.push(part.depth);
+            routing.experts.push(part.experts);
+            agreement.push(part.agreement.unwrap_or_default());
+            x = part.out;
         }
-        (x, balance, routing)
+        TrunkOut { x, balance, routing, agreement }
     }
 
     /// One layer's parameters on `tape`, with its FFN packed for the fused kernels (unless the
@@ -344,7 +374,7 @@ impl Model {
     }
 
     /// The FFN part of one block. `temperature: None` = inference mode.
-    // x [N, d] -> (out [N, d], balance term, depth [N] or empty, experts [N·k] or empty)
+    // x [N, d] -> out [N, d], balance term, depth [N] or empty, experts [N·k] or empty
     fn ffn_part(
         &self,
         tape: &mut Tape,
@@ -352,28 +382,39 @@ impl Model {
         x: &Tensor,
         temperature: Option<f32>,
         noise: Option<&mut Rng>,
-    ) -> (Tensor, Option<BalanceTerm>, Vec<u8>, Vec<u32>) {
+    ) -> FfnPartOut {
         let cfg = &self.config;
+        let unrouted = |out| FfnPartOut {
+            out,
+            balance: None,
+            depth: Vec::new(),
+            experts: Vec::new(),
+            agreement: None,
+        };
         match cfg.block {
-            BlockKind::Dense | BlockKind::Kloop => {
-                (looped_part(tape, cfg, w, x), None, Vec::new(), Vec::new())
-            }
+            BlockKind::Dense | BlockKind::Kloop => unrouted(looped_part(tape, cfg, w, x)),
             BlockKind::Moe => {
                 let (out, logits, experts) = moe_part(tape, cfg, w, x);
                 let balance =
                     temperature.map(|_| crate::blocks::balance_term(tape, &logits, &experts));
-                (out, balance, Vec::new(), experts)
+                FfnPartOut { balance, experts, ..unrouted(out) }
             }
-            BlockKind::Versatile => match temperature {
-                Some(t) => {
-                    let (out, balance, r) = versatile_train(tape, cfg, w, x, t, noise);
-                    (out, balance, r.depth, r.experts)
+            BlockKind::Versatile => {
+                let (out, balance, r) = match temperature {
+                    Some(t) => versatile_train(tape, cfg, w, x, t, noise),
+                    None => {
+                        let (out, r) = versatile_infer(tape, cfg, w, x);
+                        (out, None, r)
+                    }
+                };
+                FfnPartOut {
+                    out,
+                    balance,
+                    depth: r.depth,
+                    experts: r.experts,
+                    agreement: r.agreement,
                 }
-                None => {
-                    let (out, r) = versatile_infer(tape, cfg, w, x);
-                    (out, None, r.depth, r.experts)
-                }
-            },
+            }
         }
     }
 
@@ -397,10 +438,18 @@ impl Model {
         noise: Option<&mut Rng>,
     ) -> Result<TrainOutput, ModelError> {
         self.check_train_inputs(batch, temperature)?;
-        let (ce, terms, logits, routing) = self.train_part(tape, batch, temperature, noise);
+        let (ce, logits, trunk) = self.train_part(tape, batch, temperature, noise);
+        let terms = trunk.balance;
         let shares: Vec<Vec<f32>> = terms.iter().map(|t| BalanceTerm::shares(&t.counts)).collect();
         let (loss, balance) = self.finish_loss(tape, &ce, &terms, &shares);
-        Ok(TrainOutput { loss, ce: ce.item(), balance, logits, routing })
+        Ok(TrainOutput {
+            loss,
+            ce: ce.item(),
+            balance,
+            logits,
+            routing: trunk.routing,
+            depth_agreement: trunk.agreement,
+        })
     }
 
     fn check_train_inputs(&self, batch: &Batch, temperature: f32) -> Result<(), ModelError> {
@@ -419,20 +468,20 @@ impl Model {
 
     /// The training graph up to the mean CE and the routers' balance terms (whose shares f_e
     /// may need the whole batch, see [`Model::train_step_grads`]).
-    // batch [B, T] -> (mean CE scalar, balance term per routed layer, logits [B·T, V], routing)
+    // batch [B, T] -> (mean CE scalar, logits [B·T, V], the trunk's balance terms and routing)
     fn train_part(
         &self,
         tape: &mut Tape,
         batch: &Batch,
         temperature: f32,
         noise: Option<&mut Rng>,
-    ) -> (Tensor, Vec<BalanceTerm>, Tensor, Routing) {
+    ) -> (Tensor, Tensor, TrunkOut) {
         let (b, t) = (batch.batch_size, batch.seq_len);
         let mode = Mode::Train { temperature, noise };
-        let (x, terms, routing) = self.trunk(tape, &batch.inputs, b, t, mode, None);
-        let logits = self.head(tape, &x);
+        let trunk = self.trunk(tape, &batch.inputs, b, t, mode, None);
+        let logits = self.head(tape, &trunk.x);
         let ce = tape.cross_entropy(&logits, &batch.targets);
-        (ce, terms, logits, routing)
+        (ce, logits, trunk)
     }
 
     /// loss = ce + coef·Σ_layers Σ_e shares[l]_e·P_e; returns it and the Σ (before the coef).
@@ -482,7 +531,13 @@ impl Model {
             let out = self.train_forward(&mut tape, batch, temperature, noise)?;
             let loss = out.loss.item();
             let grads = tape.backward(&out.loss)?;
-            return Ok(StepGrads { grads: vec![grads], loss, ce: out.ce, balance: out.balance });
+            return Ok(StepGrads {
+                grads: vec![grads],
+                loss,
+                ce: out.ce,
+                balance: out.balance,
+                depth_agreement: out.depth_agreement,
+            });
         }
         // Group g holds rows [g·b/G, (g+1)·b/G): sizes differ by at most one.
         let bounds: Vec<usize> = (0..=groups).map(|g| g * b / groups).collect();
@@ -503,10 +558,15 @@ impl Model {
                     target_difficulty: None,
                 };
                 let mut tape = Tape::new();
-                let (ce, terms, _, _) = self.train_part(&mut tape, &sub, temperature, rng.as_mut());
-                GroupPart { tape, ce, terms, weight: (r1 - r0) as f32 / b as f32 }
+                let (ce, _, trunk) = self.train_part(&mut tape, &sub, temperature, rng.as_mut());
+                let weight = (r1 - r0) as f32 / b as f32;
+                GroupPart { tape, ce, terms: trunk.balance, agreement: trunk.agreement, weight }
             })
             .collect();
+        let mut depth_agreement = vec![DepthAgreement::default(); self.layers.len()];
+        for part in &parts {
+            depth_agreement.iter_mut().zip(&part.agreement).for_each(|(a, p)| a.merge(p));
+        }
         // f_e of the whole batch, per routed layer.
         let layers = parts[0].terms.len();
         let shares: Vec<Vec<f32>> = (0..layers)
@@ -529,8 +589,13 @@ impl Model {
                 Ok((grads, part.weight * values.0, part.weight * values.1, part.weight * values.2))
             })
             .collect();
-        let mut out =
-            StepGrads { grads: Vec::with_capacity(groups), loss: 0.0, ce: 0.0, balance: 0.0 };
+        let mut out = StepGrads {
+            grads: Vec::with_capacity(groups),
+            loss: 0.0,
+            ce: 0.0,
+            balance: 0.0,
+            depth_agreement,
+        };
         for r in results {
             let (grads, loss, ce, balance) = r?;
             out.grads.push(grads);
@@ -564,8 +629,8 @@ impl Model {
         let groups = if threads > 1 { batch.min(INFER_GROUPS_PER_THREAD * threads) } else { 1 };
         if groups <= 1 {
             let mut tape = Tape::no_grad();
-            let (x, _, routing) = self.trunk(&mut tape, inputs, batch, seq, Mode::Infer, None);
-            return Ok((self.head(&mut tape, &x), routing));
+            let trunk = self.trunk(&mut tape, inputs, batch, seq, Mode::Infer, None);
+            return Ok((self.head(&mut tape, &trunk.x), trunk.routing));
         }
         // Groups of whole sequences run the model independently, one group per task: the
         // layers' many small parallel regions become one per forward, and a thread that
@@ -585,9 +650,8 @@ impl Model {
                 let (b0, nb) = (g * per, per.min(batch - g * per));
                 let mut tape = Tape::no_grad();
                 let part = &inputs[b0 * seq..(b0 + nb) * seq];
-                let (x, _, routing) =
-                    self.trunk(&mut tape, part, nb, seq, Mode::Infer, Some(&layers));
-                (self.head(&mut tape, &x), routing)
+                let trunk = self.trunk(&mut tape, part, nb, seq, Mode::Infer, Some(&layers));
+                (self.head(&mut tape, &trunk.x), trunk.routing)
             })
             .collect();
         let vocab = parts[0].0.cols();
@@ -626,7 +690,7 @@ impl Model {
     /// Inference FFN part of layer `layer` on rows `x` (used by the decoder).
     // x [N, d] -> [N, d]
     pub(crate) fn infer_ffn_part(&self, tape: &mut Tape, w: &LayerWeights, x: &Tensor) -> Tensor {
-        self.ffn_part(tape, w, x, None, None).0
+        self.ffn_part(tape, w, x, None, None).out
     }
 }
 

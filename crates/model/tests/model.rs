@@ -167,12 +167,13 @@ fn ablation_variants_train_equals_infer() {
     use vffn_model::{Fusion, Paths};
     let (base, _, batch) = varied_versatile();
     let variants = [
-        (Paths::Width, Fusion::Gated),
-        (Paths::Depth, Fusion::Gated),
-        (Paths::Both, Fusion::Average),
+        (Paths::Width, Fusion::Gated, None), // the shared expert, on by default
+        (Paths::Width, Fusion::Gated, Some(false)),
+        (Paths::Depth, Fusion::Gated, None),
+        (Paths::Both, Fusion::Average, None),
     ];
-    for (paths, fusion) in variants {
-        let config = Config { paths, fusion, ..base.clone() };
+    for (paths, fusion, shared_expert) in variants {
+        let config = Config { paths, fusion, shared_expert, ..base.clone() };
         let model = Model::new(config.clone(), 5).unwrap();
         let mut tape = Tape::new();
         let train = model.train_forward(&mut tape, &batch, 0.7, None).unwrap();
