@@ -14,6 +14,7 @@
 //! over the FFN kernels; otherwise (expert widths the kernels refuse) the composed ops below.
 
 use vffn_autograd::{Rng, Tape, Tensor};
+use vffn_kernels::gemm::{gemm, MatMut, MatRef};
 
 use crate::blocks::{
     balance_term, ffn_step, matmul_nn, route_top_k, routed_sum, BalanceTerm, LayerWeights,
@@ -55,6 +56,14 @@ pub(crate) fn width_path(
         );
         return (tape.add(x, &routed), logits, route.experts);
     }
+    if !tape.wants_grad(&[z, &w.ff_proj, &w.ff_out]) {
+        // Inference (e.g. decoding one token): each expert reads its slices of the weights in
+        // place, so a step reads only the chosen experts' weights, once.
+        let routed = routed_sum(tape, z, &route, |tape, e, z_e| {
+            expert_in_place(tape, z_e, w.ff_proj.data(), w.ff_out.data(), h, s, e)
+        });
+        return (tape.add(x, &routed), logits, route.experts);
+    }
     // Columns e·s.. of ff_out are rows e·s.. of its transpose: transpose once per layer.
     let out_t = tape.transpose(&w.ff_out); // [h, d]
     let routed = routed_sum(tape, z, &route, |tape, e, z_e| {
@@ -67,6 +76,34 @@ pub(crate) fn width_path(
         matmul_nn(tape, &a, &out_rows) // [M_e, d]
     });
     (tape.add(x, &routed), logits, route.experts)
+}
+
+/// Virtual expert e on its rows, no gradient: `SwiGLU(z·[value_e; gate_e]ᵀ)·ff_out[:, e·s..]ᵀ`,
+/// the weight slices read in place through strided views (no transpose, no concatenation).
+// z [M, d], proj [2h, d], out [d, h] -> [M, d]
+fn expert_in_place(
+    tape: &mut Tape,
+    z: &Tensor,
+    proj: &[f32],
+    out: &[f32],
+    h: usize,
+    s: usize,
+    e: usize,
+) -> Tensor {
+    let (m, d) = (z.rows(), z.cols());
+    let zv = MatRef::new(z.data(), m, d);
+    let mut u = vec![0.0f32; m * 2 * s];
+    for (half, first_row) in [(0, e * s), (1, h + e * s)] {
+        let rows = MatRef::new(&proj[first_row * d..(first_row + s) * d], s, d);
+        let dst = MatMut::strided(&mut u[half * s..], m, s, 2 * s, 1);
+        gemm(1.0, zv, rows.t(), 0.0, dst);
+    }
+    let u = Tensor::from_vec(&[m, 2 * s], u).expect("[M, 2s]");
+    let a = tape.swiglu(&u); // [M, s]
+    let mut y = vec![0.0f32; m * d];
+    let cols = MatRef::strided(&out[e * s..], d, s, h, 1); // ff_out[:, e·s..e·s+s]
+    gemm(1.0, MatRef::new(a.data(), m, s), cols.t(), 0.0, MatMut::new(&mut y, m, d));
+    Tensor::from_vec(&[m, d], y).expect("[M, d]")
 }
 
 /// Depth path (training): all D loops for every token, mixed by the hard Gumbel-softmax
