@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{Config, ConfigError, ParamSpec, TrainConfig};
+use crate::dtype::WeightDtype;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -39,8 +40,10 @@ pub enum CheckpointError {
     /// The safetensors container itself is unreadable (truncated, corrupted header, ...).
     #[error("not a valid safetensors file (truncated or corrupted?): {0}")]
     Format(#[from] safetensors::SafeTensorError),
-    #[error("tensor `{name}`: dtype {found}, expected F32")]
+    #[error("tensor `{name}`: dtype {found}, expected F32, BF16 or F16")]
     WrongDtype { name: String, found: String },
+    #[error("tensor `{name}`: {dtype} value {index} is NaN or infinite")]
+    NonFinite { name: String, dtype: String, index: usize },
     #[error("tensor `{name}`: missing from the checkpoint")]
     MissingTensor { name: String },
     #[error("tensor `{name}`: shape {found:?} in the checkpoint, the model expects {expected:?}")]
@@ -83,24 +86,25 @@ pub struct TensorFile {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// An f32 tensor as safetensors sees it: little-endian bytes.
-struct F32View<'a> {
+/// A tensor as safetensors sees it: little-endian bytes of its dtype.
+struct EncodedView<'a> {
+    dtype: WeightDtype,
     shape: &'a [usize],
-    data: &'a [f32],
+    bytes: Vec<u8>,
 }
 
-impl View for F32View<'_> {
+impl View for EncodedView<'_> {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype.safetensors()
     }
     fn shape(&self) -> &[usize] {
         self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        Cow::Borrowed(&self.bytes)
     }
     fn data_len(&self) -> usize {
-        self.data.len() * 4
+        self.bytes.len()
     }
 }
 
@@ -108,6 +112,15 @@ impl View for F32View<'_> {
 pub fn write_tensors(
     tensors: &[TensorRef<'_>],
     metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, CheckpointError> {
+    write_tensors_as(tensors, metadata, WeightDtype::F32)
+}
+
+/// [`write_tensors`] storing every tensor as `dtype` (see [`crate::dtype`]).
+pub fn write_tensors_as(
+    tensors: &[TensorRef<'_>],
+    metadata: &BTreeMap<String, String>,
+    dtype: WeightDtype,
 ) -> Result<Vec<u8>, CheckpointError> {
     let mut seen = std::collections::BTreeSet::new();
     let mut views = Vec::with_capacity(tensors.len());
@@ -123,7 +136,8 @@ pub fn write_tensors(
                 len: tensor.data.len(),
             });
         }
-        views.push((tensor.name, F32View { shape: tensor.shape, data: tensor.data }));
+        let bytes = crate::dtype::encode(tensor.name, tensor.data, dtype)?;
+        views.push((tensor.name, EncodedView { dtype, shape: tensor.shape, bytes }));
     }
     let info = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut bytes = safetensors::serialize(views, Some(info))?;
@@ -164,22 +178,12 @@ fn canonicalize_header(bytes: &mut [u8]) {
     }
 }
 
-/// Parses safetensors bytes holding f32 tensors only.
+/// Parses safetensors bytes holding f32, bf16 or f16 tensors (any mix), widened to f32.
 pub fn read_tensors(bytes: &[u8]) -> Result<TensorFile, CheckpointError> {
     let file = SafeTensors::deserialize(bytes)?;
     let mut tensors = BTreeMap::new();
     for (name, view) in file.iter() {
-        if view.dtype() != Dtype::F32 {
-            return Err(CheckpointError::WrongDtype {
-                name: name.to_string(),
-                found: format!("{:?}", view.dtype()),
-            });
-        }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let data = crate::dtype::decode(name, view.dtype(), view.data())?;
         tensors.insert(name.to_string(), TensorData { shape: view.shape().to_vec(), data });
     }
     let (_, header) = SafeTensors::read_metadata(bytes)?;
@@ -219,6 +223,17 @@ pub fn save_model(
     extra: &BTreeMap<String, String>,
     tensors: &[TensorRef<'_>],
 ) -> Result<Vec<u8>, CheckpointError> {
+    save_model_as(config, temperature, extra, tensors, WeightDtype::F32)
+}
+
+/// [`save_model`] storing every tensor as `dtype` (`vffn export`).
+pub fn save_model_as(
+    config: &Config,
+    temperature: f32,
+    extra: &BTreeMap<String, String>,
+    tensors: &[TensorRef<'_>],
+    dtype: WeightDtype,
+) -> Result<Vec<u8>, CheckpointError> {
     for key in [CONFIG_KEY, TEMPERATURE_KEY] {
         if extra.contains_key(key) {
             return Err(CheckpointError::InvalidMetadata {
@@ -231,7 +246,7 @@ pub fn save_model(
     metadata.insert(CONFIG_KEY.into(), config.to_json());
     // `{:?}` of an f32 is the shortest string that parses back to the same bits.
     metadata.insert(TEMPERATURE_KEY.into(), format!("{temperature:?}"));
-    write_tensors(tensors, &metadata)
+    write_tensors_as(tensors, &metadata, dtype)
 }
 
 /// Parses a model checkpoint: container, dtypes, `config` and `temperature` metadata.
