@@ -1,0 +1,356 @@
+//! Matrix-vector products with bf16 weights (decoding with half the weight traffic).
+//!
+//! `out[j] = Σ_p x[p]·W[j, p]` for the rows of a linear layer's weight stored as bf16 bits
+//! (`W[j, p]` at `w[j·row_stride + p]`), x and the accumulation in f32. A bf16 value is the top
+//! half of an f32, so widening is exact and costs one shift in registers: AVX-512 widens 16
+//! values per `vpmovzxwd` + `vpslld`, AVX2 8, the portable path builds `wide::f32x8` lanes from
+//! the shifted bits. Like the f32 GEMV the kernels are memory-bound: four rows are streamed at a
+//! time with two accumulators each, and threads split the rows only for large products.
+//!
+//! Every row sums its terms in the same order wherever it sits (in a group of four or alone),
+//! so splitting the rows over threads never changes a result.
+
+use rayon::prelude::*;
+
+use crate::microkernel::KernelKind;
+
+/// `rows·k` below which threads are not used (as in the f32 GEMV, counted in weights).
+const PAR_MIN: usize = 1 << 16;
+/// Fewest rows per parallel work item.
+const MIN_ROWS_PER_ITEM: usize = 64;
+
+/// Errors of the bf16 GEMV's arguments.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bf16Error {
+    /// `w` is shorter than the rows it should hold.
+    Weights { rows: usize, row_stride: usize, k: usize, needed: usize, len: usize },
+    /// Rows would overlap: the stride is shorter than a row.
+    Stride { row_stride: usize, k: usize },
+}
+
+impl std::fmt::Display for Bf16Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bf16Error::Weights { rows, row_stride, k, needed, len } => write!(
+                f,
+                "bf16 weights: {rows} rows of stride {row_stride} (k = {k}) need {needed} values, got {len}"
+            ),
+            Bf16Error::Stride { row_stride, k } => {
+                write!(f, "bf16 weights: row stride {row_stride} is shorter than k = {k}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Bf16Error {}
+
+/// `out[j] = Σ_p x[p]·W[j, p]` for `j < out.len()`, `W[j, p] = w[j·row_stride + p]` as bf16
+/// bits, with the ISA of [`crate::microkernel::isa`] and the current rayon pool.
+pub fn gemv_bf16(
+    x: &[f32],
+    w: &[u16],
+    row_stride: usize,
+    out: &mut [f32],
+) -> Result<(), Bf16Error> {
+    gemv_bf16_with(crate::microkernel::isa(), x, w, row_stride, out)
+}
+
+/// [`gemv_bf16`] with an explicit kernel family (unavailable families run portable code).
+pub fn gemv_bf16_with(
+    kind: KernelKind,
+    x: &[f32],
+    w: &[u16],
+    row_stride: usize,
+    out: &mut [f32],
+) -> Result<(), Bf16Error> {
+    let (k, rows) = (x.len(), out.len());
+    if row_stride < k {
+        return Err(Bf16Error::Stride { row_stride, k });
+    }
+    let needed = if rows == 0 { 0 } else { (rows - 1) * row_stride + k };
+    if w.len() < needed {
+        return Err(Bf16Error::Weights { rows, row_stride, k, needed, len: w.len() });
+    }
+    let kind = if kind.is_available() { kind } else { KernelKind::Portable };
+    let threads = if rows * k >= PAR_MIN { rayon::current_num_threads() } else { 1 };
+    let item = rows.div_ceil(2 * threads).next_multiple_of(4).max(MIN_ROWS_PER_ITEM);
+    let run = |(i, chunk): (usize, &mut [f32])| {
+        let first = &w[i * item * row_stride..];
+        // SAFETY: rows i·item.. of W lie inside `w` (checked above: every row has k values),
+        // and the x86 bodies run only when their family was detected (`is_available`).
+        unsafe { rows_bf16(kind, x, first.as_ptr(), row_stride, chunk) }
+    };
+    if threads > 1 && rows > item {
+        out.par_chunks_mut(item).enumerate().for_each(run);
+    } else {
+        out.chunks_mut(item).enumerate().for_each(run);
+    }
+    Ok(())
+}
+
+/// Dispatches one block of rows to the family's body.
+///
+/// # Safety
+/// `out.len()` rows of k = x.len() values at stride `rs` must be readable from `w`; `kind` must
+/// be available.
+unsafe fn rows_bf16(kind: KernelKind, x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        match kind {
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx512 => rows_avx512(x, w, rs, out),
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx2 => rows_avx2(x, w, rs, out),
+            _ => rows_portable(x, w, rs, out),
+        }
+    }
+}
+
+/// The f32 value of bf16 bits.
+#[inline(always)]
+fn widen(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// Portable body: 8 lanes of `wide`, two accumulators per row, rows one at a time.
+///
+/// # Safety
+/// As [`rows_bf16`].
+unsafe fn rows_portable(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
+    use wide::f32x8;
+    let k = x.len();
+    let k16 = k / 16 * 16;
+    let lanes = |p: *const u16| -> f32x8 {
+        // SAFETY: the caller guarantees 8 readable values at p.
+        f32x8::from(core::array::from_fn::<f32, 8, _>(|i| widen(unsafe { *p.add(i) })))
+    };
+    let xv = |p: usize| f32x8::from(<[f32; 8]>::try_from(&x[p..p + 8]).expect("8 values"));
+    for (j, o) in out.iter_mut().enumerate() {
+        // SAFETY: row j has k readable values at w + j·rs.
+        let row = unsafe { w.add(j * rs) };
+        let (mut a0, mut a1) = (f32x8::ZERO, f32x8::ZERO);
+        let mut p = 0;
+        while p < k16 {
+            // SAFETY: p + 16 ≤ k.
+            a0 = xv(p).mul_add(lanes(unsafe { row.add(p) }), a0);
+            a1 = xv(p + 8).mul_add(lanes(unsafe { row.add(p + 8) }), a1);
+            p += 16;
+        }
+        let v = (a0 + a1).to_array();
+        let mut s = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+        for (pp, &xp) in x.iter().enumerate().skip(k16) {
+            // SAFETY: pp < k.
+            s = xp.mul_add(widen(unsafe { *row.add(pp) }), s);
+        }
+        *o = s;
+    }
+}
+
+/// AVX2 body: four rows at a time, two 8-lane accumulators each, widening by shift.
+///
+/// # Safety
+/// As [`rows_bf16`], and AVX2 + FMA must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    let k16 = k / 16 * 16;
+    let xp = x.as_ptr();
+    // SAFETY: 8 readable bf16 values at p.
+    let load = |p: *const u16| unsafe {
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    };
+    macro_rules! rows {
+        ($c:literal, $j:expr) => {{
+            let row = |q: usize| w.add(($j + q) * rs);
+            let mut acc = [[_mm256_setzero_ps(); 2]; $c];
+            let mut p = 0;
+            while p < k16 {
+                let x0 = _mm256_loadu_ps(xp.add(p));
+                let x1 = _mm256_loadu_ps(xp.add(p + 8));
+                for q in 0..$c {
+                    acc[q][0] = _mm256_fmadd_ps(x0, load(row(q).add(p)), acc[q][0]);
+                    acc[q][1] = _mm256_fmadd_ps(x1, load(row(q).add(p + 8)), acc[q][1]);
+                }
+                p += 16;
+            }
+            for q in 0..$c {
+                let v = _mm256_add_ps(acc[q][0], acc[q][1]);
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let mut s = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)));
+                for pp in k16..k {
+                    s = x[pp].mul_add(widen(*row(q).add(pp)), s);
+                }
+                out[$j + q] = s;
+            }
+        }};
+    }
+    // SAFETY (whole body): loads read x[p..p+16] and row values p..p+16 with p + 16 ≤ k, tails
+    // single values below k.
+    unsafe {
+        let mut j = 0;
+        while j + 4 <= out.len() {
+            rows!(4, j);
+            j += 4;
+        }
+        while j < out.len() {
+            rows!(1, j);
+            j += 1;
+        }
+    }
+}
+
+/// AVX-512 body: four rows at a time, two 16-lane accumulators each, widening by shift, the k
+/// tail read with masked loads.
+///
+/// # Safety
+/// As [`rows_bf16`], and AVX-512F (with BW for the 16-bit masked loads) must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn rows_avx512(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    let k32 = k / 32 * 32;
+    let k16 = k / 16 * 16;
+    let xp = x.as_ptr();
+    let tail = ((1u32 << (k - k16)) - 1) as __mmask16;
+    let widen16 =
+        |h: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+    // SAFETY: 16 readable bf16 values at p (or the `tail` lanes of them).
+    let load = |p: *const u16| unsafe { widen16(_mm256_loadu_si256(p as *const __m256i)) };
+    let load_tail =
+        |p: *const u16| unsafe { widen16(_mm256_maskz_loadu_epi16(tail, p as *const i16)) };
+    macro_rules! rows {
+        ($c:literal, $j:expr) => {{
+            let row = |q: usize| w.add(($j + q) * rs);
+            let mut acc = [[_mm512_setzero_ps(); 2]; $c];
+            let mut p = 0;
+            while p < k32 {
+                let x0 = _mm512_loadu_ps(xp.add(p));
+                let x1 = _mm512_loadu_ps(xp.add(p + 16));
+                for q in 0..$c {
+                    acc[q][0] = _mm512_fmadd_ps(x0, load(row(q).add(p)), acc[q][0]);
+                    acc[q][1] = _mm512_fmadd_ps(x1, load(row(q).add(p + 16)), acc[q][1]);
+                }
+                p += 32;
+            }
+            if p < k16 {
+                let x0 = _mm512_loadu_ps(xp.add(p));
+                for q in 0..$c {
+                    acc[q][0] = _mm512_fmadd_ps(x0, load(row(q).add(p)), acc[q][0]);
+                }
+                p += 16;
+            }
+            if tail != 0 {
+                let x0 = _mm512_maskz_loadu_ps(tail, xp.add(p));
+                for q in 0..$c {
+                    acc[q][1] = _mm512_fmadd_ps(x0, load_tail(row(q).add(p)), acc[q][1]);
+                }
+            }
+            for q in 0..$c {
+                out[$j + q] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][0], acc[q][1]));
+            }
+        }};
+    }
+    // SAFETY (whole body): full loads read x[p..p+16] and row values p..p+16 with p + 16 ≤ k;
+    // masked loads touch only lanes below k.
+    unsafe {
+        let mut j = 0;
+        while j + 4 <= out.len() {
+            rows!(4, j);
+            j += 4;
+        }
+        while j < out.len() {
+            rows!(1, j);
+            j += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn values(seed: u64, n: usize) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// bf16 bits of x by truncation (any bf16 values will do as weights).
+    fn to_bits(x: f32) -> u16 {
+        (x.to_bits() >> 16) as u16
+    }
+
+    fn kinds() -> Vec<KernelKind> {
+        KernelKind::ALL.into_iter().filter(|k| k.is_available()).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn every_isa_matches_the_f64_sums_of_the_widened_weights(
+            k in 1usize..300,
+            rows in 1usize..13,
+            pad in 0usize..5,
+            seed in 0u64..1000,
+        ) {
+            let rs = k + pad;
+            let x = values(seed, k);
+            let w: Vec<u16> = values(seed + 1, rows * rs).into_iter().map(to_bits).collect();
+            for kind in kinds() {
+                let mut out = vec![f32::NAN; rows];
+                gemv_bf16_with(kind, &x, &w, rs, &mut out).unwrap();
+                for (j, &got) in out.iter().enumerate() {
+                    let row = &w[j * rs..j * rs + k];
+                    let want: f64 = x.iter().zip(row).map(|(&a, &b)| a as f64 * widen(b) as f64).sum();
+                    let scale: f64 = x.iter().zip(row).map(|(&a, &b)| (a * widen(b)).abs() as f64).sum();
+                    prop_assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + scale), "{kind:?} row {j}");
+                    // The same row alone gives the same bits (position-independent order).
+                    let mut alone = [0.0f32];
+                    gemv_bf16_with(kind, &x, &w[j * rs..], rs, &mut alone).unwrap();
+                    prop_assert_eq!(alone[0].to_bits(), got.to_bits(), "{:?} row {}", kind, j);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threads_split_rows_without_changing_results() {
+        let (k, rows) = (300, 1000);
+        let x = values(3, k);
+        let w: Vec<u16> = values(4, rows * k).into_iter().map(to_bits).collect();
+        for kind in kinds() {
+            let mut serial = vec![0.0f32; rows];
+            for (j, o) in serial.iter_mut().enumerate() {
+                gemv_bf16_with(kind, &x, &w[j * k..], k, std::slice::from_mut(o)).unwrap();
+            }
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+            let mut par = vec![0.0f32; rows];
+            pool.install(|| gemv_bf16_with(kind, &x, &w, k, &mut par)).unwrap();
+            assert_eq!(serial, par, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn short_weights_and_strides_are_errors() {
+        let x = [1.0f32; 8];
+        let mut out = [0.0f32; 2];
+        assert!(matches!(
+            gemv_bf16(&x, &[0u16; 15], 8, &mut out),
+            Err(Bf16Error::Weights { needed: 16, .. })
+        ));
+        assert!(matches!(gemv_bf16(&x, &[0u16; 64], 7, &mut out), Err(Bf16Error::Stride { .. })));
+    }
+}
