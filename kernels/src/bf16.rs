@@ -74,11 +74,12 @@ pub fn gemv_bf16_with(
     let kind = if kind.is_available() { kind } else { KernelKind::Portable };
     let threads = if rows * k >= PAR_MIN { rayon::current_num_threads() } else { 1 };
     let item = rows.div_ceil(2 * threads).next_multiple_of(4).max(MIN_ROWS_PER_ITEM);
+    let pairs = Pairs::new(x);
     let run = |(i, chunk): (usize, &mut [f32])| {
         let first = &w[i * item * row_stride..];
         // SAFETY: rows i·item.. of W lie inside `w` (checked above: every row has k values),
         // and the x86 bodies run only when their family was detected (`is_available`).
-        unsafe { rows_bf16(kind, x, first.as_ptr(), row_stride, chunk) }
+        unsafe { rows_bf16(kind, x, &pairs, first.as_ptr(), row_stride, chunk) }
     };
     if threads > 1 && rows > item {
         out.par_chunks_mut(item).enumerate().for_each(run);
@@ -88,19 +89,42 @@ pub fn gemv_bf16_with(
     Ok(())
 }
 
+/// x split into its even and odd entries, for the x86 bodies: a 32-bit load of two adjacent
+/// bf16 weights holds the even one in its low half (widened by a shift) and the odd one in its
+/// high half (widened by masking the low half off), so no lane shuffles are needed.
+struct Pairs {
+    even: Vec<f32>,
+    odd: Vec<f32>,
+}
+
+impl Pairs {
+    fn new(x: &[f32]) -> Pairs {
+        let pairs = x.chunks_exact(2);
+        Pairs { even: pairs.clone().map(|p| p[0]).collect(), odd: pairs.map(|p| p[1]).collect() }
+    }
+}
+
 /// Dispatches one block of rows to the family's body.
 ///
 /// # Safety
 /// `out.len()` rows of k = x.len() values at stride `rs` must be readable from `w`; `kind` must
 /// be available.
-unsafe fn rows_bf16(kind: KernelKind, x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
+unsafe fn rows_bf16(
+    kind: KernelKind,
+    x: &[f32],
+    pairs: &Pairs,
+    w: *const u16,
+    rs: usize,
+    out: &mut [f32],
+) {
+    let _ = pairs;
     // SAFETY: forwarded caller contract.
     unsafe {
         match kind {
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Avx512 => rows_avx512(x, w, rs, out),
+            KernelKind::Avx512 => rows_avx512(x, pairs, w, rs, out),
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Avx2 => rows_avx2(x, w, rs, out),
+            KernelKind::Avx2 => rows_avx2(x, pairs, w, rs, out),
             _ => rows_portable(x, w, rs, out),
         }
     }
@@ -146,33 +170,36 @@ unsafe fn rows_portable(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
     }
 }
 
-/// AVX2 body: four rows at a time, two 8-lane accumulators each, widening by shift.
+/// AVX2 body: four rows at a time; per 16 weights one 256-bit load gives 8 even and 8 odd
+/// values (shift / mask), each with its own accumulator.
 ///
 /// # Safety
 /// As [`rows_bf16`], and AVX2 + FMA must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
+unsafe fn rows_avx2(x: &[f32], pairs: &Pairs, w: *const u16, rs: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let k = x.len();
     let k16 = k / 16 * 16;
-    let xp = x.as_ptr();
-    // SAFETY: 8 readable bf16 values at p.
-    let load = |p: *const u16| unsafe {
-        let h = _mm_loadu_si128(p as *const __m128i);
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
-    };
+    let (xe, xo) = (pairs.even.as_ptr(), pairs.odd.as_ptr());
+    let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
     macro_rules! rows {
         ($c:literal, $j:expr) => {{
             let row = |q: usize| w.add(($j + q) * rs);
             let mut acc = [[_mm256_setzero_ps(); 2]; $c];
             let mut p = 0;
             while p < k16 {
-                let x0 = _mm256_loadu_ps(xp.add(p));
-                let x1 = _mm256_loadu_ps(xp.add(p + 8));
+                let x0 = _mm256_loadu_ps(xe.add(p / 2));
+                let x1 = _mm256_loadu_ps(xo.add(p / 2));
                 for q in 0..$c {
-                    acc[q][0] = _mm256_fmadd_ps(x0, load(row(q).add(p)), acc[q][0]);
-                    acc[q][1] = _mm256_fmadd_ps(x1, load(row(q).add(p + 8)), acc[q][1]);
+                    // As in the AVX-512 body: prefetch the next group of rows.
+                    let ahead = w.wrapping_add(($j + q + $c) * rs + p);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    let v = _mm256_loadu_si256(row(q).add(p) as *const __m256i);
+                    let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
+                    let odd = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+                    acc[q][0] = _mm256_fmadd_ps(x0, even, acc[q][0]);
+                    acc[q][1] = _mm256_fmadd_ps(x1, odd, acc[q][1]);
                 }
                 p += 16;
             }
@@ -188,8 +215,8 @@ unsafe fn rows_avx2(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
             }
         }};
     }
-    // SAFETY (whole body): loads read x[p..p+16] and row values p..p+16 with p + 16 ≤ k, tails
-    // single values below k.
+    // SAFETY (whole body): loads read row values p..p+16 and pairs p/2..p/2+8 with p + 16 ≤ k
+    // (so p/2 + 8 ≤ k/2 = pairs length), tails single values below k.
     unsafe {
         let mut j = 0;
         while j + 4 <= out.len() {
@@ -203,51 +230,57 @@ unsafe fn rows_avx2(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
     }
 }
 
-/// AVX-512 body: four rows at a time, two 16-lane accumulators each, widening by shift, the k
-/// tail read with masked loads.
+/// AVX-512 body: four rows at a time; per 32 weights one 512-bit load gives 16 even and 16 odd
+/// values (shift / mask), each with its own accumulator; the k tail (< 32) is widened from a
+/// masked 16-bit load.
 ///
 /// # Safety
-/// As [`rows_bf16`], and AVX-512F (with BW for the 16-bit masked loads) must be available.
+/// As [`rows_bf16`], and AVX-512F and BW must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn rows_avx512(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
+unsafe fn rows_avx512(x: &[f32], pairs: &Pairs, w: *const u16, rs: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let k = x.len();
     let k32 = k / 32 * 32;
-    let k16 = k / 16 * 16;
-    let xp = x.as_ptr();
-    let tail = ((1u32 << (k - k16)) - 1) as __mmask16;
+    let (xe, xo, xp) = (pairs.even.as_ptr(), pairs.odd.as_ptr(), x.as_ptr());
+    let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
     let widen16 =
         |h: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
-    // SAFETY: 16 readable bf16 values at p (or the `tail` lanes of them).
-    let load = |p: *const u16| unsafe { widen16(_mm256_loadu_si256(p as *const __m256i)) };
-    let load_tail =
-        |p: *const u16| unsafe { widen16(_mm256_maskz_loadu_epi16(tail, p as *const i16)) };
+    // Up to two masked 16-lane steps cover the k − k32 < 32 remaining values.
+    let rest = k - k32;
+    let masks: [__mmask16; 2] = [
+        ((1u32 << rest.min(16)) - 1) as __mmask16,
+        ((1u32 << rest.saturating_sub(16)) - 1) as __mmask16,
+    ];
     macro_rules! rows {
         ($c:literal, $j:expr) => {{
             let row = |q: usize| w.add(($j + q) * rs);
             let mut acc = [[_mm512_setzero_ps(); 2]; $c];
             let mut p = 0;
             while p < k32 {
-                let x0 = _mm512_loadu_ps(xp.add(p));
-                let x1 = _mm512_loadu_ps(xp.add(p + 16));
+                let x0 = _mm512_loadu_ps(xe.add(p / 2));
+                let x1 = _mm512_loadu_ps(xo.add(p / 2));
                 for q in 0..$c {
-                    acc[q][0] = _mm512_fmadd_ps(x0, load(row(q).add(p)), acc[q][0]);
-                    acc[q][1] = _mm512_fmadd_ps(x1, load(row(q).add(p + 16)), acc[q][1]);
+                    // The next group of rows, same columns: their streams start before they
+                    // are read (a prefetch never faults; the address may lie past the end).
+                    let ahead = w.wrapping_add(($j + q + $c) * rs + p);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    let v = _mm512_loadu_si512(row(q).add(p) as *const _);
+                    let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                    let odd = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+                    acc[q][0] = _mm512_fmadd_ps(x0, even, acc[q][0]);
+                    acc[q][1] = _mm512_fmadd_ps(x1, odd, acc[q][1]);
                 }
                 p += 32;
             }
-            if p < k16 {
-                let x0 = _mm512_loadu_ps(xp.add(p));
-                for q in 0..$c {
-                    acc[q][0] = _mm512_fmadd_ps(x0, load(row(q).add(p)), acc[q][0]);
-                }
-                p += 16;
-            }
-            if tail != 0 {
-                let x0 = _mm512_maskz_loadu_ps(tail, xp.add(p));
-                for q in 0..$c {
-                    acc[q][1] = _mm512_fmadd_ps(x0, load_tail(row(q).add(p)), acc[q][1]);
+            for (step, &m) in masks.iter().enumerate() {
+                if m != 0 {
+                    let at = p + 16 * step;
+                    let x0 = _mm512_maskz_loadu_ps(m, xp.add(at));
+                    for q in 0..$c {
+                        let h = _mm256_maskz_loadu_epi16(m, row(q).add(at) as *const i16);
+                        acc[q][step] = _mm512_fmadd_ps(x0, widen16(h), acc[q][step]);
+                    }
                 }
             }
             for q in 0..$c {
@@ -255,8 +288,8 @@ unsafe fn rows_avx512(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
             }
         }};
     }
-    // SAFETY (whole body): full loads read x[p..p+16] and row values p..p+16 with p + 16 ≤ k;
-    // masked loads touch only lanes below k.
+    // SAFETY (whole body): full loads read row values p..p+32 and pairs p/2..p/2+16 with
+    // p + 32 ≤ k; masked loads touch only lanes below k (masked-off lanes are not accessed).
     unsafe {
         let mut j = 0;
         while j + 4 <= out.len() {
