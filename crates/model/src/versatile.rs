@@ -373,6 +373,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn inference_experts_read_in_place_equal_the_transposed_training_path() {
+        let cfg = Config { hidden: 32, d_model: 16, ..tiny(BlockKind::Versatile, Paths::Both) };
+        let model = Model::new(cfg.clone(), 4).unwrap();
+        let x = Tensor::randn(&[9, 16], 1.0, &mut Rng::new(5));
+        let run = |mut tape: Tape| {
+            let w = model.layers[0].load(&mut tape, &model.params);
+            let in_place = !tape.wants_grad(&[&w.ff_proj, &w.ff_out]);
+            let z = tape.rms_norm(&x, &w.ff_norm, cfg.norm_eps);
+            let (out, _, experts) = width_path(&mut tape, &cfg, &w, &x, &z);
+            (in_place, out.to_vec(), experts)
+        };
+        let (in_place, got, experts) = run(Tape::no_grad());
+        let (transposed, want, want_experts) = run(Tape::new());
+        assert!(in_place && !transposed, "one run of each path");
+        assert_eq!(experts, want_experts);
+        let err = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-5, "in place vs transposed: {err:.2e}");
+    }
+
     /// One whole block (attention + FFN part) in training mode with fixed noise; the loss is
     /// Σ out ⊙ r (f64) + coef·balance. Returns (loss, routing signature, ‖out ⊙ r‖₂).
     fn block_loss(
