@@ -170,53 +170,168 @@ unsafe fn rows_portable(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
     }
 }
 
-/// AVX2 body: four rows at a time; per 16 weights one 256-bit load gives 8 even and 8 odd
-/// values (shift / mask), each with its own accumulator.
+/// The vector operations of the x86 bodies: `pair` loads 2·LANES adjacent bf16 weights as
+/// 32-bit words and widens the even ones (low halves, by a shift) and the odd ones (high halves,
+/// by masking) — no lane shuffles; `finish` adds the k tail and sums the two accumulators.
+#[cfg(target_arch = "x86_64")]
+trait PairLanes {
+    type V: Copy;
+    /// Weights per step (two per lane).
+    const STEP: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn load_x(p: *const f32) -> Self::V;
+    unsafe fn pair(p: *const u16) -> (Self::V, Self::V);
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Σ of both accumulators plus `x[p]·W[p]` for `from ≤ p < k` (`row` = W).
+    unsafe fn finish(acc: [Self::V; 2], x: &[f32], row: *const u16, from: usize) -> f32;
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+// SAFETY (all methods): only called from `rows_avx2` (AVX2 + FMA enabled, detected) with the
+// caller's pointer guarantees.
+#[cfg(target_arch = "x86_64")]
+impl PairLanes for Avx2 {
+    type V = std::arch::x86_64::__m256;
+    const STEP: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load_x(p: *const f32) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn pair(p: *const u16) -> (Self::V, Self::V) {
+        use std::arch::x86_64::*;
+        unsafe {
+            let v = _mm256_loadu_si256(p as *const __m256i);
+            let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+            (
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)),
+                _mm256_castsi256_ps(_mm256_and_si256(v, high)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: [Self::V; 2], x: &[f32], row: *const u16, from: usize) -> f32 {
+        use std::arch::x86_64::*;
+        unsafe {
+            let v = _mm256_add_ps(acc[0], acc[1]);
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let mut s = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)));
+            for (p, &xp) in x.iter().enumerate().skip(from) {
+                s = xp.mul_add(widen(*row.add(p)), s);
+            }
+            s
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+// SAFETY (all methods): only called from `rows_avx512` (AVX-512F + BW enabled, detected) with
+// the caller's pointer guarantees; masked loads touch only the lanes below k.
+#[cfg(target_arch = "x86_64")]
+impl PairLanes for Avx512 {
+    type V = std::arch::x86_64::__m512;
+    const STEP: usize = 32;
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load_x(p: *const f32) -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn pair(p: *const u16) -> (Self::V, Self::V) {
+        use std::arch::x86_64::*;
+        unsafe {
+            let v = _mm512_loadu_si512(p as *const _);
+            let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+            (
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)),
+                _mm512_castsi512_ps(_mm512_and_si512(v, high)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn finish(mut acc: [Self::V; 2], x: &[f32], row: *const u16, from: usize) -> f32 {
+        use std::arch::x86_64::*;
+        unsafe {
+            // Up to two masked 16-lane steps cover the k − from < 32 remaining values.
+            let mut at = from;
+            for a in acc.iter_mut() {
+                let rest = (x.len() - at).min(16);
+                if rest == 0 {
+                    break;
+                }
+                let m = ((1u32 << rest) - 1) as __mmask16;
+                let h = _mm256_maskz_loadu_epi16(m, row.add(at) as *const i16);
+                let wv = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+                *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x.as_ptr().add(at)), wv, *a);
+                at += rest;
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+        }
+    }
+}
+
+/// The x86 body: four rows at a time, an even and an odd accumulator each, prefetching the next
+/// group of rows (same columns) so their streams are under way before they are read.
 ///
 /// # Safety
-/// As [`rows_bf16`], and AVX2 + FMA must be available.
+/// As [`rows_bf16`], and `S`'s instructions must be enabled and available.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(x: &[f32], pairs: &Pairs, w: *const u16, rs: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
+#[inline(always)]
+unsafe fn rows_pairs<S: PairLanes>(
+    x: &[f32],
+    pairs: &Pairs,
+    w: *const u16,
+    rs: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let k = x.len();
-    let k16 = k / 16 * 16;
+    let steps = k / S::STEP * S::STEP;
     let (xe, xo) = (pairs.even.as_ptr(), pairs.odd.as_ptr());
-    let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
     macro_rules! rows {
         ($c:literal, $j:expr) => {{
             let row = |q: usize| w.add(($j + q) * rs);
-            let mut acc = [[_mm256_setzero_ps(); 2]; $c];
+            let mut acc = [[S::zero(); 2]; $c];
             let mut p = 0;
-            while p < k16 {
-                let x0 = _mm256_loadu_ps(xe.add(p / 2));
-                let x1 = _mm256_loadu_ps(xo.add(p / 2));
+            while p < steps {
+                let x0 = S::load_x(xe.add(p / 2));
+                let x1 = S::load_x(xo.add(p / 2));
                 for q in 0..$c {
-                    // As in the AVX-512 body: prefetch the next group of rows.
-                    let ahead = w.wrapping_add(($j + q + $c) * rs + p);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                    let v = _mm256_loadu_si256(row(q).add(p) as *const __m256i);
-                    let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
-                    let odd = _mm256_castsi256_ps(_mm256_and_si256(v, high));
-                    acc[q][0] = _mm256_fmadd_ps(x0, even, acc[q][0]);
-                    acc[q][1] = _mm256_fmadd_ps(x1, odd, acc[q][1]);
+                    // A prefetch never faults: the address may lie past the end.
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(($j + q + $c) * rs + p) as *const i8);
+                    let (even, odd) = S::pair(row(q).add(p));
+                    acc[q][0] = S::fma(x0, even, acc[q][0]);
+                    acc[q][1] = S::fma(x1, odd, acc[q][1]);
                 }
-                p += 16;
+                p += S::STEP;
             }
             for q in 0..$c {
-                let v = _mm256_add_ps(acc[q][0], acc[q][1]);
-                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                let mut s = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)));
-                for pp in k16..k {
-                    s = x[pp].mul_add(widen(*row(q).add(pp)), s);
-                }
-                out[$j + q] = s;
+                out[$j + q] = S::finish(acc[q], x, row(q), steps);
             }
         }};
     }
-    // SAFETY (whole body): loads read row values p..p+16 and pairs p/2..p/2+8 with p + 16 ≤ k
-    // (so p/2 + 8 ≤ k/2 = pairs length), tails single values below k.
+    // SAFETY (whole body): steps read row values p..p+STEP and pairs p/2..p/2+STEP/2 with
+    // p + STEP ≤ k (so within k/2 pairs); `finish` reads the values steps..k.
     unsafe {
         let mut j = 0;
         while j + 4 <= out.len() {
@@ -230,77 +345,22 @@ unsafe fn rows_avx2(x: &[f32], pairs: &Pairs, w: *const u16, rs: usize, out: &mu
     }
 }
 
-/// AVX-512 body: four rows at a time; per 32 weights one 512-bit load gives 16 even and 16 odd
-/// values (shift / mask), each with its own accumulator; the k tail (< 32) is widened from a
-/// masked 16-bit load.
-///
+/// # Safety
+/// As [`rows_bf16`], and AVX2 + FMA must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2(x: &[f32], pairs: &Pairs, w: *const u16, rs: usize, out: &mut [f32]) {
+    // SAFETY: forwarded caller contract; AVX2 + FMA enabled here.
+    unsafe { rows_pairs::<Avx2>(x, pairs, w, rs, out) }
+}
+
 /// # Safety
 /// As [`rows_bf16`], and AVX-512F and BW must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn rows_avx512(x: &[f32], pairs: &Pairs, w: *const u16, rs: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let k = x.len();
-    let k32 = k / 32 * 32;
-    let (xe, xo, xp) = (pairs.even.as_ptr(), pairs.odd.as_ptr(), x.as_ptr());
-    let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-    let widen16 =
-        |h: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
-    // Up to two masked 16-lane steps cover the k − k32 < 32 remaining values.
-    let rest = k - k32;
-    let masks: [__mmask16; 2] = [
-        ((1u32 << rest.min(16)) - 1) as __mmask16,
-        ((1u32 << rest.saturating_sub(16)) - 1) as __mmask16,
-    ];
-    macro_rules! rows {
-        ($c:literal, $j:expr) => {{
-            let row = |q: usize| w.add(($j + q) * rs);
-            let mut acc = [[_mm512_setzero_ps(); 2]; $c];
-            let mut p = 0;
-            while p < k32 {
-                let x0 = _mm512_loadu_ps(xe.add(p / 2));
-                let x1 = _mm512_loadu_ps(xo.add(p / 2));
-                for q in 0..$c {
-                    // The next group of rows, same columns: their streams start before they
-                    // are read (a prefetch never faults; the address may lie past the end).
-                    let ahead = w.wrapping_add(($j + q + $c) * rs + p);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                    let v = _mm512_loadu_si512(row(q).add(p) as *const _);
-                    let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
-                    let odd = _mm512_castsi512_ps(_mm512_and_si512(v, high));
-                    acc[q][0] = _mm512_fmadd_ps(x0, even, acc[q][0]);
-                    acc[q][1] = _mm512_fmadd_ps(x1, odd, acc[q][1]);
-                }
-                p += 32;
-            }
-            for (step, &m) in masks.iter().enumerate() {
-                if m != 0 {
-                    let at = p + 16 * step;
-                    let x0 = _mm512_maskz_loadu_ps(m, xp.add(at));
-                    for q in 0..$c {
-                        let h = _mm256_maskz_loadu_epi16(m, row(q).add(at) as *const i16);
-                        acc[q][step] = _mm512_fmadd_ps(x0, widen16(h), acc[q][step]);
-                    }
-                }
-            }
-            for q in 0..$c {
-                out[$j + q] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q][0], acc[q][1]));
-            }
-        }};
-    }
-    // SAFETY (whole body): full loads read row values p..p+32 and pairs p/2..p/2+16 with
-    // p + 32 ≤ k; masked loads touch only lanes below k (masked-off lanes are not accessed).
-    unsafe {
-        let mut j = 0;
-        while j + 4 <= out.len() {
-            rows!(4, j);
-            j += 4;
-        }
-        while j < out.len() {
-            rows!(1, j);
-            j += 1;
-        }
-    }
+    // SAFETY: forwarded caller contract; AVX-512F and BW enabled here.
+    unsafe { rows_pairs::<Avx512>(x, pairs, w, rs, out) }
 }
 
 #[cfg(test)]
