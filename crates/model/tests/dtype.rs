@@ -1,11 +1,10 @@
 //! Model files in f32, bf16 and f16: export round trips equal the RNE rounding of the original
 //! (checked against `half`), files of mixed dtypes load, non-finite half values are refused.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use half::{bf16, f16};
-use safetensors::tensor::{Dtype, View};
+use safetensors::tensor::{Dtype, TensorView};
 use vffn_model::{
     load_model, save_model, save_model_as, BlockKind, CheckpointError, Config, Model, WeightDtype,
 };
@@ -70,36 +69,31 @@ fn data_len(file: &[u8]) -> usize {
     file.len() - 8 - header
 }
 
-/// A tensor stored in a given dtype, for writing files the library would not write itself.
-struct Stored(Dtype, Vec<usize>, Vec<u8>);
-
-impl View for Stored {
-    fn dtype(&self) -> Dtype {
-        self.0
-    }
-    fn shape(&self) -> &[usize] {
-        &self.1
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.2)
-    }
-    fn data_len(&self) -> usize {
-        self.2.len()
+/// `data` stored as `dtype`: the safetensors tag and little-endian bytes (encoded by `half`).
+fn stored(data: &[f32], dtype: WeightDtype) -> (Dtype, Vec<u8>) {
+    match dtype {
+        WeightDtype::F32 => (Dtype::F32, data.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        WeightDtype::Bf16 => {
+            (Dtype::BF16, data.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect())
+        }
+        WeightDtype::F16 => {
+            (Dtype::F16, data.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect())
+        }
     }
 }
 
-fn stored(data: &[f32], shape: &[usize], dtype: WeightDtype) -> Stored {
-    let bytes: Vec<u8> = match dtype {
-        WeightDtype::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        WeightDtype::Bf16 => data.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
-        WeightDtype::F16 => data.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
-    };
-    let tag = match dtype {
-        WeightDtype::F32 => Dtype::F32,
-        WeightDtype::Bf16 => Dtype::BF16,
-        WeightDtype::F16 => Dtype::F16,
-    };
-    Stored(tag, shape.to_vec(), bytes)
+/// A tensor to write: name, shape, dtype tag and bytes.
+type Entry<'a> = (&'a str, &'a [usize], (Dtype, Vec<u8>));
+
+/// A safetensors file of the given tensors with the model's metadata.
+fn serialize(tensors: &[Entry<'_>], model: &Model) -> Vec<u8> {
+    let views: Vec<(&str, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, shape, (dtype, bytes))| {
+            (*name, TensorView::new(*dtype, shape.to_vec(), bytes).unwrap())
+        })
+        .collect();
+    safetensors::serialize(views, Some(metadata(model))).unwrap()
 }
 
 fn metadata(model: &Model) -> HashMap {
@@ -116,12 +110,12 @@ fn a_file_of_mixed_dtypes_loads_and_runs() {
     let model = versatile_model();
     let refs = model.tensor_refs();
     let dtype_of = |i: usize| WeightDtype::ALL[i % 3];
-    let views: Vec<(&str, Stored)> = refs
+    let tensors: Vec<_> = refs
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.name, stored(t.data, t.shape, dtype_of(i))))
+        .map(|(i, t)| (t.name, t.shape, stored(t.data, dtype_of(i))))
         .collect();
-    let bytes = safetensors::serialize(views, Some(metadata(&model))).unwrap();
+    let bytes = serialize(&tensors, &model);
     let loaded = Model::from_checkpoint(&load_model(&bytes).unwrap()).unwrap();
     for (i, ((_, a), (_, b))) in model.params.iter().zip(loaded.params.iter()).enumerate() {
         let want: Vec<u32> = a.data().iter().map(|&x| rounded(x, dtype_of(i)).to_bits()).collect();
@@ -139,17 +133,17 @@ fn a_half_tensor_with_nan_or_infinity_is_refused_by_name() {
     let refs = model.tensor_refs();
     let bad = "transformer.blocks.1.ff_out.weight";
     for (dtype, poison) in [(WeightDtype::Bf16, f32::NAN), (WeightDtype::F16, f32::INFINITY)] {
-        let views: Vec<(&str, Stored)> = refs
+        let tensors: Vec<_> = refs
             .iter()
             .map(|t| {
                 let mut data = t.data.to_vec();
                 if t.name == bad {
                     data[3] = poison;
                 }
-                (t.name, stored(&data, t.shape, dtype))
+                (t.name, t.shape, stored(&data, dtype))
             })
             .collect();
-        let bytes = safetensors::serialize(views, Some(metadata(&model))).unwrap();
+        let bytes = serialize(&tensors, &model);
         match load_model(&bytes) {
             Err(err @ CheckpointError::NonFinite { .. }) => {
                 assert!(err.to_string().contains(bad), "{err}");
