@@ -3,6 +3,7 @@
 //! Kernels know nothing of tensors or tapes: they take slices, shapes and strides.
 
 pub mod attention;
+pub mod bf16;
 pub mod cpu;
 pub mod ffn;
 pub mod fused;

@@ -157,12 +157,19 @@ fn read_part(dir: &Path, name: &str) -> Result<Vec<u8>> {
     fs::read(&path).with_context(|| format!("cannot read checkpoint file `{}`", path.display()))
 }
 
-/// The model part of the checkpoint at `path` (run or checkpoint directory).
+/// The model part of the checkpoint at `path`: a run or checkpoint directory, or a model file
+/// (e.g. written by `vffn export`; then the path returned is the file's).
 pub fn read_model(path: &Path) -> Result<(PathBuf, ModelCheckpoint)> {
-    let dir = resolve(path)?;
-    let bytes = read_part(&dir, MODEL_FILE)?;
-    let model = load_model(&bytes)
-        .with_context(|| format!("checkpoint `{}`", dir.join(MODEL_FILE).display()))?;
+    let (dir, file) = if path.is_file() {
+        (path.to_path_buf(), path.to_path_buf())
+    } else {
+        let dir = resolve(path)?;
+        let file = dir.join(MODEL_FILE);
+        (dir, file)
+    };
+    let bytes = fs::read(&file)
+        .with_context(|| format!("cannot read checkpoint file `{}`", file.display()))?;
+    let model = load_model(&bytes).with_context(|| format!("checkpoint `{}`", file.display()))?;
     Ok((dir, model))
 }
 

@@ -11,7 +11,7 @@ use crate::common::{in_pool, load_dataset};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Run or checkpoint directory (e.g. runs/default or runs/default/ckpt).
+    /// Run or checkpoint directory (e.g. runs/default or runs/default/ckpt), or a model file.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Data file whose last 10% is evaluated (default: the built-in corpus' validation stream).

@@ -24,7 +24,7 @@ use crate::ckpt_io;
 
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
-    /// Run directory or its `ckpt/` directory.
+    /// Run directory, its `ckpt/` directory, or a model file (e.g. from `vffn export`).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// The text to run (its UTF-8 bytes are the tokens).

@@ -14,7 +14,7 @@ use crate::common::{in_pool, sample_token};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Run or checkpoint directory.
+    /// Run or checkpoint directory, or a model file (e.g. from `vffn export`).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Text the continuation starts from (its bytes are fed to the model first).

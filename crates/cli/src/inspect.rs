@@ -26,7 +26,7 @@ use crate::svg::{histograms_svg, line_panels_svg, loss_curves_svg, LinePanel, Se
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Run or checkpoint directory.
+    /// Run or checkpoint directory, or a model file (e.g. from `vffn export`).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Data file whose validation split (last 10%) is routed (default: the built-in corpus).

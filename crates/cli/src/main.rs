@@ -12,6 +12,7 @@ mod bench;
 mod ckpt_io;
 mod common;
 mod eval;
+mod export;
 mod forward;
 mod generate;
 mod inspect;
@@ -40,6 +41,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// One forward pass over a text: logits, routing (and loss, gradients) as safetensors.
     Forward(forward::ForwardArgs),
+    /// A checkpoint's model as one safetensors file of f32, bf16 or f16 tensors.
+    Export(export::ExportArgs),
     /// Benchmarks: GEMM, FFN paths, training and decoding throughput.
     Bench(bench::BenchArgs),
 }
@@ -60,6 +63,7 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Forward(args) => forward::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
     };
     let code = match result {

@@ -106,7 +106,7 @@ fn bench_all_writes_one_json_document() {
     let l1 = caches["l1d"].as_u64().unwrap();
     assert!(l1 >= 8 << 10 && caches["l2"].as_u64().unwrap() >= l1, "{caches}");
     let kc = machine["blocking"]["kc"].as_u64().unwrap();
-    assert!((64..=1024).contains(&kc) && kc % 16 == 0, "{machine}");
+    assert!((64..=1024).contains(&kc) && kc.is_multiple_of(16), "{machine}");
     let peak = machine["peak_gflops"].as_f64().unwrap();
     assert!(peak.is_finite() && peak > 0.0, "{machine}");
     let items = doc["items"].as_array().unwrap();

@@ -457,3 +457,45 @@ fn forward_writes_logits_routing_loss_and_gradients() {
     let ff_grad = &train.tensors["transformer.blocks.0.ff_proj.weight.grad"];
     assert!(ff_grad.data.iter().any(|&g| g != 0.0));
 }
+
+#[test]
+fn exported_bf16_f16_and_f32_files_are_checkpoints_of_every_reading_command() {
+    let dir = scratch("export");
+    let config = write(&dir, "small.toml", SMALL_CONFIG);
+    let run = dir.join("run");
+    let train = ["train", "--config", path(&config), "--block", "versatile", "--steps", "10"];
+    ok(&[&train[..], &["--out", path(&run), "--sample-bytes", "0"]].concat());
+    let eval_loss = |checkpoint: &Path| {
+        let out = ok(&["eval", "--checkpoint", path(checkpoint), "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["loss"].as_f64().unwrap()
+    };
+    let original = eval_loss(&run);
+    let model_file = run.join("ckpt").join("model.safetensors");
+    for dtype in ["f32", "bf16", "f16"] {
+        let file = dir.join(format!("model-{dtype}.safetensors"));
+        let out =
+            ok(&["export", "--checkpoint", path(&run), "--dtype", dtype, "--out", path(&file)]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(dtype));
+        let (size, full) =
+            (fs::metadata(&file).unwrap().len(), fs::metadata(&model_file).unwrap().len());
+        if dtype == "f32" {
+            // Names, metadata and values as in the checkpoint: the same bytes.
+            assert_eq!(fs::read(&file).unwrap(), fs::read(&model_file).unwrap());
+        } else {
+            assert!(size < full * 52 / 100, "{dtype}: {size} of {full} bytes");
+        }
+        let loss = eval_loss(&file);
+        assert!((loss - original).abs() < 0.01, "{dtype}: {loss} vs {original}");
+        ok(&["generate", "--checkpoint", path(&file), "--prompt", "1+", "--max-new", "8"]);
+        let fwd = dir.join(format!("forward-{dtype}.safetensors"));
+        ok(&["forward", "--checkpoint", path(&file), "--text", "12+3", "--out", path(&fwd)]);
+        ok(&["inspect", "--checkpoint", path(&file), "--batches", "2"]);
+    }
+    let nowhere = dir.join("missing").join("x.safetensors");
+    fails_with(
+        &["export", "--checkpoint", path(&run), "--dtype", "bf16", "--out", path(&nowhere)],
+        "cannot write",
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}

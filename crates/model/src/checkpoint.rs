@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{Config, ConfigError, ParamSpec, TrainConfig};
+use crate::dtype::WeightDtype;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -51,7 +52,7 @@ pub enum CheckpointError {
     // printed whole would say it twice.
     #[error("not a valid safetensors file (truncated or corrupted?): {0}")]
     Format(safetensors::SafeTensorError),
-    #[error("tensor `{name}`: dtype {found}, expected F32")]
+    #[error("tensor `{name}`: dtype {found}, expected F32, BF16 or F16")]
     WrongDtype { name: String, found: String },
     #[error("tensor `{name}`: missing from the checkpoint")]
     MissingTensor { name: String },
@@ -127,24 +128,25 @@ pub struct TensorFile {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// An f32 tensor as safetensors sees it: little-endian bytes.
-struct F32View<'a> {
+/// A tensor as safetensors sees it: little-endian bytes of its dtype.
+struct EncodedView<'a> {
+    dtype: WeightDtype,
     shape: &'a [usize],
-    data: &'a [f32],
+    bytes: Vec<u8>,
 }
 
-impl View for F32View<'_> {
+impl View for EncodedView<'_> {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype.safetensors()
     }
     fn shape(&self) -> &[usize] {
         self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        Cow::Borrowed(&self.bytes)
     }
     fn data_len(&self) -> usize {
-        self.data.len() * 4
+        self.bytes.len()
     }
 }
 
@@ -153,9 +155,28 @@ pub fn write_tensors(
     tensors: &[TensorRef<'_>],
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, CheckpointError> {
+    write_tensors_as(tensors, metadata, WeightDtype::F32)
+}
+
+/// [`write_tensors`] storing every tensor as `dtype` (see [`crate::dtype`]).
+pub fn write_tensors_as(
+    tensors: &[TensorRef<'_>],
+    metadata: &BTreeMap<String, String>,
+    dtype: WeightDtype,
+) -> Result<Vec<u8>, CheckpointError> {
+    write_tensors_mixed(tensors, &vec![dtype; tensors.len()], metadata)
+}
+
+/// [`write_tensors`] storing tensor i as `dtypes[i]` (a file of mixed dtypes, checksummed).
+pub fn write_tensors_mixed(
+    tensors: &[TensorRef<'_>],
+    dtypes: &[WeightDtype],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, CheckpointError> {
+    assert_eq!(tensors.len(), dtypes.len(), "one dtype per tensor");
     let mut seen = std::collections::BTreeSet::new();
     let mut views = Vec::with_capacity(tensors.len());
-    for tensor in tensors {
+    for (tensor, &dtype) in tensors.iter().zip(dtypes) {
         if !seen.insert(tensor.name) {
             return Err(CheckpointError::DuplicateTensor { name: tensor.name.to_string() });
         }
@@ -167,7 +188,8 @@ pub fn write_tensors(
                 len: tensor.data.len(),
             });
         }
-        views.push((tensor.name, F32View { shape: tensor.shape, data: tensor.data }));
+        let bytes = crate::dtype::encode(tensor.name, tensor.data, dtype)?;
+        views.push((tensor.name, EncodedView { dtype, shape: tensor.shape, bytes }));
     }
     if metadata.contains_key(CHECKSUMS_KEY) {
         return Err(CheckpointError::InvalidMetadata {
@@ -175,16 +197,12 @@ pub fn write_tensors(
             message: "reserved key given as metadata".into(),
         });
     }
+    // The checksums cover the bytes as stored (in the stored dtype).
     let mut checksums =
         BTreeMap::from([(METADATA_CHECKSUM.to_string(), metadata_checksum(metadata))]);
-    for tensor in tensors {
-        let bytes: Cow<'_, [u8]> = if cfg!(target_endian = "little") {
-            Cow::Borrowed(bytemuck::cast_slice(tensor.data))
-        } else {
-            Cow::Owned(tensor.data.iter().flat_map(|x| x.to_le_bytes()).collect())
-        };
-        checksums
-            .insert(tensor.name.to_string(), tensor_checksum(Dtype::F32, tensor.shape, &bytes));
+    for (name, view) in &views {
+        let sum = tensor_checksum(view.dtype.safetensors(), view.shape, &view.bytes);
+        checksums.insert(name.to_string(), sum);
     }
     let mut info: std::collections::HashMap<String, String> =
         metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -308,7 +326,8 @@ fn canonical_header(region: &[u8]) -> Option<String> {
     })
 }
 
-/// Parses safetensors bytes holding f32 tensors only; checksums are verified when present.
+/// Parses safetensors bytes holding f32, bf16 or f16 tensors (any mix), widened to f32;
+/// checksums are verified when present.
 pub fn read_tensors(bytes: &[u8]) -> Result<TensorFile, CheckpointError> {
     read_tensors_checked(bytes, false)
 }
@@ -334,17 +353,7 @@ fn read_tensors_checked(
     }
     let mut tensors = BTreeMap::new();
     for (name, view) in file.iter() {
-        if view.dtype() != Dtype::F32 {
-            return Err(CheckpointError::WrongDtype {
-                name: name.to_string(),
-                found: format!("{:?}", view.dtype()),
-            });
-        }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let data = crate::dtype::decode(name, view.dtype(), view.data())?;
         tensors.insert(name.to_string(), TensorData { shape: view.shape().to_vec(), data });
     }
     Ok(TensorFile { tensors, metadata })
@@ -378,6 +387,17 @@ pub fn save_model(
     extra: &BTreeMap<String, String>,
     tensors: &[TensorRef<'_>],
 ) -> Result<Vec<u8>, CheckpointError> {
+    save_model_as(config, temperature, extra, tensors, WeightDtype::F32)
+}
+
+/// [`save_model`] storing every tensor as `dtype` (`vffn export`).
+pub fn save_model_as(
+    config: &Config,
+    temperature: f32,
+    extra: &BTreeMap<String, String>,
+    tensors: &[TensorRef<'_>],
+    dtype: WeightDtype,
+) -> Result<Vec<u8>, CheckpointError> {
     for key in [CONFIG_KEY, TEMPERATURE_KEY] {
         if extra.contains_key(key) {
             return Err(CheckpointError::InvalidMetadata {
@@ -390,7 +410,7 @@ pub fn save_model(
     metadata.insert(CONFIG_KEY.into(), config.to_json());
     // `{:?}` of an f32 is the shortest string that parses back to the same bits.
     metadata.insert(TEMPERATURE_KEY.into(), format!("{temperature:?}"));
-    write_tensors(tensors, &metadata)
+    write_tensors_as(tensors, &metadata, dtype)
 }
 
 /// Parses a model checkpoint: container, dtypes, `config` and `temperature` metadata.
@@ -812,8 +832,8 @@ mod tests {
     #[test]
     fn a_file_without_checksums_is_refused_as_written_by_an_older_vffn_or_another_tool() {
         let config = small_config(BlockKind::Dense);
-        let data = [1.0f32, 2.0];
-        let tensors = vec![("w", F32View { shape: &[2], data: &data })];
+        let bytes = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let tensors = vec![("w", EncodedView { dtype: WeightDtype::F32, shape: &[2], bytes })];
         let metadata = std::collections::HashMap::from([
             (CONFIG_KEY.to_string(), config.to_json()),
             (TEMPERATURE_KEY.to_string(), "1.0".to_string()),

@@ -23,16 +23,17 @@ pub mod config;
 pub mod corpus;
 pub mod data;
 pub mod decode;
+pub mod dtype;
 pub mod flops;
 pub(crate) mod fused;
 pub mod model;
 pub(crate) mod versatile;
 
 pub use checkpoint::{
-    load_model, load_optimizer, read_tensors, save_model, save_optimizer, write_tensors,
-    AdamMoments, AdamMomentsRef, CheckpointError, LoadPlan, ModelCheckpoint, OptimizerState,
-    TensorData, TensorFile, TensorRef, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
-    TRAIN_STATE_FORMAT,
+    load_model, load_optimizer, read_tensors, save_model, save_model_as, save_optimizer,
+    write_tensors, write_tensors_as, write_tensors_mixed, AdamMoments, AdamMomentsRef,
+    CheckpointError, LoadPlan, ModelCheckpoint, OptimizerState, TensorData, TensorFile, TensorRef,
+    TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_STATE_FORMAT,
 };
 pub use config::{
     BlockKind, Config, ConfigError, DepthNoise, Fusion, ParamKind, ParamSpec, Paths, RunConfig,
@@ -44,6 +45,7 @@ pub use data::{
     BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES,
 };
 pub use decode::Decoder;
+pub use dtype::WeightDtype;
 pub use flops::{
     causal_mean_context, dense_ffn_flops, inference_flops, realized_inference_flops,
     realized_inference_flops_from_counts, training_flops, DepthRouting, FlopsBreakdown, FlopsError,

@@ -20,6 +20,7 @@
 //! equals the noise-free argmax that inference uses, and the top-1/top-2 logit margin.
 
 use vffn_autograd::{Rng, Tape, Tensor};
+use vffn_kernels::gemm::{gemm, MatMut, MatRef};
 
 use crate::blocks::{
     balance_term, ffn_loops, ffn_step, matmul_nn, route_top_k, routed_sum, BalanceTerm,
@@ -118,6 +119,15 @@ pub(crate) fn width_path(
         let base = residual_base(tape, cfg, w, x);
         return (tape.add(&base, &routed), logits, route.experts);
     }
+    if !tape.wants_grad(&[z, &w.ff_proj, &w.ff_out]) {
+        // Inference (e.g. decoding one token): each expert reads its slices of the weights in
+        // place, so a step reads only the chosen experts' weights, once.
+        let routed = routed_sum(tape, z, &route, |tape, e, z_e| {
+            expert_in_place(tape, z_e, w.ff_proj.data(), w.ff_out.data(), h, s, e)
+        });
+        let base = residual_base(tape, cfg, w, x);
+        return (tape.add(&base, &routed), logits, route.experts);
+    }
     // Columns e·s.. of ff_out are rows e·s.. of its transpose: transpose once per layer.
     let out_t = tape.transpose(&w.ff_out); // [h, d]
     let routed = routed_sum(tape, z, &route, |tape, e, z_e| {
@@ -142,6 +152,34 @@ fn residual_base(tape: &mut Tape, cfg: &Config, w: &LayerWeights, x: &Tensor) ->
     } else {
         x.clone()
     }
+}
+
+/// Virtual expert e on its rows, no gradient: `SwiGLU(z·[value_e; gate_e]ᵀ)·ff_out[:, e·s..]ᵀ`,
+/// the weight slices read in place through strided views (no transpose, no concatenation).
+// z [M, d], proj [2h, d], out [d, h] -> [M, d]
+fn expert_in_place(
+    tape: &mut Tape,
+    z: &Tensor,
+    proj: &[f32],
+    out: &[f32],
+    h: usize,
+    s: usize,
+    e: usize,
+) -> Tensor {
+    let (m, d) = (z.rows(), z.cols());
+    let zv = MatRef::new(z.data(), m, d);
+    let mut u = vec![0.0f32; m * 2 * s];
+    for (half, first_row) in [(0, e * s), (1, h + e * s)] {
+        let rows = MatRef::new(&proj[first_row * d..(first_row + s) * d], s, d);
+        let dst = MatMut::strided(&mut u[half * s..], m, s, 2 * s, 1);
+        gemm(1.0, zv, rows.t(), 0.0, dst);
+    }
+    let u = Tensor::from_vec(&[m, 2 * s], u).expect("[M, 2s]");
+    let a = tape.swiglu(&u); // [M, s]
+    let mut y = vec![0.0f32; m * d];
+    let cols = MatRef::strided(&out[e * s..], d, s, h, 1); // ff_out[:, e·s..e·s+s]
+    gemm(1.0, MatRef::new(a.data(), m, s), cols.t(), 0.0, MatMut::new(&mut y, m, d));
+    Tensor::from_vec(&[m, d], y).expect("[M, d]")
 }
 
 /// Depth path (training): all D loops for every token, mixed by the hard Gumbel-softmax
@@ -466,6 +504,26 @@ mod tests {
         let agree = depth_u.iter().zip(&argmax).filter(|(a, b)| a == b).count() as u64;
         assert_eq!(agree_u.agree, agree);
         assert!(agree_u.mean_margin().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn inference_experts_read_in_place_equal_the_transposed_training_path() {
+        let cfg = Config { hidden: 32, d_model: 16, ..tiny(BlockKind::Versatile, Paths::Both) };
+        let model = Model::new(cfg.clone(), 4).unwrap();
+        let x = Tensor::randn(&[9, 16], 1.0, &mut Rng::new(5));
+        let run = |mut tape: Tape| {
+            let w = model.layers[0].load(&mut tape, &model.params);
+            let in_place = !tape.wants_grad(&[&w.ff_proj, &w.ff_out]);
+            let z = tape.rms_norm(&x, &w.ff_norm, cfg.norm_eps);
+            let (out, _, experts) = width_path(&mut tape, &cfg, &w, &x, &z);
+            (in_place, out.to_vec(), experts)
+        };
+        let (in_place, got, experts) = run(Tape::no_grad());
+        let (transposed, want, want_experts) = run(Tape::new());
+        assert!(in_place && !transposed, "one run of each path");
+        assert_eq!(experts, want_experts);
+        let err = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-5, "in place vs transposed: {err:.2e}");
     }
 
     /// One whole block (attention + FFN part) in training mode with fixed noise; the loss is

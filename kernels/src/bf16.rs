@@ -1,0 +1,441 @@
+//! Matrix-vector products with bf16 weights (decoding with half the weight traffic).
+//!
+//! `out[j] = Σ_p x[p]·W[j, p]` for the rows of a linear layer's weight stored as bf16 bits
+//! (`W[j, p]` at `w[j·row_stride + p]`), x and the accumulation in f32. A bf16 value is the top
+//! half of an f32, so widening is exact and costs one shift in registers: AVX-512 widens 16
+//! values per `vpmovzxwd` + `vpslld`, AVX2 8, the portable path builds `wide::f32x8` lanes from
+//! the shifted bits. Like the f32 GEMV the kernels are memory-bound: four rows are streamed at a
+//! time with two accumulators each, and threads split the rows only for large products.
+//!
+//! Every row sums its terms in the same order wherever it sits (in a group of four or alone),
+//! so splitting the rows over threads never changes a result.
+
+use rayon::prelude::*;
+
+use crate::microkernel::KernelKind;
+
+/// `rows·k` below which threads are not used (as in the f32 GEMV, counted in weights).
+const PAR_MIN: usize = 1 << 16;
+/// Fewest rows per parallel work item.
+const MIN_ROWS_PER_ITEM: usize = 64;
+
+/// Errors of the bf16 GEMV's arguments.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bf16Error {
+    /// `w` is shorter than the rows it should hold.
+    Weights { rows: usize, row_stride: usize, k: usize, needed: usize, len: usize },
+    /// Rows would overlap: the stride is shorter than a row.
+    Stride { row_stride: usize, k: usize },
+}
+
+impl std::fmt::Display for Bf16Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bf16Error::Weights { rows, row_stride, k, needed, len } => write!(
+                f,
+                "bf16 weights: {rows} rows of stride {row_stride} (k = {k}) need {needed} values, got {len}"
+            ),
+            Bf16Error::Stride { row_stride, k } => {
+                write!(f, "bf16 weights: row stride {row_stride} is shorter than k = {k}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Bf16Error {}
+
+/// `out[j] = Σ_p x[p]·W[j, p]` for `j < out.len()`, `W[j, p] = w[j·row_stride + p]` as bf16
+/// bits, with the ISA of [`crate::microkernel::isa`] and the current rayon pool.
+pub fn gemv_bf16(
+    x: &[f32],
+    w: &[u16],
+    row_stride: usize,
+    out: &mut [f32],
+) -> Result<(), Bf16Error> {
+    gemv_bf16_with(crate::microkernel::isa(), x, w, row_stride, out)
+}
+
+/// [`gemv_bf16`] with an explicit kernel family (unavailable families run portable code).
+pub fn gemv_bf16_with(
+    kind: KernelKind,
+    x: &[f32],
+    w: &[u16],
+    row_stride: usize,
+    out: &mut [f32],
+) -> Result<(), Bf16Error> {
+    let (k, rows) = (x.len(), out.len());
+    if row_stride < k {
+        return Err(Bf16Error::Stride { row_stride, k });
+    }
+    let needed = if rows == 0 { 0 } else { (rows - 1) * row_stride + k };
+    if w.len() < needed {
+        return Err(Bf16Error::Weights { rows, row_stride, k, needed, len: w.len() });
+    }
+    let kind = if kind.is_available() { kind } else { KernelKind::Portable };
+    let threads = if rows * k >= PAR_MIN { rayon::current_num_threads() } else { 1 };
+    let item = rows.div_ceil(2 * threads).next_multiple_of(4).max(MIN_ROWS_PER_ITEM);
+    let pairs = Pairs::new(x);
+    let run = |(i, chunk): (usize, &mut [f32])| {
+        let first = &w[i * item * row_stride..];
+        // SAFETY: rows i·item.. of W lie inside `w` (checked above: every row has k values),
+        // and the x86 bodies run only when their family was detected (`is_available`).
+        unsafe { rows_bf16(kind, x, &pairs, first.as_ptr(), row_stride, chunk) }
+    };
+    if threads > 1 && rows > item {
+        out.par_chunks_mut(item).enumerate().for_each(run);
+    } else {
+        out.chunks_mut(item).enumerate().for_each(run);
+    }
+    Ok(())
+}
+
+/// x split into its even and odd entries, for the x86 bodies: a 32-bit load of two adjacent
+/// bf16 weights holds the even one in its low half (widened by a shift) and the odd one in its
+/// high half (widened by masking the low half off), so no lane shuffles are needed.
+struct Pairs {
+    even: Vec<f32>,
+    odd: Vec<f32>,
+}
+
+impl Pairs {
+    fn new(x: &[f32]) -> Pairs {
+        let pairs = x.chunks_exact(2);
+        Pairs { even: pairs.clone().map(|p| p[0]).collect(), odd: pairs.map(|p| p[1]).collect() }
+    }
+}
+
+/// Dispatches one block of rows to the family's body.
+///
+/// # Safety
+/// `out.len()` rows of k = x.len() values at stride `rs` must be readable from `w`; `kind` must
+/// be available.
+unsafe fn rows_bf16(
+    kind: KernelKind,
+    x: &[f32],
+    pairs: &Pairs,
+    w: *const u16,
+    rs: usize,
+    out: &mut [f32],
+) {
+    let _ = pairs;
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        match kind {
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx512 => rows_avx512(x, pairs, w, rs, out),
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx2 => rows_avx2(x, pairs, w, rs, out),
+            _ => rows_portable(x, w, rs, out),
+        }
+    }
+}
+
+/// The f32 value of bf16 bits.
+#[inline(always)]
+fn widen(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// Portable body: 8 lanes of `wide`, two accumulators per row, rows one at a time.
+///
+/// # Safety
+/// As [`rows_bf16`].
+unsafe fn rows_portable(x: &[f32], w: *const u16, rs: usize, out: &mut [f32]) {
+    use wide::f32x8;
+    let k = x.len();
+    let k16 = k / 16 * 16;
+    let lanes = |p: *const u16| -> f32x8 {
+        // SAFETY: the caller guarantees 8 readable values at p.
+        f32x8::from(core::array::from_fn::<f32, 8, _>(|i| widen(unsafe { *p.add(i) })))
+    };
+    let xv = |p: usize| f32x8::from(<[f32; 8]>::try_from(&x[p..p + 8]).expect("8 values"));
+    for (j, o) in out.iter_mut().enumerate() {
+        // SAFETY: row j has k readable values at w + j·rs.
+        let row = unsafe { w.add(j * rs) };
+        let (mut a0, mut a1) = (f32x8::ZERO, f32x8::ZERO);
+        let mut p = 0;
+        while p < k16 {
+            // SAFETY: p + 16 ≤ k.
+            a0 = xv(p).mul_add(lanes(unsafe { row.add(p) }), a0);
+            a1 = xv(p + 8).mul_add(lanes(unsafe { row.add(p + 8) }), a1);
+            p += 16;
+        }
+        let v = (a0 + a1).to_array();
+        let mut s = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+        for (pp, &xp) in x.iter().enumerate().skip(k16) {
+            // SAFETY: pp < k.
+            s = xp.mul_add(widen(unsafe { *row.add(pp) }), s);
+        }
+        *o = s;
+    }
+}
+
+/// The vector operations of the x86 bodies: `pair` loads 2·LANES adjacent bf16 weights as
+/// 32-bit words and widens the even ones (low halves, by a shift) and the odd ones (high halves,
+/// by masking) — no lane shuffles; `finish` adds the k tail and sums the two accumulators.
+#[cfg(target_arch = "x86_64")]
+trait PairLanes {
+    type V: Copy;
+    /// Weights per step (two per lane).
+    const STEP: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn load_x(p: *const f32) -> Self::V;
+    unsafe fn pair(p: *const u16) -> (Self::V, Self::V);
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Σ of both accumulators plus `x[p]·W[p]` for `from ≤ p < k` (`row` = W).
+    unsafe fn finish(acc: [Self::V; 2], x: &[f32], row: *const u16, from: usize) -> f32;
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+// SAFETY (all methods): only called from `rows_avx2` (AVX2 + FMA enabled, detected) with the
+// caller's pointer guarantees.
+#[cfg(target_arch = "x86_64")]
+impl PairLanes for Avx2 {
+    type V = std::arch::x86_64::__m256;
+    const STEP: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load_x(p: *const f32) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn pair(p: *const u16) -> (Self::V, Self::V) {
+        use std::arch::x86_64::*;
+        unsafe {
+            let v = _mm256_loadu_si256(p as *const __m256i);
+            let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+            (
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)),
+                _mm256_castsi256_ps(_mm256_and_si256(v, high)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn finish(acc: [Self::V; 2], x: &[f32], row: *const u16, from: usize) -> f32 {
+        use std::arch::x86_64::*;
+        unsafe {
+            let v = _mm256_add_ps(acc[0], acc[1]);
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let mut s = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)));
+            for (p, &xp) in x.iter().enumerate().skip(from) {
+                s = xp.mul_add(widen(*row.add(p)), s);
+            }
+            s
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+// SAFETY (all methods): only called from `rows_avx512` (AVX-512F + BW enabled, detected) with
+// the caller's pointer guarantees; masked loads touch only the lanes below k.
+#[cfg(target_arch = "x86_64")]
+impl PairLanes for Avx512 {
+    type V = std::arch::x86_64::__m512;
+    const STEP: usize = 32;
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load_x(p: *const f32) -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn pair(p: *const u16) -> (Self::V, Self::V) {
+        use std::arch::x86_64::*;
+        unsafe {
+            let v = _mm512_loadu_si512(p as *const _);
+            let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+            (
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)),
+                _mm512_castsi512_ps(_mm512_and_si512(v, high)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn finish(mut acc: [Self::V; 2], x: &[f32], row: *const u16, from: usize) -> f32 {
+        use std::arch::x86_64::*;
+        unsafe {
+            // Up to two masked 16-lane steps cover the k − from < 32 remaining values.
+            let mut at = from;
+            for a in acc.iter_mut() {
+                let rest = (x.len() - at).min(16);
+                if rest == 0 {
+                    break;
+                }
+                let m = ((1u32 << rest) - 1) as __mmask16;
+                let h = _mm256_maskz_loadu_epi16(m, row.add(at) as *const i16);
+                let wv = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+                *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x.as_ptr().add(at)), wv, *a);
+                at += rest;
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+        }
+    }
+}
+
+/// The x86 body: four rows at a time, an even and an odd accumulator each, prefetching the next
+/// group of rows (same columns) so their streams are under way before they are read.
+///
+/// # Safety
+/// As [`rows_bf16`], and `S`'s instructions must be enabled and available.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn rows_pairs<S: PairLanes>(
+    x: &[f32],
+    pairs: &Pairs,
+    w: *const u16,
+    rs: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let k = x.len();
+    let steps = k / S::STEP * S::STEP;
+    let (xe, xo) = (pairs.even.as_ptr(), pairs.odd.as_ptr());
+    macro_rules! rows {
+        ($c:literal, $j:expr) => {{
+            let row = |q: usize| w.add(($j + q) * rs);
+            let mut acc = [[S::zero(); 2]; $c];
+            let mut p = 0;
+            while p < steps {
+                let x0 = S::load_x(xe.add(p / 2));
+                let x1 = S::load_x(xo.add(p / 2));
+                for q in 0..$c {
+                    // A prefetch never faults: the address may lie past the end.
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(($j + q + $c) * rs + p) as *const i8);
+                    let (even, odd) = S::pair(row(q).add(p));
+                    acc[q][0] = S::fma(x0, even, acc[q][0]);
+                    acc[q][1] = S::fma(x1, odd, acc[q][1]);
+                }
+                p += S::STEP;
+            }
+            for q in 0..$c {
+                out[$j + q] = S::finish(acc[q], x, row(q), steps);
+            }
+        }};
+    }
+    // SAFETY (whole body): steps read row values p..p+STEP and pairs p/2..p/2+STEP/2 with
+    // p + STEP ≤ k (so within k/2 pairs); `finish` reads the values steps..k.
+    unsafe {
+        let mut j = 0;
+        while j + 4 <= out.len() {
+            rows!(4, j);
+            j += 4;
+        }
+        while j < out.len() {
+            rows!(1, j);
+            j += 1;
+        }
+    }
+}
+
+/// # Safety
+/// As [`rows_bf16`], and AVX2 + FMA must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2(x: &[f32], pairs: &Pairs, w: *const u16, rs: usize, out: &mut [f32]) {
+    // SAFETY: forwarded caller contract; AVX2 + FMA enabled here.
+    unsafe { rows_pairs::<Avx2>(x, pairs, w, rs, out) }
+}
+
+/// # Safety
+/// As [`rows_bf16`], and AVX-512F and BW must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn rows_avx512(x: &[f32], pairs: &Pairs, w: *const u16, rs: usize, out: &mut [f32]) {
+    // SAFETY: forwarded caller contract; AVX-512F and BW enabled here.
+    unsafe { rows_pairs::<Avx512>(x, pairs, w, rs, out) }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Values spread over [-1, 1) without a generator (131 is prime to the 7919 steps).
+    fn values(seed: u64, n: usize) -> Vec<f32> {
+        (0..n as u64).map(|i| ((i * 7919 + seed * 104_729) % 131) as f32 / 65.5 - 1.0).collect()
+    }
+
+    /// bf16 bits of x by truncation (any bf16 values will do as weights).
+    fn to_bits(x: f32) -> u16 {
+        (x.to_bits() >> 16) as u16
+    }
+
+    fn kinds() -> Vec<KernelKind> {
+        KernelKind::ALL.into_iter().filter(|k| k.is_available()).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn every_isa_matches_the_f64_sums_of_the_widened_weights(
+            k in 1usize..300,
+            rows in 1usize..13,
+            pad in 0usize..5,
+            seed in 0u64..1000,
+        ) {
+            let rs = k + pad;
+            let x = values(seed, k);
+            let w: Vec<u16> = values(seed + 1, rows * rs).into_iter().map(to_bits).collect();
+            for kind in kinds() {
+                let mut out = vec![f32::NAN; rows];
+                gemv_bf16_with(kind, &x, &w, rs, &mut out).unwrap();
+                for (j, &got) in out.iter().enumerate() {
+                    let row = &w[j * rs..j * rs + k];
+                    let want: f64 = x.iter().zip(row).map(|(&a, &b)| a as f64 * widen(b) as f64).sum();
+                    let scale: f64 = x.iter().zip(row).map(|(&a, &b)| (a * widen(b)).abs() as f64).sum();
+                    prop_assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + scale), "{kind:?} row {j}");
+                    // The same row alone gives the same bits (position-independent order).
+                    let mut alone = [0.0f32];
+                    gemv_bf16_with(kind, &x, &w[j * rs..], rs, &mut alone).unwrap();
+                    prop_assert_eq!(alone[0].to_bits(), got.to_bits(), "{:?} row {}", kind, j);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threads_split_rows_without_changing_results() {
+        let (k, rows) = (300, 1000);
+        let x = values(3, k);
+        let w: Vec<u16> = values(4, rows * k).into_iter().map(to_bits).collect();
+        for kind in kinds() {
+            let mut serial = vec![0.0f32; rows];
+            for (j, o) in serial.iter_mut().enumerate() {
+                gemv_bf16_with(kind, &x, &w[j * k..], k, std::slice::from_mut(o)).unwrap();
+            }
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+            let mut par = vec![0.0f32; rows];
+            pool.install(|| gemv_bf16_with(kind, &x, &w, k, &mut par)).unwrap();
+            assert_eq!(serial, par, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn short_weights_and_strides_are_errors() {
+        let x = [1.0f32; 8];
+        let mut out = [0.0f32; 2];
+        assert!(matches!(
+            gemv_bf16(&x, &[0u16; 15], 8, &mut out),
+            Err(Bf16Error::Weights { needed: 16, .. })
+        ));
+        assert!(matches!(gemv_bf16(&x, &[0u16; 64], 7, &mut out), Err(Bf16Error::Stride { .. })));
+    }
+}
