@@ -39,9 +39,12 @@ VARIANTS = {
     "kloop": 'block = "kloop"',
     "moe": 'block = "moe"',
     "versatile": 'block = "versatile"',
+    # Width-only with the shared expert (unset: on for width-only), and without it.
     "versatile-width": 'block = "versatile"\npaths = "width"',
+    "versatile-width-routed": 'block = "versatile"\npaths = "width"\nshared_expert = false',
     "versatile-depth": 'block = "versatile"\npaths = "depth"',
     "versatile-average": 'block = "versatile"\nfusion = "average"',
+    "versatile-depth-noise": 'block = "versatile"\ndepth_noise = "scaled"',
 }
 
 

@@ -23,8 +23,10 @@ from vffn_torch.tensorfile import hash_bytes, read_tensors, tensor_checksum, wri
 
 def test_save_writes_the_same_bytes_as_vffn_and_vffn_reads_them_back(trained, vffn, tmp_path):
     # vffn_torch's writer (header, layout, checksums, state.json, config.toml) against the files
-    # vffn itself wrote for the same weights, moments and state: equal byte for byte.
-    for variant in ("moe", "versatile"):
+    # vffn itself wrote for the same weights, moments and state: equal byte for byte. The
+    # width-only runs hold `shared_expert` unset (JSON null, absent from TOML) and false; the
+    # depth-noise run `depth_noise = "scaled"`.
+    for variant in ("moe", "versatile", "versatile-width", "versatile-width-routed", "versatile-depth-noise"):
         run = trained(variant)
         ckpt = vffn_torch.load_training(run)
         out = tmp_path / variant

@@ -27,6 +27,13 @@ def relative(got: torch.Tensor, want: torch.Tensor) -> float:
     return err / scale if scale > 0 else err
 
 
+def check_variant(variant: str, cfg) -> None:
+    """The checkpoint holds the switch its variant is about (so its parity test covers it)."""
+    if variant.startswith("versatile-width"):
+        assert cfg.has_shared_expert == (variant == "versatile-width"), variant
+    assert (cfg.depth_noise == "scaled") == (variant == "versatile-depth-noise"), variant
+
+
 def routing_equal(out, dump, layers):
     for i in range(layers):
         if f"blocks.{i}.depth" in dump:
@@ -41,6 +48,7 @@ def test_inference_forward_matches_vffn(variant, trained, vffn, tmp_path):
     vffn("forward", "--checkpoint", run, "--text", TEXT, "--out", tmp_path / "infer.safetensors")
     dump = load_file(tmp_path / "infer.safetensors")
     model = vffn_torch.load(run).eval()
+    check_variant(variant, model.config)
     tokens = torch.tensor([list(TEXT.encode())])
     with torch.no_grad():
         out = model(tokens)
@@ -60,6 +68,7 @@ def test_training_forward_and_every_gradient_match_vffn(variant, trained, vffn, 
     vffn("forward", "--checkpoint", run, "--text", TEXT, "--out", path, "--train-mode", "--zero-noise")
     dump = load_file(path)
     model = vffn_torch.load(run).train()
+    check_variant(variant, model.config)
     tokens = torch.tensor([list(TEXT.encode())])
     out = model(tokens[:, :-1], noise=None)  # at the checkpoint's temperature, as vffn forward
     loss, ce, _ = model.loss(out, tokens[:, 1:])

@@ -40,6 +40,12 @@ def test_two_process_run_is_read_back_by_vffn_eval_generate_inspect_and_resume(t
     assert result["step"] == 50
     assert state(run2)["step"] == 50 and state(run2)["train"]["steps"] == 50
     assert load_file(run2 / "ckpt" / "optimizer.safetensors") is not None
+    # vffn's rows up to step 40, then the trainer's: both with the depth router's columns.
+    rows = [json.loads(line) for line in open(run2 / "metrics.jsonl", encoding="utf-8")]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50]
+    for row in rows:
+        assert len(row["depth_agree"]) == len(row["depth_margin"]) == 2, row
+        assert all(0.0 <= a <= 1.0 for a in row["depth_agree"]) and min(row["depth_margin"]) >= 0.0, row
     evaluated = json.loads(vffn("eval", "--checkpoint", run2, "--json"))
     assert evaluated["tokens"] == result["tokens"]
     assert abs(evaluated["loss"] - result["val_loss"]) <= 1e-4, (evaluated, result)
@@ -65,6 +71,10 @@ def test_torch_continuing_a_run_without_noise_follows_vffn_continuing_it(block, 
     a, b = state(by_vffn), state(by_torch)
     for key in ("step", "data_rng", "tokens_seen", "data_source", "train"):
         assert a[key] == b[key], key
+    # Rows with the same fields as vffn's (no depth router: no depth_agree / depth_margin).
+    fields = [[sorted(json.loads(line)) for line in open(os.path.join(r, "metrics.jsonl"), encoding="utf-8")]
+              for r in (by_vffn, by_torch)]
+    assert fields[0] == fields[1] and "depth_agree" not in fields[0][-1]
     worst = {}
     for file in ("model.safetensors", "optimizer.safetensors"):
         worst[file] = 0.0

@@ -14,6 +14,7 @@ import numpy as np
 BLOCKS = ("dense", "kloop", "moe", "versatile")
 PATHS = ("both", "width", "depth")
 FUSIONS = ("gated", "average")
+DEPTH_NOISES = ("unit", "scaled")
 
 
 def f32(value: float) -> float:
@@ -21,9 +22,10 @@ def f32(value: float) -> float:
     return float(np.float32(value))
 
 
-def _f32_digits(value: float) -> tuple[str, str, int]:
-    """(sign, shortest digits that read back to the same f32, exponent of the first digit)."""
-    x = np.float32(value)
+def _f32_digits(value: float, kind=np.float32) -> tuple[str, str, int]:
+    """(sign, shortest digits that read back to the same f32 (or `kind`), exponent of the
+    first digit)."""
+    x = kind(value)
     if not np.isfinite(x):
         raise ValueError(f"{value} is not a finite number (JSON has no form for it)")
     sign = "-" if np.signbit(x) else ""
@@ -54,6 +56,14 @@ def f32_text(value: float) -> str:
     return sign + (_fixed(digits, exp) if -6 <= exp <= 12 else _scientific(digits, exp, "+"))
 
 
+def f64_text(value: float) -> str:
+    """An f64 as serde_json writes it (metrics' tokens_per_s, depth_agree, depth_margin): the
+    shortest digits that read back to the same f64, in fixed notation when the first digit's
+    exponent is in -5..=15, otherwise as "1e-6" / "1.5e+16"."""
+    sign, digits, exp = _f32_digits(value, np.float64)
+    return sign + (_fixed(digits, exp) if -5 <= exp <= 15 else _scientific(digits, exp, "+"))
+
+
 def f32_debug(value: float) -> str:
     """An f32 as Rust's `{:?}` writes it (the checkpoint's `temperature`): the same digits, in
     fixed notation from 1e-4 up to 1e16, otherwise as "1e-5" / "1.5e16"."""
@@ -64,6 +74,8 @@ def f32_debug(value: float) -> str:
 def json_text(value, indent: int | None = None, level: int = 0) -> str:
     """JSON as serde_json writes vffn's structs: compact (`to_string`) or, with `indent`, its
     pretty form; floats are f32 fields (`f32_text`), keys keep their order."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -102,6 +114,13 @@ class Config:
     max_depth: int = 4
     paths: str = "both"  # both | width | depth (versatile ablation)
     fusion: str = "gated"  # gated | average (versatile ablation)
+    # Width-only versatile: the whole FFN kept active beside the routed virtual experts,
+    # x + FFN(z) + Σ_k g_k·FFN_k(z). None (unset) = on for paths = "width", off otherwise;
+    # True only with block = "versatile" and paths = "width". See `has_shared_expert`.
+    shared_expert: bool | None = None
+    # Noise of the depth router's training pick: unit = argmax(logits + g) (the paper's),
+    # scaled = argmax(logits + τ·g) (opt-in, issue 19).
+    depth_noise: str = "unit"
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     init_std: float = 0.02
@@ -122,9 +141,18 @@ class Config:
     def expert_width(self) -> int:
         return self.hidden // self.n_experts
 
+    @property
+    def has_shared_expert(self) -> bool:
+        """Whether the width path keeps the whole FFN beside its routed virtual experts: the
+        `shared_expert` key, unset meaning on for width-only versatile blocks."""
+        width_only = self.block == "versatile" and self.paths == "width"
+        return width_only and self.shared_expert is not False
+
     def validate(self) -> None:
         def fail(key, reason):
-            raise ValueError(f"`model.{key}` = {getattr(self, key)}: {reason}")
+            value = getattr(self, key)
+            shown = json.dumps(value) if isinstance(value, bool) else value
+            raise ValueError(f"`model.{key}` = {shown}: {reason}")
 
         for key in ("vocab_size", "d_model", "n_heads", "n_layers", "hidden", "n_experts",
                     "top_k", "max_depth", "seq_len", "batch_size"):
@@ -136,12 +164,18 @@ class Config:
             fail("paths", f"expected one of {', '.join(PATHS)}")
         if self.fusion not in FUSIONS:
             fail("fusion", f"expected one of {', '.join(FUSIONS)}")
+        if not (self.shared_expert is None or isinstance(self.shared_expert, bool)):
+            fail("shared_expert", "expected true or false")
+        if self.depth_noise not in DEPTH_NOISES:
+            fail("depth_noise", f"expected one of {', '.join(DEPTH_NOISES)}")
         if self.d_model % self.n_heads or self.head_dim % 2:
             fail("n_heads", "must divide d_model into an even head_dim")
         if self.top_k > self.n_experts:
             fail("top_k", f"must be at most n_experts = {self.n_experts}")
         if self.block in ("moe", "versatile") and self.hidden % self.n_experts:
             fail("hidden", f"must be a multiple of n_experts = {self.n_experts}")
+        if self.shared_expert is True and not self.has_shared_expert:
+            fail("shared_expert", 'needs block = "versatile" and paths = "width"')
 
     def to_json(self) -> str:
         """The form stored in model.safetensors' `config` metadata (vffn's key order)."""
@@ -149,12 +183,17 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
+        """The checkpoint's JSON form. As vffn: a width-only checkpoint without `shared_expert`
+        predates the key and had no shared expert, so it reads as False, not as the default."""
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"config: unknown key `{unknown[0]}`")
-        return cls(**data)
+        config = cls(**data)
+        if "shared_expert" not in data and config.has_shared_expert:
+            config.shared_expert = False
+        return config
 
     def temperature_at(self, step: int, total_steps: int, floor_frac: float) -> float:
         """Gumbel-softmax temperature at `step` of a `total_steps` run, as vffn computes it:
@@ -243,6 +282,8 @@ def _toml_value(value) -> str:
     """A config value as vffn's config.toml has it (floats: f32 digits, never an exponent)."""
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         sign, digits, exp = _f32_digits(value)
         return sign + _fixed(digits, exp)
@@ -250,9 +291,10 @@ def _toml_value(value) -> str:
 
 
 def run_toml(model: Config, train: TrainConfig) -> str:
-    """config.toml of a run directory (`[model]` and `[train]` with every key)."""
+    """config.toml of a run directory (`[model]` and `[train]` with every key; an unset
+    optional key such as `shared_expert` is left out, as TOML has no null)."""
     lines = ["[model]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in asdict(model).items()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in asdict(model).items() if v is not None]
     lines += ["", "[train]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in asdict(train).items()]
     return "\n".join(lines) + "\n"

@@ -7,10 +7,12 @@ tensors of `ckpt/model.safetensors`.
 - Block: x + attn(attn_norm x) (causal, RoPE on q and k), then the FFN part of the block kind:
   dense x + FFN(ff_norm x); kloop that step max_depth times; moe x + FFN(z) + Σ_k g_k·FFN_k(z)
   with z = ff_norm x and the router reading z; versatile: width path (virtual experts = slices
-  of the one FFN, router reading x) and depth path (the FFN looped, a hard Gumbel-softmax over
-  the loop count), fused by λ = 1 − Σ_ℓ (ℓ/D)·p_ℓ (gated) or 1/2 (average).
+  of the one FFN, router reading x; width-only runs keep the whole FFN beside them by default,
+  `shared_expert`) and depth path (the FFN looped, a hard Gumbel-softmax over the loop count),
+  fused by λ = 1 − Σ_ℓ (ℓ/D)·p_ℓ (gated) or 1/2 (average).
 - Training mode computes every loop for every token; the depth choice is straight-through
-  (forward the one-hot, gradient of the soft sample at temperature τ).
+  (forward the one-hot, gradient of the soft sample at temperature τ); the pick is
+  argmax(logits + g), or argmax(logits + τ·g) with `depth_noise = "scaled"`.
 - Inference mode (`infer=True`): argmax loop count per token, each token runs exactly its loops
   (per-token early exit, the running set compacted after each loop), the width path only for
   tokens with λ > 0.
@@ -96,6 +98,22 @@ class Output:
     depth_logits: list = field(default_factory=list)  # per depth-routed layer [B·T, D], detached
 
 
+def depth_agreement(out: Output) -> torch.Tensor:
+    """Per depth-routed layer of a training forward, vffn's DepthAgreement: [tokens, tokens
+    whose pick equals the noise-free argmax (ties: lower index), Σ of the top-1 − top-2 logit
+    margin (0 when D = 1)] as f64 [L, 3] on the CPU (sums, so ranks can add them)."""
+    rows = []
+    for depth, logits in zip(out.depth, out.depth_logits):
+        logits = logits.detach().float().cpu()
+        agree = (logits.argmax(dim=-1) + 1 == depth.cpu()).sum().item()
+        margin = 0.0
+        if logits.shape[-1] > 1:
+            top = logits.topk(2, dim=-1).values.double()
+            margin = (top[:, 0] - top[:, 1]).sum().item()
+        rows.append([float(logits.shape[0]), float(agree), margin])
+    return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 3)
+
+
 def top_k_routing(logits: torch.Tensor, k: int):
     # logits [N, E] -> gates [N, E] (softmax over the k chosen, 0 elsewhere), chosen [N, k]
     top, chosen = logits.topk(k, dim=-1)  # slots by descending logit
@@ -173,7 +191,8 @@ class Block(nn.Module):
         # x [N, d] -> (x + Σ_k g_k·FFN_k(ff_norm x) [N, d], router logits [N, E], chosen [N, k])
         # Virtual expert e = value rows e·s.., gate rows h+e·s.. of ff_proj, columns e·s.. of
         # ff_out; the gated sum over experts is the full SwiGLU with each hidden unit scaled by
-        # its expert's gate (0 for experts not chosen).
+        # its expert's gate (0 for experts not chosen). With the shared expert (width-only
+        # default) the whole FFN stays active beside them: (x + FFN(z)) + Σ_k g_k·FFN_k(z).
         cfg = self.cfg
         logits = x @ self.expert_gate.weight.T
         gates, chosen = top_k_routing(logits, cfg.top_k)
@@ -181,18 +200,24 @@ class Block(nn.Module):
         u = z @ self.ff_proj.weight.T
         h = cfg.hidden
         act = u[:, :h] * F.silu(u[:, h:])
-        act = act * gates.repeat_interleave(cfg.expert_width, dim=1)
-        return x + act @ self.ff_out.weight.T, logits, chosen
+        routed = (act * gates.repeat_interleave(cfg.expert_width, dim=1)) @ self.ff_out.weight.T
+        base = x + act @ self.ff_out.weight.T if cfg.has_shared_expert else x
+        return base + routed, logits, chosen
 
     def depth_path_train(self, x: torch.Tensor, temperature: float, noise):
         # x [N, d] -> (Σ_ℓ p_ℓ·x_ℓ [N, d], p [N, D] one-hot straight-through, loop count [N],
         #              predictor logits [N, D])
+        # The pick is argmax(logits + g), g ~ Gumbel(0, 1), or argmax(logits + τ·g) with
+        # depth_noise = "scaled"; the soft sample is softmax((logits + noise)/τ) either way.
         logits = x @ self.depth_predictor.weight.T
         z = _wide(logits)
         if noise is not None:
             u = torch.rand(z.shape, generator=noise, dtype=torch.float64, device="cpu")
             g = -torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-12)))
-            z = z + g.to(device=z.device, dtype=z.dtype)
+            g = g.to(device=z.device, dtype=z.dtype)
+            if self.cfg.depth_noise == "scaled":
+                g = temperature * g
+            z = z + g
         soft = torch.softmax(z / temperature, dim=-1)
         index = z.argmax(dim=-1)  # ties: the lower index, as vffn
         hard = F.one_hot(index, self.cfg.max_depth).to(soft.dtype)

@@ -13,10 +13,13 @@
 - Distributed: DistributedDataParallel (gloo on CPU, NCCL on GPU); FSDP instead when CUDA is
   present (--fsdp auto), or on request.
 - Writes RUN2/ckpt in vffn's format (weights, moments, state.json with the step advanced and
-  the data position), RUN2/config.toml and RUN2/metrics.jsonl, then evaluates RUN2 on the whole
-  validation split in inference mode, as `vffn eval --checkpoint RUN2` does, and prints
+  the data position), RUN2/config.toml and RUN2/metrics.jsonl (vffn's rows, with the depth
+  router's per-layer `depth_agree` / `depth_margin` over the whole batch of the logged step where
+  the model has a depth router), then evaluates RUN2 on the whole validation split in
+  inference mode, as `vffn eval --checkpoint RUN2` does, and prints
   `{"step": .., "val_loss": .., "tokens": ..}` on stdout.
-What is not carried over: the Gumbel noise stream (drawn here with torch generators).
+What is not carried over: the Gumbel noise stream (drawn here with torch generators; with
+`depth_noise = "scaled"` it is scaled by the temperature as in vffn).
 """
 from __future__ import annotations
 
@@ -43,9 +46,9 @@ from .checkpoint import (
     save,
     write_atomic,
 )
-from .config import TrainConfig, f32, f32_text
+from .config import TrainConfig, f32, f32_text, f64_text
 from .data import Batcher, DataError, load_dataset, validation_windows
-from .model import VffnModel
+from .model import VffnModel, depth_agreement
 from .rng import Rng
 
 METRICS_FILE = "metrics.jsonl"
@@ -115,10 +118,11 @@ class TrainStep(nn.Module):
         self.dist = dist_info
 
     def forward(self, windows, temperature: float, noise, weight: float):
+        # -> (weighted loss, loss, ce, balance, depth agreement sums of this rank [L, 3])
         out = self.model(windows[:, :-1], infer=False, temperature=temperature, noise=noise)
         counts = [self.dist.all_sum(term.counts.clone()) for term in out.balance]
         loss, ce, balance = self.model.loss(out, windows[:, 1:], counts)
-        return loss * weight, loss.detach(), ce.detach(), balance.detach()
+        return loss * weight, loss.detach(), ce.detach(), balance.detach(), depth_agreement(out)
 
 
 def build_optimizer(model: VffnModel, train: TrainConfig, moments, step: int):
@@ -234,20 +238,40 @@ def evaluate(model: VffnModel, val: bytes, dist_info: Distributed, limit: int = 
     return float(sums[0] / sums[1]), int(sums[1])
 
 
-# A metrics.jsonl row: vffn's MetricsRow fields in order (val_loss optional), f32 but tokens_per_s.
-METRICS_FIELDS = ("step", "loss", "ce", "balance", "val_loss", "lr", "temperature", "tokens_per_s", "grad_norm")
+# A metrics.jsonl row: vffn's MetricsRow fields in order; val_loss and the depth router's
+# per-layer lists optional; f32 numbers but tokens_per_s and the lists' (f64).
+METRICS_FIELDS = ("step", "loss", "ce", "balance", "val_loss", "lr", "temperature", "tokens_per_s", "grad_norm",
+                  "depth_agree", "depth_margin")
+OPTIONAL_FIELDS = ("val_loss", "depth_agree", "depth_margin")
+F64_FIELDS = ("tokens_per_s", "depth_agree", "depth_margin")
 
 
 def metrics_line(row: dict) -> str:
-    """One metrics.jsonl line as vffn writes it (serde_json: field order, f32 shortest digits)."""
+    """One metrics.jsonl line as vffn writes it (serde_json: field order, shortest digits)."""
     parts = []
     for key in METRICS_FIELDS:
         if key not in row:
             continue
         value = row[key]
-        text = str(value) if key == "step" else repr(float(value)) if key == "tokens_per_s" else f32_text(value)
+        number = f64_text if key in F64_FIELDS else f32_text
+        if key == "step":
+            text = str(value)
+        elif isinstance(value, list):
+            text = "[" + ",".join(number(float(v)) for v in value) + "]"
+        else:
+            text = number(float(value))
         parts.append(f'"{key}":{text}')
     return "{" + ",".join(parts) + "}\n"
+
+
+def depth_router_columns(sums: torch.Tensor) -> dict:
+    """The `depth_agree` / `depth_margin` fields of a row from the whole batch's per-layer
+    [tokens, agree, margin sum] (as vffn: none for a model without a depth router)."""
+    routed = sums[sums[:, 0] > 0]
+    if routed.numel() == 0:
+        return {}
+    tokens = routed[:, 0]
+    return {"depth_agree": (routed[:, 1] / tokens).tolist(), "depth_margin": (routed[:, 2] / tokens).tolist()}
 
 
 def _metrics_row(line: str):
@@ -258,7 +282,8 @@ def _metrics_row(line: str):
         return None
     if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] >= 0):
         return None
-    numbers = all(isinstance(row.get(k), (int, float)) for k in METRICS_FIELDS if k not in ("step", "val_loss"))
+    numbers = all(isinstance(row.get(k), (int, float)) for k in METRICS_FIELDS
+                  if k != "step" and k not in OPTIONAL_FIELDS)
     return row if numbers else None
 
 
@@ -385,7 +410,7 @@ def run(args, d: Distributed) -> int:
         temperature = cfg.temperature_at(step, train.steps, train.temperature_floor_frac)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        scaled, loss, ce, balance = wrapped(mine, temperature, noise, weight)
+        scaled, loss, ce, balance, agreement = wrapped(mine, temperature, noise, weight)
         scaled.backward()
         if use_fsdp:
             grad_norm = float(wrapped.clip_grad_norm_(f32(train.grad_clip) if train.grad_clip > 0 else float("inf")))
@@ -407,6 +432,8 @@ def run(args, d: Distributed) -> int:
                 "balance": float(values[2]), "lr": lr, "temperature": temperature,
                 "tokens_per_s": window_tokens / max(window_time, 1e-9), "grad_norm": grad_norm,
             }
+            if agreement.numel():  # models with a depth router, as vffn's rows
+                row |= depth_router_columns(d.all_sum(agreement.cpu()))
             metrics.append(row)
             d.log(f"step {step}: loss {row['loss']:.4f} lr {lr:.3e} T {temperature:.3f} "
                   f"grad norm {grad_norm:.3f} {row['tokens_per_s']:.0f} tok/s")
