@@ -160,6 +160,12 @@ fn read_part(dir: &Path, name: &str) -> Result<Vec<u8>> {
 /// The model part of the checkpoint at `path`: a run or checkpoint directory, or a model file
 /// (e.g. written by `vffn export`; then the path returned is the file's).
 pub fn read_model(path: &Path) -> Result<(PathBuf, ModelCheckpoint)> {
+    read_model_with(path, true)
+}
+
+/// [`read_model`]; with `verified` false a file without content checksums is accepted too
+/// (`vffn export --unverified`).
+pub fn read_model_with(path: &Path, verified: bool) -> Result<(PathBuf, ModelCheckpoint)> {
     let (dir, file) = if path.is_file() {
         (path.to_path_buf(), path.to_path_buf())
     } else {
@@ -169,7 +175,8 @@ pub fn read_model(path: &Path) -> Result<(PathBuf, ModelCheckpoint)> {
     };
     let bytes = fs::read(&file)
         .with_context(|| format!("cannot read checkpoint file `{}`", file.display()))?;
-    let model = load_model(&bytes).with_context(|| format!("checkpoint `{}`", file.display()))?;
+    let load = if verified { load_model } else { vffn_model::load_model_unverified };
+    let model = load(&bytes).with_context(|| format!("checkpoint `{}`", file.display()))?;
     Ok((dir, model))
 }
 

@@ -22,6 +22,10 @@ pub struct ExportArgs {
     /// Output safetensors file.
     #[arg(long)]
     pub out: PathBuf,
+    /// Accept a model file without content checksums (written before vffn had them, or by
+    /// another tool); its weights are still checked finite, and the export carries checksums.
+    #[arg(long)]
+    pub unverified: bool,
 }
 
 /// Parses `--dtype` / `--weights` values (f32, bf16, f16).
@@ -30,7 +34,7 @@ pub fn parse_dtype(text: &str) -> Result<WeightDtype, String> {
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    let (dir, ckpt) = ckpt_io::read_model(&args.checkpoint)?;
+    let (dir, ckpt) = ckpt_io::read_model_with(&args.checkpoint, !args.unverified)?;
     let refs: Vec<TensorRef<'_>> = ckpt
         .tensors
         .iter()
@@ -44,7 +48,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     fs::rename(&staging, &args.out)
         .with_context(|| format!("cannot rename into `{}`", args.out.display()))?;
     let values: usize = refs.iter().map(|t| t.data.len()).sum();
-    println!(
+    outln!(
         "exported {} tensors ({values} values, {}) to {} ({} bytes)",
         refs.len(),
         args.dtype,

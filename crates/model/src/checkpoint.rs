@@ -87,8 +87,8 @@ pub enum CheckpointError {
 fn missing_hint(key: &str) -> &'static str {
     if key == CHECKSUMS_KEY {
         " (the file was written by an older vffn or by another tool, without the content \
-         checksums vffn requires; vffn_torch can re-save it: `vffn_torch.save(vffn_torch.load(\
-         PATH, require_checksums=False), DIR)`)"
+         checksums vffn requires; re-save it with checksums: `vffn export --checkpoint PATH \
+         --dtype f32 --out NEW.safetensors --unverified`)"
     } else {
         ""
     }
@@ -415,7 +415,21 @@ pub fn save_model_as(
 
 /// Parses a model checkpoint: container, dtypes, `config` and `temperature` metadata.
 pub fn load_model(bytes: &[u8]) -> Result<ModelCheckpoint, CheckpointError> {
-    let TensorFile { tensors, mut metadata } = read_tensors_checked(bytes, true)?;
+    load_model_checked(bytes, true)
+}
+
+/// [`load_model`] that also accepts a file without content checksums (written before vffn
+/// had them, or by another tool): checksums present are still verified and every weight must
+/// still be finite. For `vffn export --unverified`, which re-saves such a file with checksums.
+pub fn load_model_unverified(bytes: &[u8]) -> Result<ModelCheckpoint, CheckpointError> {
+    load_model_checked(bytes, false)
+}
+
+fn load_model_checked(
+    bytes: &[u8],
+    require_checksums: bool,
+) -> Result<ModelCheckpoint, CheckpointError> {
+    let TensorFile { tensors, mut metadata } = read_tensors_checked(bytes, require_checksums)?;
     for (name, tensor) in &tensors {
         check_finite(name, &tensor.data)?;
     }
@@ -842,6 +856,15 @@ mod tests {
         assert!(read_tensors(&bytes).is_ok(), "plain reads do not require checksums");
         let err = load_model(&bytes).unwrap_err();
         assert!(matches!(&err, CheckpointError::MissingMetadata { key } if key == CHECKSUMS_KEY));
+        // Re-saving: the unverified reader takes it, and what it writes carries checksums.
+        let old = load_model_unverified(&bytes).unwrap();
+        let refs: Vec<TensorRef<'_>> = old
+            .tensors
+            .iter()
+            .map(|(name, t)| TensorRef { name, shape: &t.shape, data: &t.data })
+            .collect();
+        let resaved = save_model(&old.config, old.temperature, &old.extra, &refs).unwrap();
+        assert!(load_model(&resaved).is_ok());
         let text = err.to_string();
         assert!(text.contains("older vffn") && text.contains("another tool"), "{text}");
         let other = CheckpointError::MissingMetadata { key: STEP_KEY.into() }.to_string();

@@ -30,10 +30,10 @@ pub mod model;
 pub(crate) mod versatile;
 
 pub use checkpoint::{
-    load_model, load_optimizer, read_tensors, save_model, save_model_as, save_optimizer,
-    write_tensors, write_tensors_as, write_tensors_mixed, AdamMoments, AdamMomentsRef,
-    CheckpointError, LoadPlan, ModelCheckpoint, OptimizerState, TensorData, TensorFile, TensorRef,
-    TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_STATE_FORMAT,
+    load_model, load_model_unverified, load_optimizer, read_tensors, save_model, save_model_as,
+    save_optimizer, write_tensors, write_tensors_as, write_tensors_mixed, AdamMoments,
+    AdamMomentsRef, CheckpointError, LoadPlan, ModelCheckpoint, OptimizerState, TensorData,
+    TensorFile, TensorRef, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TRAIN_STATE_FORMAT,
 };
 pub use config::{
     BlockKind, Config, ConfigError, DepthNoise, Fusion, ParamKind, ParamSpec, Paths, RunConfig,
