@@ -18,92 +18,12 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::cpu::blocking;
+pub(crate) use crate::mat::OutView;
+pub use crate::mat::{MatMut, MatRef};
 use crate::microkernel::{run_tile, selected_kernel, KernelError, KernelKind, Tile, NR};
 use crate::pack::{
     pack_a, pack_b, pack_b_panel, with_scratch, AlignedBuf, PackedB, RowSource, Scratch,
 };
-
-/// A read-only strided matrix view: element (i, j) lives at `data[i*row_stride + j*col_stride]`.
-#[derive(Clone, Copy, Debug)]
-pub struct MatRef<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
-
-impl<'a> MatRef<'a> {
-    /// Row-major contiguous `rows × cols` view.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self::strided(data, rows, cols, cols, 1)
-    }
-    /// View with arbitrary strides (panics if an element would fall outside `data`).
-    pub fn strided(
-        data: &'a [f32],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-        col_stride: usize,
-    ) -> Self {
-        if rows > 0 && cols > 0 {
-            let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
-            assert!(
-                last < data.len(),
-                "MatRef out of bounds: last index {last} >= len {}",
-                data.len()
-            );
-        }
-        MatRef { data, rows, cols, row_stride, col_stride }
-    }
-    /// The transpose, at no cost (strides swap).
-    pub fn t(self) -> Self {
-        MatRef {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-    #[inline]
-    pub fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[i * self.row_stride + j * self.col_stride]
-    }
-}
-
-/// A mutable strided matrix view.
-#[derive(Debug)]
-pub struct MatMut<'a> {
-    pub data: &'a mut [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
-
-impl<'a> MatMut<'a> {
-    pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        Self::strided(data, rows, cols, cols, 1)
-    }
-    pub fn strided(
-        data: &'a mut [f32],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-        col_stride: usize,
-    ) -> Self {
-        if rows > 0 && cols > 0 {
-            let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
-            assert!(
-                last < data.len(),
-                "MatMut out of bounds: last index {last} >= len {}",
-                data.len()
-            );
-        }
-        MatMut { data, rows, cols, row_stride, col_stride }
-    }
-}
 
 /// Widest B packed whole (all depths) when k > KC: see `packed`.
 const FULL_B_MAX_N: usize = 512;
@@ -199,57 +119,6 @@ fn check_no_overlap(rows: usize, cols: usize, rs: usize, cs: usize) {
         || (cs >= 1 && rs >= cols * cs)
         || (rs >= 1 && cs >= rows * rs);
     assert!(ok, "gemm: C view ({rows}×{cols}, strides {rs},{cs}) has overlapping elements");
-}
-
-/// Raw view of C shared by the worker threads (each writes disjoint tiles).
-#[derive(Clone, Copy)]
-pub(crate) struct OutView {
-    pub ptr: *mut f32,
-    pub rows: usize,
-    pub cols: usize,
-    pub rs: usize,
-    pub cs: usize,
-}
-
-// SAFETY: workers write disjoint elements of C (distinct output tiles), and `C` is exclusively
-// borrowed by the gemm call for its whole duration.
-unsafe impl Send for OutView {}
-// SAFETY: as above.
-unsafe impl Sync for OutView {}
-
-impl OutView {
-    pub(crate) fn from_mat(c: MatMut<'_>) -> OutView {
-        OutView {
-            ptr: c.data.as_mut_ptr(),
-            rows: c.rows,
-            cols: c.cols,
-            rs: c.row_stride,
-            cs: c.col_stride,
-        }
-    }
-
-    /// Address of element (i, j) (inside the view when i < rows, j < cols).
-    #[inline]
-    pub(crate) fn elem(&self, i: usize, j: usize) -> *mut f32 {
-        self.ptr.wrapping_add(i * self.rs + j * self.cs)
-    }
-
-    pub(crate) fn t(self) -> OutView {
-        OutView { ptr: self.ptr, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
-    }
-
-    /// `C = beta·C` (zero when beta is 0), the whole product when k = 0 or alpha = 0.
-    fn scale(self, beta: f32) {
-        for i in 0..self.rows {
-            for j in 0..self.cols {
-                // SAFETY: (i, j) is inside the checked C view.
-                unsafe {
-                    let p = self.ptr.add(i * self.rs + j * self.cs);
-                    *p = if beta == 0.0 { 0.0 } else { beta * *p };
-                }
-            }
-        }
-    }
 }
 
 fn gemm_impl(

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{MatRef, OutView};
+use crate::mat::{MatRef, OutView};
 use crate::microkernel::KernelKind;
 
 /// Most columns per work item (the row-streaming kernel keeps that many sums in L1).

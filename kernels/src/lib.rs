@@ -9,6 +9,7 @@ pub mod ffn;
 pub mod fused;
 pub mod gemm;
 mod gemv;
+pub mod mat;
 pub mod microkernel;
 pub mod pack;
 pub mod peak;

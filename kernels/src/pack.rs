@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 
-use crate::gemm::MatRef;
+use crate::mat::MatRef;
 use crate::microkernel::NR;
 
 /// One 64-byte line of floats: the unit of the aligned buffers.
