@@ -159,7 +159,7 @@ impl Blocking {
         // One-panel tiles: B's micro-panel in half of L1d, A's micro-panel beside it (Zen 3's
         // hand-tuned 256 at 32 KiB). Two-panel tiles stream A's micro-panel from L2 at 4 bytes
         // a cycle (14 rows × 4 bytes per 14 FMA cycles), so B's pair may fill L1d: measured on
-        // the Xeon (48 KiB), 1024³ ran 1.10× at KC 384 against 192.
+        // the Xeon (48 KiB), 1024³ ran 1.07× and 1.16× (two runs) at KC 384 against 192.
         let share = if nr > crate::microkernel::NR { 1 } else { 2 };
         let kc = (c.l1d / share / (nr * 4)) / 16 * 16;
         let kc = kc.clamp(64, KC_MAX);

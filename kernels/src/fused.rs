@@ -11,17 +11,15 @@
 //! Backward kernels take `accumulate`: `false` overwrites the gradient, `true` adds into it.
 
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
 /// Elements per parallel task (rows are grouped until a task has about this many).
 const TASK_ELEMS: usize = 16 * 1024;
 /// Rows per partial sum in cross-row reductions (fixed, for thread-count independence).
 const REDUCE_ROWS: usize = 32;
 
-/// AVX2 + FMA code allowed by the one ISA decision (cached: it is read per call).
+/// AVX2 + FMA code allowed by the one ISA decision.
 fn avx2_fma() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(crate::microkernel::avx2_allowed)
+    crate::microkernel::avx2_allowed()
 }
 
 /// Defines `fn name(args)` whose body runs in an AVX2+FMA-compiled copy when the CPU has them.

@@ -2,6 +2,14 @@
 //! view shared by worker threads (`OutView`). Their own file so that gemm.rs, gemv.rs and pack.rs
 //! all import them from here rather than from each other.
 
+/// Panics unless the last element of a `rows × cols` view with these strides is inside `len`.
+fn check_bounds(what: &str, len: usize, rows: usize, cols: usize, rs: usize, cs: usize) {
+    if rows > 0 && cols > 0 {
+        let last = (rows - 1) * rs + (cols - 1) * cs;
+        assert!(last < len, "{what} out of bounds: last index {last} >= len {len}");
+    }
+}
+
 /// A read-only strided matrix view: element (i, j) lives at `data[i*row_stride + j*col_stride]`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
@@ -25,14 +33,7 @@ impl<'a> MatRef<'a> {
         row_stride: usize,
         col_stride: usize,
     ) -> Self {
-        if rows > 0 && cols > 0 {
-            let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
-            assert!(
-                last < data.len(),
-                "MatRef out of bounds: last index {last} >= len {}",
-                data.len()
-            );
-        }
+        check_bounds("MatRef", data.len(), rows, cols, row_stride, col_stride);
         MatRef { data, rows, cols, row_stride, col_stride }
     }
     /// The transpose, at no cost (strides swap).
@@ -72,14 +73,7 @@ impl<'a> MatMut<'a> {
         row_stride: usize,
         col_stride: usize,
     ) -> Self {
-        if rows > 0 && cols > 0 {
-            let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
-            assert!(
-                last < data.len(),
-                "MatMut out of bounds: last index {last} >= len {}",
-                data.len()
-            );
-        }
+        check_bounds("MatMut", data.len(), rows, cols, row_stride, col_stride);
         MatMut { data, rows, cols, row_stride, col_stride }
     }
 }

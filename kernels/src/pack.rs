@@ -123,20 +123,10 @@ pub(crate) fn pack_a(
         }
         let cs = a.col_stride;
         #[cfg(target_arch = "x86_64")]
-        if mr == 6 && cs == 1 && kc >= 8 && has_avx2() {
-            // Rows contiguous in p: 8 × 8 register transposes instead of 6 strided reads per p.
-            for &s in &starts[..live] {
-                assert!(s + kc <= a.data.len(), "pack_a: row out of bounds");
-            }
-            // SAFETY: AVX2 present; every live row has kc readable values from its start
-            // (checked above) and the panel holds 6·kc floats.
-            unsafe { pack_a6_rows_avx2(a.data.as_ptr(), &starts[..live], kc, panel) };
-            continue;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if mr > 6 && cs == 1 && kc >= 8 && has_avx2() {
-            // The same for taller panels (AVX-512's 14 rows), eight rows at a time (was 14
-            // strided, bounds-checked reads per p: 6 % of the tiny versatile forward's profile).
+        if mr >= 6 && cs == 1 && kc >= 8 && has_avx2() {
+            // Rows contiguous in p (AVX2's 6-row and AVX-512's 14-row panels): 8 × 8 register
+            // transposes instead of mr strided, bounds-checked reads per p (those were 6 % of
+            // the tiny versatile forward's profile with 14 rows).
             for &s in &starts[..live] {
                 assert!(s + kc <= a.data.len(), "pack_a: row out of bounds");
             }
@@ -244,40 +234,6 @@ pub(crate) fn pack_b_panel(
     }
 }
 
-/// One 6-row A panel from rows contiguous in p (`starts` = offsets of the live rows, ≤ 6):
-/// `dst[p·6 + i] = data[starts[i] + p]`, zero for missing rows.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn pack_a6_rows_avx2(data: *const f32, starts: &[usize], kc: usize, dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    debug_assert!(dst.len() >= 6 * kc && starts.len() <= 6);
-    let out = dst.as_mut_ptr();
-    let mut p = 0;
-    while p + 8 <= kc {
-        let mut rows = [_mm256_setzero_ps(); 8];
-        for (r, &s) in rows.iter_mut().zip(starts) {
-            // SAFETY: p + 8 ≤ kc values of this row are readable (caller contract).
-            *r = unsafe { _mm256_loadu_ps(data.add(s + p)) };
-        }
-        let t = crate::microkernel::avx2::transpose8(rows);
-        for (q, v) in t.iter().enumerate() {
-            // SAFETY: floats (p+q)·6 .. (p+q)·6+6 lie inside dst (p + q < kc).
-            unsafe {
-                let o = out.add((p + q) * 6);
-                _mm_storeu_ps(o, _mm256_castps256_ps128(*v));
-                _mm_store_sd(o.add(4) as *mut f64, _mm_castps_pd(_mm256_extractf128_ps::<1>(*v)));
-            }
-        }
-        p += 8;
-    }
-    for pp in p..kc {
-        for i in 0..6 {
-            // SAFETY: as above, one element at a time.
-            unsafe { *out.add(pp * 6 + i) = starts.get(i).map_or(0.0, |&s| *data.add(s + pp)) };
-        }
-    }
-}
-
 /// An `mr`-row A panel (mr ≤ 16) from rows contiguous in p (`starts` = offsets of the live rows):
 /// `dst[p·mr + i] = data[starts[i] + p]`; rows past the live ones were zeroed by the caller.
 /// Groups of eight rows go through 8 × 8 register transposes.
@@ -317,6 +273,11 @@ unsafe fn pack_a_rows_avx2(
                     let o = out.add((p + q) * mr + g0);
                     if width == 8 {
                         _mm256_storeu_ps(o, *v);
+                    } else if width == 6 {
+                        // 4 + 2 floats with plain moves (AMD's masked stores are microcoded).
+                        _mm_storeu_ps(o, _mm256_castps256_ps128(*v));
+                        let hi = _mm256_extractf128_ps::<1>(*v);
+                        _mm_store_sd(o.add(4) as *mut f64, _mm_castps_pd(hi));
                     } else {
                         _mm256_maskstore_ps(o, keep, *v);
                     }

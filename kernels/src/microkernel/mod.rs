@@ -161,7 +161,8 @@ pub fn selected_kernel() -> Result<KernelKind, KernelError> {
 /// `VFFN_KERNEL` names a family this CPU lacks, the GEMM entry points report or panic with that
 /// error and the other kernels run portable code.
 pub fn isa() -> KernelKind {
-    selected_kernel().unwrap_or(KernelKind::Portable)
+    static ISA: OnceLock<KernelKind> = OnceLock::new();
+    *ISA.get_or_init(|| selected_kernel().unwrap_or(KernelKind::Portable))
 }
 
 /// Whether kernels may run AVX2 + FMA code: the AVX2 and AVX-512 families (both checked available
