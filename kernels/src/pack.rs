@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 
+use crate::bf16::Bf16Rows;
 use crate::mat::MatRef;
 use crate::microkernel::NR;
 
@@ -231,6 +232,154 @@ pub(crate) fn pack_b_panel(
         for (j, v) in out.iter_mut().enumerate() {
             *v = if j < nr { b.data[base + p * rs + j * cs] } else { 0.0 };
         }
+    }
+}
+
+/// What the packed GEMM builds its 16-wide B panels from. A panel always holds 32-bit words,
+/// 16 per depth step: f32 values, or (k-pairs) two bf16 values each.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BOperand<'a> {
+    /// An f32 matrix B (k × n).
+    F32(MatRef<'a>),
+    /// B = Wᵀ for bf16 rows W (n × k), widened to f32 (exact): B(p, j) = W[j, p].
+    Bf16Widen(Bf16Rows<'a>),
+    /// B = Wᵀ in k-pairs for the bf16 dot-product kernel: depth step q holds, per column j, the
+    /// word `W[j, 2q] | W[j, 2q+1] << 16` (the high half zero past k). Depth counts pairs.
+    Bf16Pairs(Bf16Rows<'a>),
+}
+
+impl BOperand<'_> {
+    /// Depth steps (rows of B; pairs for `Bf16Pairs`).
+    pub(crate) fn depth(&self) -> usize {
+        match self {
+            BOperand::F32(b) => b.rows,
+            BOperand::Bf16Widen(w) => w.cols,
+            BOperand::Bf16Pairs(w) => w.cols.div_ceil(2),
+        }
+    }
+
+    /// Columns of B.
+    pub(crate) fn cols(&self) -> usize {
+        match self {
+            BOperand::F32(b) => b.cols,
+            BOperand::Bf16Widen(w) | BOperand::Bf16Pairs(w) => w.rows,
+        }
+    }
+
+    /// One 16-wide panel: depth steps `p0 .. p0+kc`, columns `j0 .. j0+nr` (zero beyond nr).
+    pub(crate) fn pack_panel(&self, p0: usize, kc: usize, j0: usize, nr: usize, dst: &mut [f32]) {
+        match self {
+            BOperand::F32(b) => pack_b_panel(*b, p0, kc, j0, nr, dst),
+            BOperand::Bf16Widen(w) => pack_bf16_panel(w, p0, kc, j0, nr, false, dst),
+            BOperand::Bf16Pairs(w) => pack_bf16_panel(w, p0, kc, j0, nr, true, dst),
+        }
+    }
+}
+
+/// A 16-wide panel of Wᵀ from bf16 rows: `dst[p·16 + j]` is, for column j < nr (W row j0 + j),
+/// the word of depth step p0 + p — W[j0+j, p0+p] widened, or the k-pair starting at 2(p0+p) —
+/// and zero for j ≥ nr. Eight rows at a time through 8 × 8 transposes of 32-bit words where
+/// AVX2 is allowed; the scalar loop covers the rest (the last, half-filled pair of an odd k).
+fn pack_bf16_panel(
+    w: &Bf16Rows<'_>,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nr: usize,
+    pairs: bool,
+    dst: &mut [f32],
+) {
+    debug_assert!(nr <= NR && j0 + nr <= w.rows);
+    let words: &mut [u32] = bytemuck::cast_slice_mut(&mut dst[..kc * NR]);
+    // Depth steps whose pair lies inside every row (both halves before k), counted from p0.
+    let first_value = if pairs { 2 * p0 } else { p0 };
+    let whole = if pairs { (w.cols / 2).saturating_sub(p0) } else { 0 };
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if nr == NR && has_avx2() {
+        // Widening reads the same pair words and splits each into two depth steps.
+        let vec_steps = if pairs { whole.min(kc) / 8 * 8 } else { (w.cols - p0).min(kc) / 16 * 16 };
+        if vec_steps > 0 {
+            let start = j0 * w.row_stride + first_value;
+            let span = if pairs { 2 * vec_steps } else { vec_steps };
+            assert!(start + (NR - 1) * w.row_stride + span <= w.bits.len());
+            // SAFETY: AVX2 present; row j0 + j (j < 16) has `span` readable values from
+            // `first_value` (checked above); stores stay inside `words` (vec_steps ≤ kc).
+            unsafe {
+                pack_bf16_words_avx2(
+                    w.bits.as_ptr().add(start),
+                    w.row_stride,
+                    vec_steps,
+                    pairs,
+                    &mut words[..vec_steps * NR],
+                )
+            };
+            done = vec_steps;
+        }
+    }
+    for (j, col) in (0..NR).map(|j| (j, j0 + j)) {
+        let row = if j < nr {
+            Some(&w.bits[col * w.row_stride..col * w.row_stride + w.cols])
+        } else {
+            None
+        };
+        for p in done..kc {
+            words[p * NR + j] = match row {
+                None => 0,
+                Some(r) if pairs => {
+                    let c = 2 * (p0 + p);
+                    u32::from(r[c]) | u32::from(r.get(c + 1).copied().unwrap_or(0)) << 16
+                }
+                Some(r) => u32::from(r[p0 + p]) << 16,
+            };
+        }
+    }
+}
+
+/// The vector part of [`pack_bf16_panel`]: 16 rows at `src + j·rs` (u16 values), `steps` depth
+/// steps (a multiple of 8 for pairs, of 16 when widening). Eight rows' eight 32-bit pair words go
+/// through one 8 × 8 transpose; when widening, each transposed pair word yields two depth steps
+/// (low half shifted up, high half masked).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_bf16_words_avx2(
+    src: *const u16,
+    rs: usize,
+    steps: usize,
+    pairs: bool,
+    dst: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let out = dst.as_mut_ptr();
+    let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+    // Pair words per group of rows: `steps` for pairs, steps / 2 when widening.
+    let words = if pairs { steps } else { steps / 2 };
+    let mut q = 0;
+    while q < words {
+        for h in 0..2 {
+            let mut rows = [_mm256_setzero_ps(); 8];
+            for (r, v) in rows.iter_mut().enumerate() {
+                // SAFETY: row 8h + r holds values 2q .. 2q + 16 (caller contract).
+                *v = unsafe { _mm256_loadu_ps(src.add((8 * h + r) * rs + 2 * q) as *const f32) };
+            }
+            let t = crate::microkernel::avx2::transpose8(rows);
+            for (r, v) in t.iter().enumerate() {
+                let v = _mm256_castps_si256(*v);
+                // SAFETY: the depth steps written are < steps, each 16 words inside dst.
+                unsafe {
+                    if pairs {
+                        _mm256_storeu_si256(out.add((q + r) * NR + 8 * h) as *mut __m256i, v);
+                    } else {
+                        let p = 2 * (q + r);
+                        let even = _mm256_slli_epi32::<16>(v);
+                        let odd = _mm256_and_si256(v, high);
+                        _mm256_storeu_si256(out.add(p * NR + 8 * h) as *mut __m256i, even);
+                        _mm256_storeu_si256(out.add((p + 1) * NR + 8 * h) as *mut __m256i, odd);
+                    }
+                }
+            }
+        }
+        q += 8;
     }
 }
 
