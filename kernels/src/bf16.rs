@@ -168,8 +168,14 @@ impl std::fmt::Display for Bf16Path {
 /// Whether this CPU has `vdpbf16ps` and the selected family is AVX-512 (`VFFN_KERNEL=avx2` or
 /// `portable` means the widen path).
 fn dot_available() -> bool {
-    // The dot-product micro-kernel is not wired in yet: every CPU runs the widen path.
-    false
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa() == KernelKind::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// The bf16 path of [`linear_bf16`], decided once per process: `VFFN_BF16=dot|widen` if set
@@ -375,6 +381,17 @@ unsafe fn rows_bf16(
             _ => rows_portable(x, w, rs, out),
         }
     }
+}
+
+/// The bf16 bits of x rounded to nearest, ties to even (NaN stays NaN, made quiet: the `half`
+/// crate's `bf16::from_f32`). The dot path rounds x this way when packing it.
+#[inline]
+pub fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if b & 0x7FFF_FFFF > 0x7F80_0000 {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
 }
 
 /// The f32 value of bf16 bits.

@@ -20,9 +20,11 @@ use rayon::prelude::*;
 use crate::cpu::blocking;
 pub(crate) use crate::mat::OutView;
 pub use crate::mat::{MatMut, MatRef};
-use crate::microkernel::{run_tile, selected_kernel, KernelError, KernelKind, Tile, NR};
+use crate::microkernel::{
+    run_dot_tile, run_tile, selected_kernel, KernelError, KernelKind, Tile, NR,
+};
 use crate::pack::{
-    pack_a, pack_b, with_scratch, AlignedBuf, BOperand, PackedB, RowSource, Scratch,
+    pack_a_words, pack_b, with_scratch, AlignedBuf, BOperand, PackedB, RowSource, Scratch,
 };
 
 /// Widest B packed whole (all depths) when k > KC: see `packed`.
@@ -359,7 +361,7 @@ fn block(
                         }
                         RowSource::Index(ix) => RowSource::Index(&ix[rows.start..]),
                     };
-                    pack_a(mr, am, shifted, rows_here, a_col, kc, dst);
+                    pack_a_words(mr, am, shifted, rows_here, a_col, kc, b.pairs, dst);
                     (dst.as_ptr(), 1, mr, true)
                 }
             };
@@ -425,7 +427,17 @@ fn block(
                     // panels q (and q+1 at b_next when nr > 16) hold kc rows of 16 readable
                     // values (in place: full panels only; else packed or copied), and the C tile
                     // is inside the checked C view and written by this block only.
-                    unsafe { run_tile(kind, packed_a, &t) };
+                    unsafe {
+                        if b.pairs {
+                            // Pairs of B come with pairs of A (packed above: `a.pack` is set
+                            // for every B source of pairs), and the dot kernel's features were
+                            // checked with the path (`Bf16Path::is_available`).
+                            debug_assert!(packed_a);
+                            run_dot_tile(&t);
+                        } else {
+                            run_tile(kind, packed_a, &t);
+                        }
+                    }
                 }
                 q += panels;
             }
