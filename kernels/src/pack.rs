@@ -177,7 +177,19 @@ fn pack_a_pairs(
     #[cfg(target_arch = "x86_64")]
     if cs == 1 && has_avx2() {
         let whole = (cols / 2).min(kc) / 8 * 8;
-        if whole > 0 {
+        if whole > 0 && mr == 1 {
+            // One row (the AMX driver's row-major A): no transposes.
+            assert!(starts[0] + 2 * whole <= data.len(), "pack_a: row out of bounds");
+            for p in (0..whole).step_by(8) {
+                // SAFETY: AVX2 present; values 2p .. 2p + 16 ≤ 2·whole of the row are readable
+                // (checked above) and words p .. p + 8 ≤ whole ≤ kc lie inside the panel.
+                unsafe {
+                    let v = bf16_pairs_avx2(data.as_ptr().add(starts[0] + 2 * p));
+                    std::arch::x86_64::_mm256_storeu_ps(panel.as_mut_ptr().add(p), v);
+                }
+            }
+            done = whole;
+        } else if whole > 0 {
             for &s in starts {
                 assert!(s + 2 * whole <= data.len(), "pack_a: row out of bounds");
             }

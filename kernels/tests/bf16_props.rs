@@ -20,12 +20,12 @@ fn paths() -> Vec<(Bf16Path, KernelKind)> {
         })
         .map(|k| (Bf16Path::Widen, k))
         .collect();
-    if Bf16Path::Dot.is_available() {
-        all.push((Bf16Path::Dot, KernelKind::Avx512));
-    } else {
-        eprintln!(
-            "skipping the bf16 dot path: avx512_bf16 (or the avx512 family) is not available"
-        );
+    for path in [Bf16Path::Dot, Bf16Path::Amx] {
+        if path.is_available() {
+            all.push((path, KernelKind::Avx512));
+        } else {
+            eprintln!("skipping the bf16 `{path}` path: this CPU (or VFFN_KERNEL) does not run it");
+        }
     }
     all
 }
@@ -83,8 +83,8 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
     for (path, kind) in paths() {
         let mut out = if c.acc { init.clone() } else { vec![f32::NAN; m * n] };
         linear_bf16_with(path, kind, xv, wv, MatMut::new(&mut out, m, n), c.acc).unwrap();
-        // The dot path (m > 1; one row runs the GEMV) multiplies x rounded to bf16.
-        let rounds = path == Bf16Path::Dot && m > 1;
+        // The dot and AMX paths (m > 1; one row runs the GEMV) multiply x rounded to bf16.
+        let rounds = path != Bf16Path::Widen && m > 1;
         let xr = |v: f32| if rounds { widen(bf16_bits(v)) } else { v };
         for i in 0..m {
             for j in 0..n {
