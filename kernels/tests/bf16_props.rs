@@ -173,3 +173,89 @@ fn mismatched_shapes_and_short_weights_are_errors() {
     assert!(matches!(Bf16Rows::new(&w, 5, 3), Err(Bf16Error::Weights { needed: 15, .. })));
     assert!(matches!(Bf16Rows::strided(&w, 3, 3, 2), Err(Bf16Error::Stride { .. })));
 }
+
+/// f32 values whose rounding to bf16 is interesting: exact ties (low half 0x8000) with even and
+/// odd kept bits, just below and above a tie, carries into the exponent, the largest finite
+/// values (rounding to infinity), infinities, NaNs, subnormals, and xorshift bit patterns.
+fn rounding_cases() -> Vec<f32> {
+    let mut bits = vec![
+        0x3F80_8000,
+        0x3F81_8000,
+        0x3F80_7FFF,
+        0x3F80_8001,
+        0x3FFF_FFFF,
+        0x7F7F_FFFF,
+        0xFF7F_FFFF,
+        0x7F7F_8000,
+        0x7F80_0000,
+        0xFF80_0000,
+        0x7FC0_0000,
+        0x7F80_0001,
+        0xFFFF_FFFF,
+        0x0000_8000,
+        0x0001_8000,
+        0x0000_0001,
+        0x807F_FFFF,
+        0x0000_0000,
+        0x8000_0000,
+    ];
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    bits.extend((0..4000).map(|_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 32) as u32
+    }));
+    bits.into_iter().map(f32::from_bits).collect()
+}
+
+#[test]
+fn bf16_bits_rounds_to_nearest_even_as_the_half_crate_does() {
+    for x in rounding_cases() {
+        assert_eq!(bf16_bits(x), vffn_kernels::bf16::bf16_bits(x), "{:#010x}", x.to_bits());
+    }
+}
+
+/// With W the identity, out[i, j] is x[i, j] as the kernel packed it: the dot and AMX paths must
+/// give exactly the bf16 rounding of x (ties to even), through the vector packer (row-major x,
+/// 16 values at a time) and the scalar one (column-major x, and the odd tail of k).
+#[test]
+fn the_dot_and_amx_paths_round_x_to_nearest_even_when_packing() {
+    let (m, k) = (40, 67);
+    // Normal values only: the bf16 instructions treat subnormal inputs as zero.
+    let x: Vec<f32> = rounding_cases()
+        .into_iter()
+        .filter(|v| v.is_normal() && v.abs() < 1e30)
+        .take(m * k)
+        .collect();
+    assert_eq!(x.len(), m * k);
+    let mut eye = vec![0u16; k * k];
+    for j in 0..k {
+        eye[j * k + j] = bf16_bits(1.0);
+    }
+    let w = Bf16Rows::new(&eye, k, k).unwrap();
+    let xt: Vec<f32> = (0..k * m).map(|t| x[(t % m) * k + t / m]).collect();
+    for path in [Bf16Path::Dot, Bf16Path::Amx] {
+        if !path.is_available() {
+            eprintln!("skipping the bf16 `{path}` path: this CPU (or VFFN_KERNEL) does not run it");
+            continue;
+        }
+        for view in [MatRef::new(&x, m, k), MatRef::new(&xt, k, m).t()] {
+            let mut out = vec![0.0f32; m * k];
+            let o = MatMut::new(&mut out, m, k);
+            linear_bf16_with(path, KernelKind::Avx512, view, w, o, false).unwrap();
+            for i in 0..m {
+                for j in 0..k {
+                    let want = widen(bf16_bits(view.at(i, j)));
+                    let got = out[i * k + j];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{path} x = {:#010x}",
+                        view.at(i, j).to_bits()
+                    );
+                }
+            }
+        }
+    }
+}
