@@ -1,6 +1,9 @@
 //! Property tests of the bf16 linear layer (`linear_bf16`) on every path this CPU runs, against
 //! a naive f64 reference and an error bound for f32 accumulation.
 
+mod common;
+
+use common::values;
 use proptest::prelude::*;
 use vffn_kernels::bf16::{linear_bf16_with, Bf16Error, Bf16Path, Bf16Rows};
 use vffn_kernels::gemm::{MatMut, MatRef};
@@ -28,19 +31,6 @@ fn paths() -> Vec<(Bf16Path, KernelKind)> {
         }
     }
     all
-}
-
-/// Deterministic values in [-1, 1) from a seed (xorshift).
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// bf16 bits of x, round-to-nearest-even (the `half` crate's conversion).
