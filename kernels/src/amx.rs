@@ -13,6 +13,7 @@
 //! so every element's sum runs in the same order whatever thread computes its block.
 
 use std::arch::asm;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -124,20 +125,28 @@ pub(crate) fn linear(x: MatRef<'_>, w: Bf16Rows<'_>, c: OutView, accumulate: boo
                 b.chunks_mut(words * NR).enumerate().for_each(pack_panel);
             }
             let (a, b): (&[u32], &[f32]) = (a, b);
-            // Items: column blocks, each split into row groups when there are too few of them
-            // to keep every thread busy (the split never changes a block's arithmetic).
+            // Rows of A are taken in groups that fit half of L2 (A is read once per 32 columns
+            // of B: from L2, not L3), each group with every column block of B in turn; items
+            // are groups × column chunks, enough of them to keep every thread busy. No split
+            // changes a block's arithmetic.
             let (row_blocks, col_blocks) = (m_pad / BLOCK, n_pad / BLOCK);
-            let groups =
-                if parallel { (3 * threads).div_ceil(col_blocks).min(row_blocks) } else { 1 };
-            let per_group = row_blocks.div_ceil(groups);
-            let items: Vec<(usize, usize)> = (0..col_blocks)
-                .flat_map(|jb| (0..row_blocks).step_by(per_group).map(move |ib| (jb, ib)))
+            let group = (crate::cpu::cache_sizes().l2 / 2 / (BLOCK * words * 4)).max(1);
+            let groups = row_blocks.div_ceil(group);
+            let chunks = if parallel { (3 * threads).div_ceil(groups).min(col_blocks) } else { 1 };
+            let per_chunk = col_blocks.div_ceil(chunks);
+            let items: Vec<(Range<usize>, Range<usize>)> = (0..row_blocks)
+                .step_by(group)
+                .flat_map(|ib| {
+                    (0..col_blocks).step_by(per_chunk).map(move |jb| {
+                        (ib..(ib + group).min(row_blocks), jb..(jb + per_chunk).min(col_blocks))
+                    })
+                })
                 .collect();
-            let run = |&(jb, ib0): &(usize, usize)| {
+            let run = |(ibs, jbs): &(Range<usize>, Range<usize>)| {
                 // SAFETY: `available()` held (checked by the caller: CPU support and the OS
                 // permission); the config describes eight 16 × 64-byte tiles.
                 unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack)) };
-                for ib in ib0..(ib0 + per_group).min(row_blocks) {
+                for (jb, ib) in jbs.clone().flat_map(|jb| ibs.clone().map(move |ib| (jb, ib))) {
                     let mut acc = [[0.0f32; BLOCK]; BLOCK];
                     let a_rows = &a[ib * BLOCK * words..(ib + 1) * BLOCK * words];
                     let panels = &b[jb * BLOCK * words..(jb + 1) * BLOCK * words];
