@@ -153,18 +153,7 @@ pub(crate) fn linear(x: MatRef<'_>, w: Bf16Rows<'_>, c: OutView, accumulate: boo
                     // SAFETY: tiles configured above; `a_rows` holds 32 rows of `words` words,
                     // `panels` two panels of `words` rows of 16 words, `acc` 32 × 32 floats.
                     unsafe { block(a_rows, panels, words, &mut acc) };
-                    let (i0, j0) = (ib * BLOCK, jb * BLOCK);
-                    for (i, row) in acc.iter().enumerate().take(m.saturating_sub(i0).min(BLOCK)) {
-                        for (j, &v) in row.iter().enumerate().take(n.saturating_sub(j0).min(BLOCK))
-                        {
-                            // SAFETY: (i0 + i, j0 + j) is inside C (i0 + i < m, j0 + j < n),
-                            // and this block of C belongs to this item alone.
-                            unsafe {
-                                let o = c.elem(i0 + i, j0 + j);
-                                *o = if accumulate { *o + v } else { v };
-                            }
-                        }
-                    }
+                    store(&acc, c, ib * BLOCK, jb * BLOCK, accumulate);
                 }
                 // SAFETY: releases this thread's tile state (set by ldtilecfg above).
                 unsafe { asm!("tilerelease", options(nostack, nomem)) };
@@ -176,6 +165,33 @@ pub(crate) fn linear(x: MatRef<'_>, w: Bf16Rows<'_>, c: OutView, accumulate: boo
             }
         })
     });
+}
+
+/// Writes (or adds, when `accumulate`) the part of a 32 × 32 block inside C at (i0, j0): whole
+/// rows as slices when C's rows are contiguous (vectorized), else element by element.
+fn store(acc: &[[f32; BLOCK]; BLOCK], c: OutView, i0: usize, j0: usize, accumulate: bool) {
+    let cols = c.cols.saturating_sub(j0).min(BLOCK);
+    for (i, row) in acc.iter().enumerate().take(c.rows.saturating_sub(i0).min(BLOCK)) {
+        let vals = &row[..cols];
+        if c.cs == 1 {
+            // SAFETY: C row i0 + i, columns j0 .. j0 + cols, is inside C (contiguous: cs = 1),
+            // and this block of C belongs to the calling item alone.
+            let out = unsafe { std::slice::from_raw_parts_mut(c.elem(i0 + i, j0), cols) };
+            if accumulate {
+                out.iter_mut().zip(vals).for_each(|(o, v)| *o += v);
+            } else {
+                out.copy_from_slice(vals);
+            }
+        } else {
+            for (j, &v) in vals.iter().enumerate() {
+                // SAFETY: as above, one element at a time.
+                unsafe {
+                    let o = c.elem(i0 + i, j0 + j);
+                    *o = if accumulate { *o + v } else { v };
+                }
+            }
+        }
+    }
 }
 
 /// One 32 × 32 block: `acc[i][j] = Σ_q A words (i, q) · B words (q, j)` over `words` k-pair
