@@ -59,6 +59,8 @@ struct Case {
     x_col_major: bool,
     wpad: usize,
     acc: bool,
+    /// out stored column-major (strided rows).
+    out_col_major: bool,
     seed: u64,
 }
 
@@ -72,17 +74,24 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
     let init = values(c.seed + 2, m * n);
     for (path, kind) in paths() {
         let mut out = if c.acc { init.clone() } else { vec![f32::NAN; m * n] };
-        linear_bf16_with(path, kind, xv, wv, MatMut::new(&mut out, m, n), c.acc).unwrap();
+        // Element (i, j) of out at i·n + j, or at j·m + i when column-major.
+        let at = |i: usize, j: usize| if c.out_col_major { j * m + i } else { i * n + j };
+        let ov = if c.out_col_major {
+            MatMut::strided(&mut out, m, n, 1, m)
+        } else {
+            MatMut::new(&mut out, m, n)
+        };
+        linear_bf16_with(path, kind, xv, wv, ov, c.acc).unwrap();
         // The dot and AMX paths (m > 1; one row runs the GEMV) multiply x rounded to bf16.
         let rounds = path != Bf16Path::Widen && m > 1;
         let xr = |v: f32| if rounds { widen(bf16_bits(v)) } else { v };
         for i in 0..m {
             for j in 0..n {
-                let base = if c.acc { init[i * n + j] as f64 } else { 0.0 };
+                let base = if c.acc { init[at(i, j)] as f64 } else { 0.0 };
                 let terms = (0..k).map(|p| xr(xv.at(i, p)) as f64 * widen(w[j * rs + p]) as f64);
                 let want: f64 = base + terms.clone().sum::<f64>();
                 let scale: f64 = base.abs() + terms.map(f64::abs).sum::<f64>();
-                let got = out[i * n + j] as f64;
+                let got = out[at(i, j)] as f64;
                 prop_assert!(
                     (got - want).abs() <= gamma(k + 1) * scale,
                     "{path} {kind} ({i},{j}): got {got}, want {want}, bound {}",
@@ -107,9 +116,10 @@ proptest! {
         x_col_major in any::<bool>(),
         wpad in 0usize..4,
         acc in any::<bool>(),
+        out_col_major in any::<bool>(),
         seed in 0u64..1000,
     ) {
-        run_case(&Case { m, k, n, x_col_major, wpad, acc, seed })?;
+        run_case(&Case { m, k, n, x_col_major, wpad, acc, out_col_major, seed })?;
     }
 }
 
@@ -117,7 +127,11 @@ proptest! {
 fn large_products_match_the_reference_on_every_path() {
     // Several row blocks, column blocks and depth blocks, odd k.
     for (m, k, n) in [(300, 1025, 100), (97, 2000, 530)] {
-        run_case(&Case { m, k, n, x_col_major: false, wpad: 3, acc: true, seed: 7 }).unwrap();
+        for out_col_major in [false, true] {
+            let case =
+                Case { m, k, n, x_col_major: false, wpad: 3, acc: true, out_col_major, seed: 7 };
+            run_case(&case).unwrap();
+        }
     }
 }
 
