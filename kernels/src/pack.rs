@@ -329,6 +329,68 @@ impl BOperand<'_> {
             BOperand::Bf16Pairs(w) => pack_bf16_panel(w, p0, kc, j0, nr, true, dst),
         }
     }
+
+    /// Adjacent panels `dst[h·panel_stride..]` for columns `j0 + 16h ..` up to `j0 + cols`.
+    /// Full panels of a row-major f32 B are copied row by row across the group: each row of B
+    /// is then one contiguous read (a page touched once per group, not once per panel row).
+    pub(crate) fn pack_panels(
+        &self,
+        p0: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        panel_stride: usize,
+        dst: &mut [f32],
+    ) {
+        let full = cols / NR;
+        if let BOperand::F32(b) = self {
+            if b.col_stride == 1 && full >= 2 && kc > 0 {
+                pack_b_rows(*b, p0, kc, j0, full, panel_stride, dst);
+                if cols > full * NR {
+                    let last = &mut dst[full * panel_stride..];
+                    pack_b_panel(
+                        *b,
+                        p0,
+                        kc,
+                        j0 + full * NR,
+                        cols - full * NR,
+                        &mut last[..kc * NR],
+                    );
+                }
+                return;
+            }
+        }
+        for (q, panel) in dst.chunks_mut(panel_stride).take(cols.div_ceil(NR)).enumerate() {
+            let j = j0 + q * NR;
+            self.pack_panel(p0, kc, j, NR.min(j0 + cols - j), &mut panel[..kc * NR]);
+        }
+    }
+}
+
+/// `panels` full 16-wide panels of a row-major B, row by row: `dst[h·panel_stride + p·16 + j]
+/// = B(p0 + p, j0 + 16h + j)`.
+fn pack_b_rows(
+    b: MatRef<'_>,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    panels: usize,
+    panel_stride: usize,
+    dst: &mut [f32],
+) {
+    let width = panels * NR;
+    assert!(b.col_stride == 1 && j0 + width <= b.cols && p0 + kc <= b.rows);
+    assert!(dst.len() >= (panels - 1) * panel_stride + kc * NR);
+    for p in 0..kc {
+        let start = (p0 + p) * b.row_stride + j0;
+        let row = &b.data[start..start + width];
+        for (h, piece) in row.chunks_exact(NR).enumerate() {
+            let at = h * panel_stride + p * NR;
+            // Fixed-size arrays: a 64-byte copy inline, not a call to memmove per piece.
+            let out: &mut [f32; NR] = (&mut dst[at..at + NR]).try_into().expect("16 values");
+            *out = piece.try_into().expect("16 values");
+        }
+    }
 }
 
 /// A 16-wide panel of Wᵀ from bf16 rows: `dst[p·16 + j]` is, for column j < nr (W row j0 + j),
