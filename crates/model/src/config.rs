@@ -90,6 +90,22 @@ pub enum Fusion {
     Average,
 }
 
+impl Fusion {
+    /// The paper's difficulty-aware fusion weight of the width path (section "Adaptive
+    /// Fusion"): λ = (D − ℓ)/D = 1 − ℓ/D for a token that loops ℓ of at most D times, so that
+    /// out = (1 − λ)·out_d + λ·out_w; `Average` is λ = 1/2. `loops` may be a mean ℓ (λ is linear
+    /// in ℓ). In f32 for the forward passes, in f64 for statistics, with the same arithmetic.
+    pub fn lambda<F>(self, loops: F, max_depth: F) -> F
+    where
+        F: From<f32> + std::ops::Sub<Output = F> + std::ops::Div<Output = F>,
+    {
+        match self {
+            Fusion::Gated => F::from(1.0) - loops / max_depth,
+            Fusion::Average => F::from(0.5),
+        }
+    }
+}
+
 /// The model architecture (and the batch shape it is trained with).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -370,17 +386,11 @@ impl Config {
         Ok(())
     }
 
-    /// Gumbel-softmax temperature at `step` (0-based) of a `total_steps` run: exponential decay
-    /// from `temperature_start` reaching `temperature_end` at step `floor_frac · total_steps`,
-    /// constant after. A run with `floor_frac · total_steps < 1` sits at the floor throughout.
+    /// The Gumbel-softmax temperature at `step` (0-based) of a `total_steps` run
+    /// ([`crate::schedule::temperature`] from `temperature_start` to `temperature_end`).
     pub fn temperature_at(&self, step: u64, total_steps: u64, floor_frac: f32) -> f32 {
-        let floor_step = floor_frac as f64 * total_steps as f64;
-        let (start, end) = (self.temperature_start as f64, self.temperature_end as f64);
-        if !floor_step.is_finite() || floor_step < 1.0 || step as f64 >= floor_step {
-            return self.temperature_end;
-        }
-        // T(s) = start · (end/start)^(s / floor_step): a constant ratio per step.
-        (start * (end / start).powf(step as f64 / floor_step)) as f32
+        let (start, end) = (self.temperature_start, self.temperature_end);
+        crate::schedule::temperature(start, end, step, total_steps, floor_frac)
     }
 
     /// Every parameter tensor of the model, in a stable order, with its checkpoint name.
@@ -578,22 +588,15 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Learning rate at `step` (0-based): linear warmup `lr·(step+1)/warmup_steps`, then cosine
-    /// from `lr` to `min_lr_ratio·lr`, reached exactly at the last step `steps − 1`.
+    /// Learning rate at `step` (0-based) of this recipe ([`crate::schedule::learning_rate`]).
     pub fn lr_at(&self, step: u64) -> f32 {
-        let lr = self.lr as f64;
-        if step < self.warmup_steps {
-            return (lr * (step + 1) as f64 / self.warmup_steps as f64) as f32;
-        }
-        let min_lr = lr * self.min_lr_ratio as f64;
-        let last = self.steps.saturating_sub(1);
-        let progress = if last <= self.warmup_steps {
-            1.0
-        } else {
-            ((step - self.warmup_steps) as f64 / (last - self.warmup_steps) as f64).min(1.0)
-        };
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        (min_lr + (lr - min_lr) * cosine) as f32
+        crate::schedule::learning_rate(
+            self.lr,
+            self.warmup_steps,
+            self.min_lr_ratio,
+            self.steps,
+            step,
+        )
     }
 }
 
@@ -970,46 +973,12 @@ mod tests {
     }
 
     #[test]
-    fn temperature_decays_exponentially_to_the_floor() {
-        let config = Config::default();
-        let total = 1000;
-        assert_eq!(config.temperature_at(0, total, 0.96), 5.0);
-        let at_floor = config.temperature_at(960, total, 0.96);
-        assert_eq!(at_floor, 0.1);
-        assert_eq!(config.temperature_at(999, total, 0.96), 0.1);
-        // Constant ratio per step: T(s+1)/T(s) = (0.1/5)^(1/960).
-        let ratio = (0.1f64 / 5.0).powf(1.0 / 960.0);
-        for step in [0, 100, 480, 958] {
-            let now = config.temperature_at(step, total, 0.96) as f64;
-            let next = config.temperature_at(step + 1, total, 0.96) as f64;
-            assert!((next / now - ratio).abs() < 1e-5, "step {step}");
-        }
-        let mid = config.temperature_at(480, total, 0.96) as f64;
-        assert!((mid - (5.0f64 * 0.1).sqrt()).abs() < 1e-4, "geometric mean halfway: {mid}");
-        assert_eq!(config.temperature_at(0, 0, 0.96), 0.1);
-        let run = RunConfig::default();
-        assert_eq!(run.temperature_at(1920), 0.1);
-        assert!(run.temperature_at(1919) > 0.1);
-    }
-
-    #[test]
-    fn learning_rate_warmup_then_cosine() {
-        let train = TrainConfig { steps: 1100, warmup_steps: 100, ..TrainConfig::default() };
-        assert!((train.lr_at(0) - 1e-5).abs() < 1e-9);
-        assert!((train.lr_at(99) - 1e-3).abs() < 1e-9);
-        assert!((train.lr_at(100) - 1e-3).abs() < 1e-9);
-        assert!((train.lr_at(1099) - 1e-4).abs() < 1e-9, "min lr at last step");
-        let midpoint = train.lr_at(100 + 999 / 2) as f64;
-        assert!((midpoint - 0.55e-3).abs() < 2e-6, "{midpoint}");
-        let mut previous = f32::INFINITY;
-        for step in 100..1100 {
-            let lr = train.lr_at(step);
-            assert!(lr <= previous);
-            previous = lr;
-        }
-        let short = TrainConfig { steps: 50, warmup_steps: 100, ..TrainConfig::default() };
-        assert!(short.lr_at(49) < short.lr);
-        assert_eq!(short.lr_at(200), short.lr * short.min_lr_ratio);
+    fn lambda_falls_from_width_to_depth_as_the_loop_count_grows() {
+        assert_eq!(Fusion::Gated.lambda(4.0f32, 4.0), 0.0);
+        assert_eq!(Fusion::Gated.lambda(1.0f32, 4.0), 0.75);
+        assert_eq!(Fusion::Gated.lambda(2.5f64, 4.0), 0.375);
+        assert_eq!(Fusion::Average.lambda(4.0f32, 4.0), 0.5);
+        assert_eq!(Fusion::Average.lambda(1.0f64, 4.0), 0.5);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //!
 //! The crate does no file or terminal I/O: the CLI reads and writes the bytes.
 
+pub(crate) mod balance;
 pub(crate) mod blocks;
 pub mod checkpoint;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod dtype;
 pub mod flops;
 pub(crate) mod fused;
 pub mod model;
+pub mod schedule;
 pub(crate) mod versatile;
 
 pub use checkpoint::{
