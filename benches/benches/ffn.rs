@@ -6,11 +6,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
-use vffn_benches::FfnCase;
 use vffn_kernels::ffn::{self, naive, DepthSaved, PackedFfn, WidthSaved};
 use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
 use vffn_kernels::rayon;
 use vffn_kernels::testvals::values;
+use vffn_model::workloads::FfnCase;
 
 const T: usize = 2048;
 const D: usize = 256;

@@ -1,7 +1,7 @@
 //! `vffn bench all [--json] [--threads N] [--budget-ms MS] [--presets tiny,small] [--filter S]`
 //! and `vffn bench all --markdown FILE.json`.
 //!
-//! Runs the same set as the criterion benches (the workloads of `vffn-benches`), each item for
+//! Runs the same set as the criterion benches (the workloads of `vffn_model::workloads`), each item for
 //! about `--budget-ms` after one warm-up call: the GEMM issue's shapes (B and Wᵀ layouts), the
 //! FFN dense / width / depth paths at the issue-5 shape, causal attention forward and
 //! forward+backward at the tiny model's shape, and for each preset × block kind the inference
@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use vffn_benches::{preset_config, AttentionCase, FfnCase, GemmCase, BLOCKS, GEMM_SHAPES, PRESETS};
+use vffn_model::workloads::{
+    preset_config, AttentionCase, FfnCase, GemmCase, BLOCKS, GEMM_SHAPES, PRESETS,
+};
 use vffn_model::{Config, Dataset};
 
 use super::forward::{measure_forward, ModelTiming};
@@ -188,10 +190,12 @@ pub fn run(args: AllArgs) -> Result<()> {
                         "width" => case.width_flops(),
                         _ => case.depth_flops(),
                     };
-                    kernel_item(name, flops, budget, || match *path {
-                        "dense" => case.dense(),
-                        "width" => case.width(),
-                        _ => case.depth(),
+                    kernel_item(name, flops, budget, || {
+                        Ok(match *path {
+                            "dense" => case.dense(),
+                            "width" => case.width(),
+                            _ => case.depth(),
+                        }?)
                     })?
                 }
                 Work::Attention { backward } => {
