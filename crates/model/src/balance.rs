@@ -1,5 +1,5 @@
-//! The routers' load-balancing loss (the paper's auxiliary loss on the width path's router, as in
-//! Switch/GShard MoE): L_bal = E·Σ_e f_e·P_e per routed layer, where f_e is the share of the
+//! The routers' load-balancing loss (the auxiliary loss on the width path's router and the moe
+//! baseline's, in the Switch-Transformer form): L_bal = E·Σ_e f_e·P_e per routed layer, where f_e is the share of the
 //! N·k top-k slots given to expert e (no gradient) and P_e the mean over tokens of the softmax
 //! over all E router logits; the training objective is mean CE + `balance_loss_coef`·Σ_layers L_bal.
 //!

@@ -93,8 +93,8 @@ pub enum Fusion {
 }
 
 impl Fusion {
-    /// The paper's difficulty-aware fusion weight of the width path (section "Adaptive
-    /// Fusion"): λ = (D − ℓ)/D = 1 − ℓ/D for a token that loops ℓ of at most D times, so that
+    /// The paper's difficulty-aware fusion weight of the width path (the fusion formula of
+    /// VersatileFFN): λ = (D − ℓ)/D = 1 − ℓ/D for a token that loops ℓ of at most D times, so that
     /// out = (1 − λ)·out_d + λ·out_w; `Average` is λ = 1/2. `loops` may be a mean ℓ (λ is linear
     /// in ℓ). In f32 for the forward passes, in f64 for statistics, with the same arithmetic.
     pub fn lambda<F>(self, loops: F, max_depth: F) -> F

@@ -2,9 +2,9 @@
 //! temperature τ and the learning rate. Both are functions of the 0-based step and the planned
 //! number of steps only, so a resumed run follows them exactly.
 
-/// The Gumbel-softmax temperature τ of the depth router (the paper's section on the
-/// depth-versatile path: τ decays exponentially during training, reaching its floor at 96% of
-/// the steps): τ(s) = start·(end/start)^(s / (floor_frac·total_steps)) until step
+/// The Gumbel-softmax temperature τ of the depth router's loop-count choice (the paper's
+/// training recipe: exponential decay to a floor reached at 96% of the steps, the default
+/// `temperature_floor_frac`): τ(s) = start·(end/start)^(s / (floor_frac·total_steps)) until step
 /// floor_frac·total_steps, `end` from then on. A run with floor_frac·total_steps < 1 sits at
 /// `end` throughout.
 pub fn temperature(start: f32, end: f32, step: u64, total_steps: u64, floor_frac: f32) -> f32 {
