@@ -2,9 +2,9 @@
 //! autograd engine itself.
 //!
 //! - [`config`]: [`Config`] (architecture, presets `tiny`/`small`), [`TrainConfig`] (the
-//!   recipe), [`RunConfig`] (the TOML file), validation with key-naming errors, the
-//!   temperature and learning-rate schedules, and [`Config::param_specs`]: every parameter
-//!   tensor with its exact checkpoint name and shape.
+//!   recipe), [`RunConfig`] (the TOML file), validation with key-naming errors,
+//!   [`Fusion::lambda`], and [`Config::param_specs`]: every parameter tensor with its exact
+//!   checkpoint name and shape.
 //! - [`flops`]: analytic FLOPs per token (training and inference, by component) and realized
 //!   inference FLOPs from routing decisions (the paper's `Base·N_mean + (MoE−Base)·P`).
 //! - [`checkpoint`]: safetensors model and optimizer files and `state.json`, to and from

@@ -3,7 +3,7 @@
 //!
 //! A step: the next batch of random training windows; the temperature τ and the learning rate
 //! of this step ([`crate::schedule`]); the gradients of the objective (mean CE + the balance
-//! loss, [`crate::balance`]) over the batch run as [`TRAIN_GROUPS`] groups of sequences; the
+//! loss, `balance.rs`) over the batch run as [`TRAIN_GROUPS`] groups of sequences; the
 //! global gradient-norm clip; AdamW; then the non-finite checks, in this order: the loss before
 //! any update, the gradient norm before AdamW, the weights and moments after it. A step that
 //! fails a check leaves nothing of itself saved (the caller saves only after a good step).

@@ -59,8 +59,8 @@ pub fn values(len: usize, salt: usize) -> Vec<f32> {
     (0..len).map(|i| ((i.wrapping_mul(2654435761) ^ salt) % 1000) as f32 / 1000.0 - 0.5).collect()
 }
 
-/// One GEMM `C = A·op(B)`: A [m,k]; B [k,n], or with `trans_b` a linear-layer weight W [n,k]
-/// used as Wᵀ.
+/// One GEMM `C = A·op(B)`: A `[m, k]`; B `[k, n]`, or with `trans_b` a linear-layer weight
+/// W `[n, k]` used as Wᵀ.
 pub struct GemmCase {
     pub m: usize,
     pub k: usize,
