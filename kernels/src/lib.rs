@@ -16,6 +16,7 @@ pub mod microkernel;
 pub mod pack;
 pub mod peak;
 pub mod rope;
+pub mod testvals;
 #[cfg(target_arch = "x86_64")]
 mod vmath;
 

@@ -2,9 +2,9 @@
 //! autograd engine itself.
 //!
 //! - [`config`]: [`Config`] (architecture, presets `tiny`/`small`), [`TrainConfig`] (the
-//!   recipe), [`RunConfig`] (the TOML file), validation with key-naming errors, the
-//!   temperature and learning-rate schedules, and [`Config::param_specs`]: every parameter
-//!   tensor with its exact checkpoint name and shape.
+//!   recipe), [`RunConfig`] (the TOML file), validation with key-naming errors,
+//!   [`Fusion::lambda`], and [`Config::param_specs`]: every parameter tensor with its exact
+//!   checkpoint name and shape.
 //! - [`flops`]: analytic FLOPs per token (training and inference, by component) and realized
 //!   inference FLOPs from routing decisions (the paper's `Base·N_mean + (MoE−Base)·P`).
 //! - [`checkpoint`]: safetensors model and optimizer files and `state.json`, to and from
@@ -15,8 +15,13 @@
 //!   early exit, loading; [`decode`]: KV-cache decoding. Block internals live in `blocks`
 //!   (attention, FFN, MoE, routing) and `versatile` (width path, depth path, fusion).
 //!
+//! - [`schedule`]: the temperature and learning-rate schedules; [`train_step`]: the one
+//!   training step ([`Training`]); [`workloads`]: the benchmark workloads (criterion and
+//!   `vffn bench`).
+//!
 //! The crate does no file or terminal I/O: the CLI reads and writes the bytes.
 
+pub(crate) mod balance;
 pub(crate) mod blocks;
 pub mod checkpoint;
 pub mod config;
@@ -27,7 +32,10 @@ pub mod dtype;
 pub mod flops;
 pub(crate) mod fused;
 pub mod model;
+pub mod schedule;
+pub mod train_step;
 pub(crate) mod versatile;
+pub mod workloads;
 
 pub use checkpoint::{
     load_model, load_model_unverified, load_optimizer, read_tensors, save_model, save_model_as,
@@ -51,4 +59,5 @@ pub use flops::{
     realized_inference_flops_from_counts, training_flops, DepthRouting, FlopsBreakdown, FlopsError,
 };
 pub use model::{InferOutput, Model, ModelError, Routing, StepGrads, TrainOutput, TRAIN_GROUPS};
+pub use train_step::{adamw_config, StepReport, TrainError, Training, DATA_SALT, NOISE_SALT};
 pub use versatile::DepthAgreement;
