@@ -14,6 +14,7 @@ pub mod microkernel;
 pub mod pack;
 pub mod peak;
 pub mod rope;
+mod simd;
 #[cfg(target_arch = "x86_64")]
 mod vmath;
 

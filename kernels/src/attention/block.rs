@@ -1,7 +1,7 @@
 //! The one product kernel of attention: C[r, 0..8·nv] (+)= Σ_k A[r, k] · B[k, 0..8·nv], causally
 //! limited, register-tiled over [`Lanes`].
 
-use super::lanes::{Lanes, W};
+use crate::simd::{Lanes, W};
 
 /// How causality limits a block product. `diag = i0 − j0 ≥ 0` (query block start minus key block
 /// start); query row r (local) may see key columns c (local) with `c < diag + r + 1`.

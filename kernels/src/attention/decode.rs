@@ -1,9 +1,9 @@
 //! Decode: one new query row against a KV cache.
 
+use super::{exp_lanes, mask_tail, round_up};
 #[cfg(target_arch = "x86_64")]
-use super::lanes::avx;
-use super::lanes::{exp_lanes, Lanes, Portable, W};
-use super::{mask_tail, round_up};
+use crate::simd::avx;
+use crate::simd::{Lanes, Portable, W};
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -28,10 +28,7 @@ fn decode_impl<L: Lanes>(
             let k = &k_cache[j * d + h * hd..j * d + (h + 1) * hd];
             let mut acc = l.splat(0.0);
             for p in (0..full).step_by(W) {
-                // SAFETY: p + 8 ≤ full ≤ hd = q_h.len() = k.len().
-                acc = unsafe {
-                    l.mul_add(l.load(q_h.as_ptr().add(p)), l.load(k.as_ptr().add(p)), acc)
-                };
+                acc = l.mul_add(l.read(&q_h[p..]), l.read(&k[p..]), acc);
             }
             let tail: f32 = (full..hd).map(|p| q_h[p] * k[p]).sum();
             *s = l.reduce_sum(acc) + tail;
@@ -39,18 +36,14 @@ fn decode_impl<L: Lanes>(
         mask_tail(&mut scores, len);
         let mut vmax = l.splat(f32::NEG_INFINITY);
         for chunk in scores.chunks_exact(W) {
-            // SAFETY: the chunk holds exactly 8 floats.
-            vmax = l.max(vmax, unsafe { l.load(chunk.as_ptr()) });
+            vmax = l.max(vmax, l.read(chunk));
         }
         let m = l.splat(l.reduce_max(vmax));
         let mut vsum = l.splat(0.0);
         for chunk in scores.chunks_exact_mut(W) {
-            // SAFETY: the chunk holds exactly 8 floats.
-            unsafe {
-                let e = exp_lanes(l, l.sub(l.load(chunk.as_ptr()), m));
-                vsum = l.add(vsum, e);
-                l.store(chunk.as_mut_ptr(), e);
-            }
+            let e = exp_lanes(l, l.sub(l.read(chunk), m));
+            vsum = l.add(vsum, e);
+            l.write(chunk, e);
         }
         let inv = 1.0 / l.reduce_sum(vsum);
         let o = &mut out[h * hd..(h + 1) * hd];

@@ -4,19 +4,19 @@
 //! Work is split over (batch, head) with rayon; each head is computed by one task in a fixed
 //! order, so results do not depend on the thread count. Inside a head, keys and queries are
 //! processed in `BLOCK`-sized blocks; every product is a small register-tiled "broadcast A ×
-//! vector B" kernel written once over the [`Lanes`] abstraction and instantiated twice: with
-//! AVX2+FMA intrinsics (chosen at run time) and with a portable `[f32; 8]` fallback.
+//! vector B" kernel written once over the SIMD layer's [`Lanes`] ([`crate::simd`]) and
+//! instantiated twice: with AVX2+FMA intrinsics (chosen at run time) and with a portable
+//! `[f32; 8]` fallback.
 
 mod block;
 mod decode;
-mod lanes;
 
 use rayon::prelude::*;
 
-use block::{block_product, visible, Causal, Operands};
 #[cfg(target_arch = "x86_64")]
-use lanes::avx;
-use lanes::{exp_lanes, Lanes, Portable, W};
+use crate::simd::avx;
+use crate::simd::{Lanes, Portable, W};
+use block::{block_product, visible, Causal, Operands};
 
 pub use decode::attention_decode;
 
@@ -41,6 +41,28 @@ const BLOCK: usize = 64;
 
 fn round_up(n: usize, m: usize) -> usize {
     n.div_ceil(m) * m
+}
+
+/// `exp(x)` lane-wise (Cephes-style: 2^n · p(r), |r| ≤ ln2/2, ~1 ulp). Inputs below −87 give
+/// exactly 0 (masked scores are −∞), inputs above 88 are clamped.
+#[inline(always)]
+pub(super) fn exp_lanes<L: Lanes>(l: L, x: L::V) -> L::V {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let lo = l.splat(-87.0);
+    let xc = l.min(l.max(x, lo), l.splat(88.0));
+    let n = l.round(l.mul(xc, l.splat(LOG2E)));
+    let r = l.mul_add(n, l.splat(-LN2_HI), xc);
+    let r = l.mul_add(n, l.splat(-LN2_LO), r);
+    let mut y = l.splat(1.987_569_1e-4);
+    y = l.mul_add(y, r, l.splat(1.398_2e-3));
+    y = l.mul_add(y, r, l.splat(8.333_452e-3));
+    y = l.mul_add(y, r, l.splat(4.166_579_6e-2));
+    y = l.mul_add(y, r, l.splat(1.666_666_5e-1));
+    y = l.mul_add(y, r, l.splat(0.5));
+    y = l.mul_add(y, l.mul(r, r), l.add(r, l.splat(1.0)));
+    l.keep_ge(l.mul(y, l.pow2i(n)), x, lo)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,17 @@
-//! Attention's eight-lane vector layer: the [`Lanes`] trait, its portable and AVX2+FMA
-//! implementations, and the lane-wise `exp` built on it.
+//! The one SIMD layer of the kernels beyond the GEMM micro-kernels: eight f32 lanes behind the
+//! [`Lanes`] trait, with one implementation per ISA.
+//!
+//! - [`Portable`]: plain `[f32; 8]` arrays (LLVM turns most of it into SSE); `mul_add` unfused.
+//! - [`avx::Avx2Fma`]: AVX2 + FMA intrinsics. The value is a *token*: only
+//!   [`Avx2Fma::detect`](avx::Avx2Fma::detect) (the one ISA decision, [`crate::microkernel::isa`])
+//!   constructs it, and only after the CPU confirmed AVX2 and FMA, so its arithmetic is safe to
+//!   call.
+//!
+//! Kernels are written once, generic over `L: Lanes`, and instantiated per token: the AVX2 copy
+//! through a `#[target_feature(enable = "avx2,fma")]` entry point into which every method
+//! (`#[inline(always)]`) inlines. Loads and stores come in two forms: `read`/`write` on slices
+//! (bounds-checked, safe) and `load`/`store` on raw pointers for kernels whose pointer
+//! arithmetic is checked once per block.
 
 /// Vector width in f32 lanes.
 pub(crate) const W: usize = 8;
@@ -15,6 +27,20 @@ pub(crate) trait Lanes: Copy {
     /// # Safety
     /// `p..p+8` must be writable.
     unsafe fn store(self, p: *mut f32, v: Self::V);
+    /// The first eight floats of `s` (panics when `s` is shorter).
+    #[inline(always)]
+    fn read(self, s: &[f32]) -> Self::V {
+        let s = &s[..W];
+        // SAFETY: `s` holds exactly eight readable floats.
+        unsafe { self.load(s.as_ptr()) }
+    }
+    /// Writes `v` to the first eight floats of `s` (panics when `s` is shorter).
+    #[inline(always)]
+    fn write(self, s: &mut [f32], v: Self::V) {
+        let s = &mut s[..W];
+        // SAFETY: `s` holds exactly eight writable floats.
+        unsafe { self.store(s.as_mut_ptr(), v) }
+    }
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
@@ -28,11 +54,13 @@ pub(crate) trait Lanes: Copy {
     fn pow2i(self, n: Self::V) -> Self::V;
     /// `v` where `x >= thr`, else 0.
     fn keep_ge(self, v: Self::V, x: Self::V, thr: Self::V) -> Self::V;
+    /// Largest lane: halves, then quarters, then pairs.
     fn reduce_max(self, v: Self::V) -> f32;
+    /// Sum of the lanes in one fixed order: `((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))`.
     fn reduce_sum(self, v: Self::V) -> f32;
 }
 
-/// Portable fallback: plain arrays (LLVM turns most of it into SSE).
+/// Portable lanes: plain arrays.
 #[derive(Clone, Copy)]
 pub(crate) struct Portable;
 
@@ -116,18 +144,16 @@ pub(crate) mod avx {
     impl Avx2Fma {
         /// The token when the one ISA decision allows AVX2 + FMA (and the CPU has them).
         pub(crate) fn detect() -> Option<Self> {
-            if crate::microkernel::avx2_allowed()
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-            {
-                Some(Avx2Fma { _private: () })
-            } else {
-                None
-            }
+            Self::when(crate::microkernel::avx2_allowed())
+        }
+
+        fn when(allowed: bool) -> Option<Self> {
+            (allowed && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+                .then_some(Avx2Fma { _private: () })
         }
     }
 
-    // SAFETY (every block below): an `Avx2Fma` value exists only after `detect` confirmed AVX2 and
+    // SAFETY (every block below): an `Avx2Fma` value exists only after `when` confirmed AVX2 and
     // FMA at run time, so the intrinsics are supported; pointer validity is the caller's contract.
     impl Lanes for Avx2Fma {
         type V = __m256;
@@ -213,26 +239,4 @@ pub(crate) mod avx {
             }
         }
     }
-}
-
-/// `exp(x)` lane-wise (Cephes-style: 2^n · p(r), |r| ≤ ln2/2, ~1 ulp). Inputs below −87 give
-/// exactly 0 (masked scores are −∞), inputs above 88 are clamped.
-#[inline(always)]
-pub(crate) fn exp_lanes<L: Lanes>(l: L, x: L::V) -> L::V {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let lo = l.splat(-87.0);
-    let xc = l.min(l.max(x, lo), l.splat(88.0));
-    let n = l.round(l.mul(xc, l.splat(LOG2E)));
-    let r = l.mul_add(n, l.splat(-LN2_HI), xc);
-    let r = l.mul_add(n, l.splat(-LN2_LO), r);
-    let mut y = l.splat(1.987_569_1e-4);
-    y = l.mul_add(y, r, l.splat(1.398_2e-3));
-    y = l.mul_add(y, r, l.splat(8.333_452e-3));
-    y = l.mul_add(y, r, l.splat(4.166_579_6e-2));
-    y = l.mul_add(y, r, l.splat(1.666_666_5e-1));
-    y = l.mul_add(y, r, l.splat(0.5));
-    y = l.mul_add(y, l.mul(r, r), l.add(r, l.splat(1.0)));
-    l.keep_ge(l.mul(y, l.pow2i(n)), x, lo)
 }
