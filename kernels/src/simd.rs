@@ -4,8 +4,9 @@
 //! - [`Portable`]: plain `[f32; 8]` arrays (LLVM turns most of it into SSE); `mul_add` unfused.
 //! - [`avx::Avx2Fma`]: AVX2 + FMA intrinsics. The value is a *token*: only
 //!   [`Avx2Fma::detect`](avx::Avx2Fma::detect) (the one ISA decision, [`crate::microkernel::isa`])
-//!   constructs it, and only after the CPU confirmed AVX2 and FMA, so its arithmetic is safe to
-//!   call.
+//!   and [`Avx2Fma::for_kind`](avx::Avx2Fma::for_kind) (a caller's explicit kernel choice, as
+//!   the GEMV's) construct it, and only after the CPU confirmed AVX2 and FMA, so its arithmetic
+//!   is safe to call.
 //!
 //! Kernels are written once, generic over `L: Lanes`, and instantiated per token: the AVX2 copy
 //! through a `#[target_feature(enable = "avx2,fma")]` entry point into which every method
@@ -133,9 +134,11 @@ impl Lanes for Portable {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx {
     use super::Lanes;
+    use crate::microkernel::KernelKind;
     use std::arch::x86_64::*;
 
-    /// Proof that the CPU has AVX2 and FMA: only [`Avx2Fma::detect`] constructs it.
+    /// Proof that the CPU has AVX2 and FMA: only [`Avx2Fma::detect`] and [`Avx2Fma::for_kind`]
+    /// construct it.
     #[derive(Clone, Copy)]
     pub(crate) struct Avx2Fma {
         _private: (),
@@ -145,6 +148,12 @@ pub(crate) mod avx {
         /// The token when the one ISA decision allows AVX2 + FMA (and the CPU has them).
         pub(crate) fn detect() -> Option<Self> {
             Self::when(crate::microkernel::avx2_allowed())
+        }
+
+        /// The token when `kind` (a caller's explicit kernel choice) is an AVX family this CPU
+        /// runs.
+        pub(crate) fn for_kind(kind: KernelKind) -> Option<Self> {
+            Self::when(kind != KernelKind::Portable && kind.is_available())
         }
 
         fn when(allowed: bool) -> Option<Self> {
