@@ -47,6 +47,15 @@ pub(crate) trait Lanes: Copy {
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a·b + c` (fused where the hardware has FMA).
     fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `c − a·b` (fused where the hardware has FMA).
+    fn neg_mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `−a` (the sign bit flipped).
+    fn neg(self, a: Self::V) -> Self::V;
+    /// `1/a` to about 23 bits (AVX: the 12-bit estimate and one Newton step; portable: exact).
+    fn recip(self, a: Self::V) -> Self::V;
+    /// `x·2^n` where `t = y + magic` (magic = 1.5·2^23) holds the integer n = round(y) in its low
+    /// mantissa bits; 2^n as two factors so n = 128 does not overflow the exponent field.
+    fn mul_pow2_rounded(self, x: Self::V, t: Self::V, magic: Self::V) -> Self::V;
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
     fn min(self, a: Self::V, b: Self::V) -> Self::V;
     /// Round to nearest, ties to even.
@@ -97,6 +106,28 @@ impl Lanes for Portable {
     fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         // Unfused: a libm fmaf call per lane would be far slower than the rounding is worth.
         std::array::from_fn(|i| a[i] * b[i] + c[i])
+    }
+    #[inline(always)]
+    fn neg_mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::array::from_fn(|i| c[i] - a[i] * b[i])
+    }
+    #[inline(always)]
+    fn neg(self, a: Self::V) -> Self::V {
+        std::array::from_fn(|i| -a[i])
+    }
+    #[inline(always)]
+    fn recip(self, a: Self::V) -> Self::V {
+        std::array::from_fn(|i| 1.0 / a[i])
+    }
+    #[inline(always)]
+    fn mul_pow2_rounded(self, x: Self::V, t: Self::V, magic: Self::V) -> Self::V {
+        std::array::from_fn(|i| {
+            let n = t[i].to_bits().wrapping_sub(magic[i].to_bits()) as i32;
+            let half = n >> 1;
+            let s1 = f32::from_bits(((half + 127) as u32) << 23);
+            let s2 = f32::from_bits(((n - half + 127) as u32) << 23);
+            x[i] * s1 * s2
+        })
     }
     #[inline(always)]
     fn max(self, a: Self::V, b: Self::V) -> Self::V {
@@ -200,6 +231,36 @@ pub(crate) mod avx {
         fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
             // SAFETY: FMA present.
             unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn neg_mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+            // SAFETY: FMA present.
+            unsafe { _mm256_fnmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        fn neg(self, a: __m256) -> __m256 {
+            // SAFETY: AVX present.
+            unsafe { _mm256_xor_ps(a, _mm256_set1_ps(-0.0)) }
+        }
+        #[inline(always)]
+        fn recip(self, a: __m256) -> __m256 {
+            // SAFETY: AVX and FMA present.
+            unsafe {
+                let r0 = _mm256_rcp_ps(a);
+                _mm256_mul_ps(r0, _mm256_fnmadd_ps(a, r0, _mm256_set1_ps(2.0)))
+            }
+        }
+        #[inline(always)]
+        fn mul_pow2_rounded(self, x: __m256, t: __m256, magic: __m256) -> __m256 {
+            // SAFETY: AVX2 present (256-bit integer arithmetic and shifts).
+            unsafe {
+                let n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
+                let half = _mm256_srai_epi32::<1>(n);
+                let bias = _mm256_set1_epi32(127);
+                let s1 = _mm256_slli_epi32::<23>(_mm256_add_epi32(half, bias));
+                let s2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_sub_epi32(n, half), bias));
+                _mm256_mul_ps(_mm256_mul_ps(x, _mm256_castsi256_ps(s1)), _mm256_castsi256_ps(s2))
+            }
         }
         #[inline(always)]
         fn max(self, a: __m256, b: __m256) -> __m256 {
