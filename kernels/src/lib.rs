@@ -13,6 +13,7 @@ pub mod mat;
 pub mod microkernel;
 pub mod pack;
 pub mod peak;
+pub mod pool;
 pub mod rope;
 mod simd;
 #[cfg(target_arch = "x86_64")]

@@ -13,6 +13,8 @@ mod decode;
 
 use rayon::prelude::*;
 
+use crate::pool::Buffer;
+
 #[cfg(target_arch = "x86_64")]
 use crate::simd::avx;
 use crate::simd::{Lanes, Portable, W};
@@ -69,54 +71,6 @@ pub(super) fn exp_lanes<L: Lanes>(l: L, x: L::V) -> L::V {
 // One head.
 // ---------------------------------------------------------------------------------------------
 
-/// A zeroed f32 buffer that goes back to a per-thread pool when dropped. Attention allocates
-/// a few hundred KB per call; fresh allocations are returned to the OS between calls and
-/// re-faulted page by page, which cost ~10% at T=128.
-struct Scratch(Vec<f32>);
-
-thread_local! {
-    static SCRATCH_POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Buffers kept per thread (each call needs at most ~20 at once per thread).
-const POOL_LIMIT: usize = 32;
-
-impl Scratch {
-    fn zeroed(n: usize) -> Self {
-        let mut v = SCRATCH_POOL.with(|pool| pool.borrow_mut().pop()).unwrap_or_default();
-        v.clear();
-        v.resize(n, 0.0);
-        Scratch(v)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        if v.capacity() > 0 {
-            SCRATCH_POOL.with(|pool| {
-                let mut pool = pool.borrow_mut();
-                if pool.len() < POOL_LIMIT {
-                    pool.push(v);
-                }
-            });
-        }
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = Vec<f32>;
-    fn deref(&self) -> &Vec<f32> {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Scratch {
-    fn deref_mut(&mut self) -> &mut Vec<f32> {
-        &mut self.0
-    }
-}
-
 /// One head's operands, copied into the layouts the block products want
 /// (`hdp` = head_dim padded to 8, `seq_pad` = seq padded to 8; padding is zero).
 struct HeadData {
@@ -125,19 +79,19 @@ struct HeadData {
     hdp: usize,
     seq_pad: usize,
     /// q · scale [seq, hdp]
-    q_scaled: Scratch,
+    q_scaled: Buffer,
     /// kᵀ [head_dim, seq_pad]
-    k_t: Scratch,
+    k_t: Buffer,
     /// v [seq, hdp] (forward only)
-    v: Scratch,
+    v: Buffer,
     /// k [seq, hdp] (backward only)
-    k: Scratch,
+    k: Buffer,
     /// vᵀ [head_dim, seq_pad] (backward only)
-    v_t: Scratch,
+    v_t: Buffer,
     /// dO [seq, hdp] (backward only)
-    d_out: Scratch,
+    d_out: Buffer,
     /// D_i = Σ_p dO_ip·O_ip [seq] (backward only)
-    delta: Scratch,
+    delta: Buffer,
 }
 
 /// Splits batch `b` into per-head operands in one pass over its contiguous rows (reading each
@@ -155,15 +109,15 @@ fn gather_batch(
     let (hdp, seq_pad) = (round_up(hd, W), round_up(seq, W));
     let scale = 1.0 / (hd as f32).sqrt();
     let backward = grads.is_some();
-    let sized = |yes: bool, n: usize| Scratch::zeroed(if yes { n } else { 0 });
+    let sized = |yes: bool, n: usize| Buffer::zeros(if yes { n } else { 0 });
     let mut data: Vec<HeadData> = (0..heads)
         .map(|_| HeadData {
             seq,
             head_dim: hd,
             hdp,
             seq_pad,
-            q_scaled: Scratch::zeroed(seq * hdp),
-            k_t: Scratch::zeroed(hd * seq_pad),
+            q_scaled: Buffer::zeros(seq * hdp),
+            k_t: Buffer::zeros(hd * seq_pad),
             v: sized(!backward, seq * hdp),
             k: sized(backward, seq * hdp),
             v_t: sized(backward, hd * seq_pad),
@@ -248,8 +202,8 @@ impl HeadOut<'_> {
 #[inline(always)]
 fn forward_head<L: Lanes>(l: L, inp: &HeadData, o: &mut HeadOut<'_>, lse: &mut [f32]) {
     let (seq, hd, hdp, seq_pad) = (inp.seq, inp.head_dim, inp.hdp, inp.seq_pad);
-    let mut s = Scratch::zeroed(BLOCK * BLOCK);
-    let mut o_blk = Scratch::zeroed(BLOCK * hdp);
+    let mut s = Buffer::zeros(BLOCK * BLOCK);
+    let mut o_blk = Buffer::zeros(BLOCK * hdp);
     let mut row_max = [0.0f32; BLOCK];
     let mut row_sum = [0.0f32; BLOCK];
     for i0 in (0..seq).step_by(BLOCK) {
@@ -329,11 +283,11 @@ fn forward_head<L: Lanes>(l: L, inp: &HeadData, o: &mut HeadOut<'_>, lse: &mut [
 fn backward_head<L: Lanes>(l: L, inp: &HeadData, lse: &[f32], out: &mut HeadOut<'_>) {
     let (seq, hd, hdp, seq_pad) = (inp.seq, inp.head_dim, inp.hdp, inp.seq_pad);
     let g = inp;
-    let mut p = Scratch::zeroed(BLOCK * BLOCK);
-    let mut ds = Scratch::zeroed(BLOCK * BLOCK);
-    let mut dq_acc = Scratch::zeroed(seq * hdp);
-    let mut dk_blk = Scratch::zeroed(BLOCK * hdp);
-    let mut dv_blk = Scratch::zeroed(BLOCK * hdp);
+    let mut p = Buffer::zeros(BLOCK * BLOCK);
+    let mut ds = Buffer::zeros(BLOCK * BLOCK);
+    let mut dq_acc = Buffer::zeros(seq * hdp);
+    let mut dk_blk = Buffer::zeros(BLOCK * hdp);
+    let mut dv_blk = Buffer::zeros(BLOCK * hdp);
     for j0 in (0..seq).step_by(BLOCK) {
         let jw = BLOCK.min(seq - j0);
         dk_blk.fill(0.0);
@@ -509,11 +463,11 @@ fn forward_impl(portable: bool, shape: AttnShape, qkv: &[f32], out: &mut [f32], 
                 return;
             }
             // Heads in parallel, each into a private [T, hd] buffer scattered afterwards.
-            let per_head: Vec<Scratch> = lse_b
+            let per_head: Vec<Buffer> = lse_b
                 .par_chunks_mut(seq)
                 .zip(inputs.par_iter())
                 .map(|(lse_h, inp)| {
-                    let mut o = Scratch::zeroed(seq * hd);
+                    let mut o = Buffer::zeros(seq * hd);
                     let mut view = HeadOut { buf: &mut o, rs: hd, offs: [0; 3] };
                     forward_head_dispatch(portable, inp, &mut view, lse_h);
                     o
@@ -574,12 +528,12 @@ fn backward_impl(
             }
             return;
         }
-        let per_head: Vec<Scratch> = inputs
+        let per_head: Vec<Buffer> = inputs
             .par_iter()
             .enumerate()
             .map(|(h, inp)| {
                 // Rows of [dQ | dK | dV], 3·hd wide.
-                let mut g = Scratch::zeroed(seq * 3 * hd);
+                let mut g = Buffer::zeros(seq * 3 * hd);
                 let mut view = HeadOut { buf: &mut g, rs: 3 * hd, offs: [0, hd, 2 * hd] };
                 backward_head_dispatch(portable, inp, lse_of(h), &mut view);
                 g

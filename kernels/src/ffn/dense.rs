@@ -1,9 +1,10 @@
 //! The plain FFN (one loop of the depth path) on packed weights: forward and backward.
 
 use super::packed::{unpermute_add, PackedFfn};
-use super::{give, shape_err, sized, take, FfnError};
+use super::{shape_err, sized, FfnError};
 use crate::fused::{swiglu_backward, swiglu_forward, swiglu_rows};
 use crate::gemm::{gemm_packed_par, gemm_packed_with, MatMut, MatRef};
+use crate::pool::Buffer;
 
 /// u [n,2h] = z·W1(perm)ᵀ; a [n,h] = SwiGLU per expert segment; out = beta·out + a·W2ᵀ.
 // z [n,d] -> u [n,2h], a [n,h], out [n,d]
@@ -63,15 +64,14 @@ pub(super) fn dense_backward_core(
         return Ok(());
     }
     let (w1p, w2) = w.bwd()?;
-    let (mut a_buf, mut da_buf, mut du_buf) = (take(0), take(n * h), take(n * 2 * h));
-    let a: &[f32] = match a_saved {
-        Some(a) => a,
-        None => {
-            let a = sized(&mut a_buf, n * h);
-            swiglu_forward(u, a, s);
-            a
-        }
-    };
+    // The forward's SwiGLU output, or recomputed into a scratch buffer.
+    let a_buf = a_saved.is_none().then(|| {
+        let mut a = Buffer::uninit(n * h);
+        swiglu_forward(u, &mut a, s);
+        a
+    });
+    let a: &[f32] = a_saved.or(a_buf.as_deref()).expect("saved or recomputed");
+    let (mut da_buf, mut du_buf) = (Buffer::uninit(n * h), Buffer::uninit(n * 2 * h));
     let (da, du) = (&mut da_buf[..n * h], &mut du_buf[..n * 2 * h]);
     let dyv = MatRef::new(dy, n, d);
     gemm_packed_with(kind, 1.0, dyv, None, w2, 0..h, 0..d, 0.0, MatMut::new(da, n, h))?;
@@ -83,9 +83,6 @@ pub(super) fn dense_backward_core(
     let duv = MatRef::new(du, n, 2 * h);
     gemm(duv.t(), MatRef::new(z, n, d), MatMut::new(dw1p, 2 * h, d))?;
     gemm_packed_with(kind, 1.0, duv, None, w1p, 0..d, 0..2 * h, 0.0, MatMut::new(dz, n, d))?;
-    for v in [a_buf, da_buf, du_buf] {
-        give(v);
-    }
     Ok(())
 }
 
@@ -104,10 +101,8 @@ fn check_dense(w: &PackedFfn, z: &[f32], out: &[f32]) -> Result<usize, FfnError>
 /// Plain FFN (inference): out [n,d] += FFN(z).
 pub fn dense_forward(w: &PackedFfn, z: &[f32], out: &mut [f32]) -> Result<(), FfnError> {
     let n = check_dense(w, z, out)?;
-    let (mut u, mut a) = (take(n * 2 * w.h), take(n * w.h));
+    let (mut u, mut a) = (Buffer::uninit(n * 2 * w.h), Buffer::uninit(n * w.h));
     dense_core(w, z, &mut u[..n * 2 * w.h], &mut a[..n * w.h], 1.0, out);
-    give(u);
-    give(a);
     Ok(())
 }
 
@@ -120,9 +115,8 @@ pub fn dense_forward_train(
 ) -> Result<(), FfnError> {
     let n = check_dense(w, z, out)?;
     let u = sized(u_saved, n * 2 * w.h);
-    let mut a = take(n * w.h);
+    let mut a = Buffer::uninit(n * w.h);
     dense_core(w, z, u, &mut a[..n * w.h], 1.0, out);
-    give(a);
     Ok(())
 }
 
@@ -146,14 +140,12 @@ pub fn dense_backward(
     {
         return shape_err("dense_backward: u [n,2h], dz [n,d], dW1 [2h,d], dW2 [d,h]".to_string());
     }
-    let (mut dzt, mut dw1p) = (take(n * d), take(2 * h * d));
+    let (mut dzt, mut dw1p) = (Buffer::uninit(n * d), Buffer::uninit(2 * h * d));
     dw1p[..2 * h * d].fill(0.0);
     dense_backward_core(w, z, u_saved, None, dy, &mut dzt[..n * d], &mut dw1p[..2 * h * d], dw2)?;
     for (o, &v) in dz.iter_mut().zip(&dzt[..n * d]) {
         *o += v;
     }
     unpermute_add(&dw1p[..2 * h * d], dw1, h, w.expert_width(), d);
-    give(dzt);
-    give(dw1p);
     Ok(())
 }

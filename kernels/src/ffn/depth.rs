@@ -5,8 +5,9 @@ use rayon::prelude::*;
 
 use super::dense::{dense_backward_core, dense_core_par};
 use super::packed::{unpermute_add, PackedFfn};
-use super::{give, shape_err, sized, take, FfnError};
+use super::{shape_err, sized, FfnError};
 use crate::fused::{rms_norm_backward, rms_norm_rows};
+use crate::pool::Buffer;
 
 /// Rows per tile of the tiled depth recursion (a multiple of the micro-kernel height): the
 /// tile's pre-activations u [rows, 2h] take about 512 KiB. Every loop of a tile streams the
@@ -88,14 +89,18 @@ pub fn depth_forward(
     // independent; the GEMM's per-element order does not depend on the row count), so the
     // result does not depend on the tiling or the thread count.
     let tile = depth_tile_rows(h, w.kind.mr());
-    let mut cur = take(t * d);
+    let mut cur = Buffer::uninit(t * d);
     cur[..t * d].par_chunks_mut(tile * d).with_max_len(1).enumerate().for_each(|(ti, cur_t)| {
         let (r0, rows) = (ti * tile, cur_t.len() / d);
         for (row, &tok) in cur_t.chunks_exact_mut(d).zip(&order[r0..r0 + rows]) {
             row.copy_from_slice(&x[tok * d..(tok + 1) * d]);
         }
-        let (mut z, mut rstd, mut u, mut a) =
-            (take(rows * d), take(rows), take(rows * 2 * h), take(rows * h));
+        let (mut z, mut rstd, mut u, mut a) = (
+            Buffer::uninit(rows * d),
+            Buffer::uninit(rows),
+            Buffer::uninit(rows * 2 * h),
+            Buffer::uninit(rows * h),
+        );
         for &act in &active {
             // Rows of this tile still running (a prefix: the order is deepest first).
             let n = act.saturating_sub(r0).min(rows);
@@ -107,9 +112,6 @@ pub fn depth_forward(
             let (us, as_) = (&mut u[..n * 2 * h], &mut a[..n * h]);
             dense_core_par(w, zs, us, as_, 1.0, xs, false);
         }
-        for v in [z, rstd, u, a] {
-            give(v);
-        }
     });
     // A row's state after its last loop stays in place: out[tok] = cur[position of tok].
     let mut pos = vec![0usize; t];
@@ -119,7 +121,6 @@ pub fn depth_forward(
     out.par_chunks_mut(d).zip(pos.par_iter()).for_each(|(row, &r)| {
         row.copy_from_slice(&cur[r * d..(r + 1) * d]);
     });
-    give(cur);
     Ok(())
 }
 
@@ -242,7 +243,8 @@ pub fn depth_backward(
     if loops == 0 || t == 0 {
         return Ok(());
     }
-    let (mut dcur, mut dzt, mut dw1p) = (take(t * d), take(t * d), take(2 * h * d));
+    let (mut dcur, mut dzt, mut dw1p) =
+        (Buffer::uninit(t * d), Buffer::uninit(t * d), Buffer::uninit(2 * h * d));
     let (dcur_s, dz, dw1p_s) = (&mut dcur[..t * d], &mut dzt[..t * d], &mut dw1p[..2 * h * d]);
     dw1p_s.fill(0.0);
     dcur_s.copy_from_slice(&d_states[(loops - 1) * t * d..]);
@@ -266,8 +268,5 @@ pub fn depth_backward(
         *o += v;
     }
     unpermute_add(dw1p_s, dw1, h, w.expert_width(), d);
-    for v in [dcur, dzt, dw1p] {
-        give(v);
-    }
     Ok(())
 }

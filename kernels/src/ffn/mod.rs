@@ -24,7 +24,6 @@ pub mod naive;
 mod packed;
 mod routed;
 
-use std::cell::RefCell;
 use std::fmt;
 
 use crate::gemm::GemmError;
@@ -81,26 +80,6 @@ impl From<crate::microkernel::KernelError> for FfnError {
 
 fn shape_err<T>(s: String) -> Result<T, FfnError> {
     Err(FfnError::Shape(s))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reusable per-thread scratch (large buffers would otherwise be page-faulted in on every call).
-
-thread_local! {
-    static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A scratch vector of at least `len` floats (contents unspecified); return it with `give`.
-fn take(len: usize) -> Vec<f32> {
-    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-    v
-}
-
-fn give(v: Vec<f32>) {
-    POOL.with(|p| p.borrow_mut().push(v));
 }
 
 /// Resizes a saved buffer to exactly `len` (keeping its allocation).

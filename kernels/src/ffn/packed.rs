@@ -5,10 +5,11 @@ use std::fmt;
 
 use rayon::prelude::*;
 
-use super::{give, shape_err, take, FfnError};
+use super::{shape_err, FfnError};
 use crate::gemm::MatRef;
 use crate::microkernel::{selected_kernel, KernelKind, NR};
 use crate::pack::PackedB;
+use crate::pool::Buffer;
 
 /// One FFN's weights packed for every product of the forward (and optionally the backward).
 pub struct PackedFfn {
@@ -89,7 +90,7 @@ impl PackedFfn {
         }
         let s = h / experts;
         // Rows of W1 in perm order (one copy of the weights, so every expert is one range).
-        let mut w1p = take(2 * h * d);
+        let mut w1p = Buffer::uninit(2 * h * d);
         w1p[..2 * h * d].par_chunks_mut(d).enumerate().for_each(|(r, row)| {
             let src = perm_to_model_row(r, h, s);
             row.copy_from_slice(&w1[src * d..(src + 1) * d]);
@@ -99,7 +100,6 @@ impl PackedFfn {
         let w2_view = MatRef::new(w2, d, h);
         let w2t = PackedB::pack(w2_view.t());
         let bwd = backward.then(|| (PackedB::pack(w1p_view), PackedB::pack(w2_view)));
-        give(w1p);
         Ok(PackedFfn { d, h, experts, kind, w1t, w2t, bwd })
     }
 

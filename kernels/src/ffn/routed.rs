@@ -5,10 +5,11 @@ use rayon::prelude::*;
 
 use super::group::{check_routing, scatter_weighted, Grouping};
 use super::packed::{unpermute_add, Experts, PackedFfn};
-use super::{give, shape_err, sized, take, FfnError};
+use super::{shape_err, sized, FfnError};
 use crate::fused::{swiglu_backward, swiglu_rows};
 use crate::gemm::{compute, gemm_packed_with, ASource, BSource, MatMut, MatRef, OutView};
 use crate::pack::RowSource;
+use crate::pool::Buffer;
 
 /// What the width (or moe) training forward keeps for its backward (reuse it across steps:
 /// buffers keep their allocation). Memory: T·k·(3s + d) floats.
@@ -94,12 +95,10 @@ fn routed_forward(
             scatter_weighted(y, &sv.grouping, Some(gates), k, d, out);
         }
         None => {
-            let (mut u, mut a, mut y) = (take(n * 2 * s), take(n * s), take(n * d));
+            let (mut u, mut a, mut y) =
+                (Buffer::uninit(n * 2 * s), Buffer::uninit(n * s), Buffer::uninit(n * d));
             grouped_forward(ex, z, t, &g, &mut u[..n * 2 * s], &mut a[..n * s], &mut y[..n * d]);
             scatter_weighted(&y[..n * d], &g, Some(gates), k, d, out);
-            give(u);
-            give(a);
-            give(y);
         }
     }
     Ok(())
@@ -202,18 +201,22 @@ fn routed_backward(
             *out = dr.iter().zip(&saved.y[r * d..(r + 1) * d]).map(|(a, b)| a * b).sum();
         }
     });
-    let mut dz_rows = take(n * d);
+    let mut dz_rows = Buffer::uninit(n * d);
     let mut dw1p = match grads {
         RoutedGrads::Shared { .. } => {
-            let mut v = take(2 * h_shared * d);
+            let mut v = Buffer::uninit(2 * h_shared * d);
             v[..2 * h_shared * d].fill(0.0);
             Some(v)
         }
         RoutedGrads::PerExpert(_) => None,
     };
     let mut grads = grads;
-    let (mut dy_e, mut z_e, mut da_e, mut du_e) =
-        (take(n * d), take(n * d), take(n * s), take(n * 2 * s));
+    let (mut dy_e, mut z_e, mut da_e, mut du_e) = (
+        Buffer::uninit(n * d),
+        Buffer::uninit(n * d),
+        Buffer::uninit(n * s),
+        Buffer::uninit(n * 2 * s),
+    );
     for e in 0..count {
         let rows = g.offsets[e]..g.offsets[e + 1];
         let m = rows.len();
@@ -320,10 +323,6 @@ fn routed_backward(
     scatter_weighted(&dz_rows[..n * d], g, None, k, d, dz);
     if let (Some(v), RoutedGrads::Shared { dw1, .. }) = (dw1p.take(), &mut grads) {
         unpermute_add(&v[..2 * h_shared * d], dw1, h_shared, s, d);
-        give(v);
-    }
-    for v in [dz_rows, dy_e, z_e, da_e, du_e] {
-        give(v);
     }
     Ok(())
 }
