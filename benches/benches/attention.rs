@@ -6,7 +6,7 @@
 //! 3 × forward (the model's training convention).
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use vffn_benches::AttentionCase;
+use vffn_model::workloads::AttentionCase;
 
 fn bench_attention(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention");

@@ -6,10 +6,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
-use vffn_benches::FfnCase;
 use vffn_kernels::ffn::{self, naive, DepthSaved, PackedFfn, WidthSaved};
 use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
 use vffn_kernels::rayon;
+use vffn_kernels::testvals::values;
+use vffn_model::workloads::FfnCase;
 
 const T: usize = 2048;
 const D: usize = 256;
@@ -17,18 +18,6 @@ const H: usize = 1024;
 const E: usize = 8;
 const K: usize = 2;
 const LOOPS: usize = 4;
-
-fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn bench_ffn(c: &mut Criterion) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("thread pool");

@@ -12,7 +12,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
-use vffn_benches::{builtin_dataset, preset_config, ForwardCase, TrainStep, BLOCKS, PRESETS};
+use vffn_model::workloads::{
+    builtin_dataset, preset_config, ForwardCase, TrainStep, BLOCKS, PRESETS,
+};
 
 const SEED: u64 = 0;
 

@@ -16,6 +16,7 @@ pub mod peak;
 pub mod pool;
 pub mod rope;
 mod simd;
+pub mod testvals;
 #[cfg(target_arch = "x86_64")]
 mod vmath;
 

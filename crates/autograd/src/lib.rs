@@ -83,9 +83,8 @@
 //! decoupled weight decay skipped for `no_decay` params), `adamw.step(&mut store, lr) -> Result<()>`,
 //! `adamw.state() -> AdamWState { step, names, m, v }` and `AdamW::from_state(cfg, state, &store)`
 //! (exact round trip), `clip_grad_norm(&mut store, max_norm) -> f32` (global L2 norm before
-//! clipping, f64 sum in parameter order; `grad_norm(&store)` without clipping),
-//! `CosineSchedule { peak_lr, warmup_steps, total_steps, alpha_f: 0.1 }.lr(step)` (or
-//! `CosineSchedule::new(peak, warmup, total)`, alpha_f = 0.1).
+//! clipping, f64 sum in parameter order; `grad_norm(&store)` without clipping). The learning-rate
+//! schedule is the model crate's (`vffn_model::schedule`): the step takes the rate as given.
 //!
 //! Kernels used by ops are in `vffn_kernels::fused` (slice-level forward/backward of RMSNorm,
 //! SiLU, SwiGLU, softmax, log-softmax + CE), callable directly from custom ops.
@@ -103,7 +102,7 @@ pub mod tensor;
 
 pub use error::Error;
 pub use ops::{Trans, RMS_NORM_EPS, ROPE_THETA};
-pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, AdamWState, CosineSchedule};
+pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, AdamWState};
 pub use param::{Param, ParamId, ParamStore};
 pub use pool::Buffer;
 pub use rng::Rng;

@@ -1,5 +1,5 @@
-//! AdamW with decoupled weight decay, global gradient-norm clipping, and a cosine learning-rate
-//! schedule with linear warm-up and a floor.
+//! AdamW with decoupled weight decay and global gradient-norm clipping. The learning rate is
+//! an argument of every step; its schedule is the model's (`vffn_model::schedule`).
 
 use rayon::prelude::*;
 
@@ -171,52 +171,9 @@ pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f32) -> f32 {
     norm
 }
 
-/// Linear warm-up to `peak_lr` over `warmup_steps`, then cosine decay to `peak_lr·alpha_f` at
-/// `total_steps`, constant afterwards.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct CosineSchedule {
-    pub peak_lr: f32,
-    pub warmup_steps: u64,
-    pub total_steps: u64,
-    pub alpha_f: f32,
-}
-
-impl CosineSchedule {
-    /// The schedule with the default floor `alpha_f = 0.1`.
-    pub fn new(peak_lr: f32, warmup_steps: u64, total_steps: u64) -> CosineSchedule {
-        CosineSchedule { peak_lr, warmup_steps, total_steps, alpha_f: 0.1 }
-    }
-
-    /// Learning rate for step `step` (0-based).
-    pub fn lr(&self, step: u64) -> f32 {
-        let peak = self.peak_lr as f64;
-        if step < self.warmup_steps {
-            return (peak * (step + 1) as f64 / self.warmup_steps as f64) as f32;
-        }
-        let floor = peak * self.alpha_f as f64;
-        let span = self.total_steps.saturating_sub(self.warmup_steps).max(1);
-        let progress = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
-        (floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedule_shape() {
-        let s = CosineSchedule::new(1e-3, 10, 110);
-        assert!((s.lr(0) - 1e-4).abs() < 1e-9);
-        assert!((s.lr(9) - 1e-3).abs() < 1e-9);
-        assert!((s.lr(10) - 1e-3).abs() < 1e-9);
-        assert!((s.lr(60) - 0.55e-3).abs() < 1e-8);
-        assert!((s.lr(110) - 1e-4).abs() < 1e-9);
-        assert!((s.lr(1000) - 1e-4).abs() < 1e-9);
-        for k in 10..110 {
-            assert!(s.lr(k + 1) <= s.lr(k));
-        }
-    }
 
     #[test]
     #[allow(clippy::needless_range_loop)]

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use vffn_model::{
     causal_mean_context, inference_flops, realized_inference_flops_from_counts, training_flops,
-    validation_batches, BlockKind, Config, DepthRouting, Difficulty, FlopsBreakdown, Fusion, Model,
+    validation_batches, BlockKind, Config, DepthRouting, Difficulty, FlopsBreakdown, Model,
     Routing,
 };
 
@@ -100,11 +100,13 @@ impl RoutingStats {
                 continue;
             }
             let depths = routing.depth.get(layer).map_or(&[][..], Vec::as_slice);
-            // λ > 0: no depth router (width-only), λ = ½ (average), or ℓ < D (gated).
+            // The width path runs where there is no depth router (width-only) or λ > 0.
+            let depth_max = config.max_depth as f32;
             let runs_width = |token: usize| {
                 depths.is_empty()
-                    || config.fusion == Fusion::Average
-                    || depths.get(token).is_some_and(|&c| (c as usize) < config.max_depth)
+                    || depths
+                        .get(token)
+                        .is_some_and(|&c| config.fusion.lambda(c as f32, depth_max) > 0.0)
             };
             self.expert_counts[layer].resize(config.n_experts, 0);
             self.width_expert_counts[layer].resize(config.n_experts, 0);
@@ -134,10 +136,7 @@ impl RoutingStats {
     /// Mean fusion weight λ of a layer at inference: 1 − ℓ/D with the chosen ℓ (gated), or 1/2.
     pub fn mean_lambda(&self, config: &Config, layer: usize) -> Option<f64> {
         let mean_depth = self.mean_depth(layer)?;
-        Some(match config.fusion {
-            Fusion::Gated => 1.0 - mean_depth / config.max_depth as f64,
-            Fusion::Average => 0.5,
-        })
+        Some(config.fusion.lambda(mean_depth, config.max_depth as f64))
     }
 
     /// Mean depth over routed layers of tokens whose target has `difficulty`.
@@ -423,6 +422,7 @@ fn routing_panels(metrics_path: &Path) -> Result<Option<Vec<LinePanel>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vffn_model::Fusion;
 
     #[test]
     fn stats_count_depths_experts_lambda_and_difficulty() {

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use vffn_autograd::{clip_grad_norm, AdamW, AdamWConfig, AdamWState, Rng};
+use vffn_autograd::{AdamW, AdamWState, Rng};
 use vffn_model::{
-    save_model, save_optimizer, validation_batches, AdamMomentsRef, Batcher, Config, ConfigError,
-    Model, RunConfig, Split, TrainConfig, TrainState, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
-    TRAIN_GROUPS, TRAIN_STATE_FORMAT,
+    adamw_config, save_model, save_optimizer, validation_batches, AdamMomentsRef, Batcher, Config,
+    ConfigError, Model, RunConfig, Split, TrainConfig, TrainState, Training, MODEL_FILE,
+    OPTIMIZER_FILE, STATE_FILE, TRAIN_STATE_FORMAT,
 };
 
 use crate::ckpt_io;
@@ -30,9 +30,6 @@ pub const DEFAULT_QUICK_STEPS: u64 = 300;
 /// much time as a quarter of the training).
 const QUICK_EVAL_EVERY: u64 = 100;
 const QUICK_EVAL_BATCHES: u64 = 4;
-/// Salts that derive the Gumbel-noise and data RNG seeds from the run seed.
-const NOISE_SALT: u64 = 0x6E6F_6973_6521; // "noise!"
-const DATA_SALT: u64 = 0x6461_7461_2121; // "data!!"
 /// Bytes sampled at the end of a run.
 const SAMPLE_PROMPT_BYTES: usize = 64;
 
@@ -147,28 +144,14 @@ fn one_line_config_error(err: ConfigError) -> ConfigError {
 
 /// Everything the loop mutates, restorable from a checkpoint.
 struct Trainer {
-    run: RunConfig,
-    model: Model,
-    optimizer: AdamW,
-    batcher: Batcher,
-    noise_rng: Rng,
-    step: u64,
+    /// The model, optimizer, RNGs and step count (the step itself: `Training::step`).
+    training: Training,
     tokens_seen: u64,
     data_source: String,
     /// The validation split of the data.
     valid: Split,
 }
 
-fn adamw_config(train: &TrainConfig) -> AdamWConfig {
-    AdamWConfig {
-        beta1: train.beta1,
-        beta2: train.beta2,
-        eps: train.eps,
-        weight_decay: train.weight_decay,
-    }
-}
-
-/// Names the first architecture field where two configs differ.
 fn config_difference(a: &Config, b: &Config) -> String {
     let (a, b) =
         (serde_json::to_value(a).unwrap_or_default(), serde_json::to_value(b).unwrap_or_default());
@@ -303,13 +286,10 @@ fn resume_trainer(args: &TrainArgs) -> Result<Trainer> {
         run.model.batch_size,
         ckpt.state.data_rng,
     )?;
+    let noise_rng = Rng::from_state(ckpt.state.model_rng);
+    let step = ckpt.state.step;
     Ok(Trainer {
-        run,
-        model,
-        optimizer,
-        batcher,
-        noise_rng: Rng::from_state(ckpt.state.model_rng),
-        step: ckpt.state.step,
+        training: Training { run, model, optimizer, batcher, noise_rng, step },
         tokens_seen: ckpt.state.tokens_seen,
         data_source,
         valid: dataset.val,
@@ -344,16 +324,8 @@ fn fresh_trainer(args: &TrainArgs) -> Result<Trainer> {
             model
         }
     };
-    let optimizer = AdamW::new(adamw_config(&run.train), &model.params);
-    let batcher =
-        Batcher::new(dataset.train, run.model.seq_len, run.model.batch_size, seed ^ DATA_SALT)?;
     Ok(Trainer {
-        noise_rng: Rng::new(seed ^ NOISE_SALT),
-        run,
-        model,
-        optimizer,
-        batcher,
-        step: 0,
+        training: Training::start(run, model, dataset.train)?,
         tokens_seen: 0,
         data_source,
         valid: dataset.val,
@@ -364,14 +336,19 @@ impl Trainer {
     /// Writes DIR/ckpt atomically: model, optimizer moments and `state.json`.
     fn save(&self, run_dir: &Path) -> Result<PathBuf> {
         let extra = BTreeMap::from([
-            ("step".to_string(), self.step.to_string()),
+            ("step".to_string(), self.training.step.to_string()),
             ("data_source".to_string(), self.data_source.clone()),
         ]);
-        let temperature = self.run.temperature_at(self.step);
-        let model_bytes =
-            save_model(&self.run.model, temperature, &extra, &self.model.tensor_refs())?;
-        let adam = self.optimizer.state();
+        let temperature = self.training.run.temperature_at(self.training.step);
+        let model_bytes = save_model(
+            &self.training.run.model,
+            temperature,
+            &extra,
+            &self.training.model.tensor_refs(),
+        )?;
+        let adam = self.training.optimizer.state();
         let moments: Vec<AdamMomentsRef<'_>> = self
+            .training
             .model
             .params
             .iter()
@@ -386,12 +363,12 @@ impl Trainer {
         let optimizer_bytes = save_optimizer(adam.step, &moments)?;
         let state = TrainState {
             format: TRAIN_STATE_FORMAT,
-            step: self.step,
-            model_rng: self.noise_rng.state(),
-            data_rng: self.batcher.rng_state(),
+            step: self.training.step,
+            model_rng: self.training.noise_rng.state(),
+            data_rng: self.training.batcher.rng_state(),
             tokens_seen: self.tokens_seen,
             data_source: self.data_source.clone(),
-            train: self.run.train.clone(),
+            train: self.training.run.train.clone(),
         };
         let state_json = state.to_json();
         ckpt_io::write_checkpoint(
@@ -404,40 +381,18 @@ impl Trainer {
         )
     }
 
-    /// Every parameter and optimizer moment finite, second moments ≥ 0: checked after each
-    /// update, so a bad update stops the run before anything of it is saved.
-    fn check_weights(&self) -> Result<()> {
-        for tensor in self.model.tensor_refs() {
-            if let Some(i) = tensor.data.iter().position(|x| !x.is_finite()) {
-                bail!(
-                    "parameter `{}` is {} at index {i}: training stopped",
-                    tensor.name,
-                    tensor.data[i]
-                );
-            }
-        }
-        let adam = self.optimizer.state();
-        for (i, name) in adam.names.iter().enumerate() {
-            let bad_m = adam.m[i].iter().any(|x| !x.is_finite());
-            let bad_v = adam.v[i].iter().any(|x| !x.is_finite() || *x < 0.0);
-            if bad_m || bad_v {
-                bail!("the optimizer state of `{name}` is not finite: training stopped");
-            }
-        }
-        Ok(())
-    }
-
     /// The loss of the current weights on the first validation batch, which must be finite
     /// before they are saved: finite weights can still be too large to compute with.
     fn check_loss(&self) -> Result<()> {
-        let (seq_len, batch_size) = (self.run.model.seq_len, self.run.model.batch_size);
+        let (seq_len, batch_size) =
+            (self.training.run.model.seq_len, self.training.run.model.batch_size);
         let mut batches = validation_batches(&self.valid, seq_len, batch_size)?;
         if let Some(batch) = batches.next() {
-            let loss = self.model.eval_loss(&batch).context("validation forward")?;
+            let loss = self.training.model.eval_loss(&batch).context("validation forward")?;
             if !loss.is_finite() {
                 bail!(
                     "the validation loss of the weights after step {} is {loss}: training stopped",
-                    self.step
+                    self.training.step
                 );
             }
         }
@@ -446,51 +401,19 @@ impl Trainer {
 
     /// One optimizer step; returns the metrics row (without val_loss / tokens_per_s).
     fn step_once(&mut self) -> Result<MetricsRow> {
-        let step = self.step;
-        let batch = self.batcher.next_batch();
-        let lr = self.run.train.lr_at(step);
-        let temperature = self.run.temperature_at(step);
-        let out = self
-            .model
-            .train_step_grads(&batch, temperature, Some(&mut self.noise_rng), TRAIN_GROUPS)
-            .with_context(|| format!("training step {}", step + 1))?;
-        let loss = out.loss;
-        if !loss.is_finite() {
-            bail!("loss is {loss} at step {} (lr {lr:.3e}): training stopped", step + 1);
-        }
-        self.model.params.zero_grad();
-        for grads in out.grads {
-            self.model.params.accumulate_grads(grads);
-        }
-        let clip = self.run.train.grad_clip;
-        let grad_norm = if clip > 0.0 {
-            clip_grad_norm(&mut self.model.params, clip)
-        } else {
-            clip_grad_norm(&mut self.model.params, f32::INFINITY)
-        };
-        if !grad_norm.is_finite() {
-            bail!(
-                "gradient norm is {grad_norm} at step {} (loss {loss}): training stopped",
-                step + 1
-            );
-        }
-        self.optimizer.step(&mut self.model.params, lr).context("optimizer step")?;
-        self.model.params.zero_grad();
-        self.step += 1;
-        self.tokens_seen =
-            self.tokens_seen.saturating_add((batch.batch_size * batch.seq_len) as u64);
-        self.check_weights().with_context(|| format!("after step {}", self.step))?;
-        let (depth_agree, depth_margin) = depth_router_columns(&out.depth_agreement);
+        let report = self.training.step()?;
+        self.tokens_seen = self.tokens_seen.saturating_add(report.tokens as u64);
+        let (depth_agree, depth_margin) = depth_router_columns(&report.depth_agreement);
         Ok(MetricsRow {
-            step: self.step,
-            loss,
-            ce: out.ce,
-            balance: out.balance,
+            step: report.step,
+            loss: report.loss,
+            ce: report.ce,
+            balance: report.balance,
             val_loss: None,
-            lr,
-            temperature,
+            lr: report.lr,
+            temperature: report.temperature,
             tokens_per_s: 0.0,
-            grad_norm,
+            grad_norm: report.grad_norm,
             depth_agree,
             depth_margin,
         })
@@ -534,36 +457,37 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
     let (_lock, mut trainer) = open_run(&args)?;
     let run_dir = args.out.clone();
     let mut metrics = if args.resume {
-        MetricsLog::resume(&run_dir, trainer.step)?
+        MetricsLog::resume(&run_dir, trainer.training.step)?
     } else {
         MetricsLog::create(&run_dir)?
     };
-    ckpt_io::write_atomic(&run_dir.join("config.toml"), trainer.run.to_toml().as_bytes())?;
+    ckpt_io::write_atomic(&run_dir.join("config.toml"), trainer.training.run.to_toml().as_bytes())?;
     let signals = Signals::install()?;
     let stop_requested = || signals.received().is_some();
 
-    let total = trainer.run.train.steps;
-    let train = trainer.run.train.clone();
+    let total = trainer.training.run.train.steps;
+    let train = trainer.training.run.train.clone();
     let valid = trainer.valid.clone();
     let eval_batches = (train.eval_batches > 0).then_some(train.eval_batches as usize);
     errln!(
         "training {:?} model ({} parameters) on {} for {} steps (from step {}), batch {}×{}, \
          into {}",
-        trainer.run.model.block,
-        trainer.run.model.num_params(),
+        trainer.training.run.model.block,
+        trainer.training.run.model.num_params(),
         trainer.data_source,
         total,
-        trainer.step,
-        trainer.run.model.batch_size,
-        trainer.run.model.seq_len,
+        trainer.training.step,
+        trainer.training.run.model.batch_size,
+        trainer.training.run.model.seq_len,
         run_dir.display()
     );
-    let bar = progress_bar(total, trainer.step);
+    let bar = progress_bar(total, trainer.training.step);
     // Throughput counts training time only (evaluations and checkpoints excluded).
     let (mut last_val, mut window_tokens, mut window_time) = (None::<f32>, 0u64, Duration::ZERO);
-    let tokens_per_step = (trainer.run.model.batch_size * trainer.run.model.seq_len) as u64;
+    let tokens_per_step =
+        (trainer.training.run.model.batch_size * trainer.training.run.model.seq_len) as u64;
     let started = Instant::now();
-    let start_step = trainer.step;
+    let start_step = trainer.training.step;
     let mut last_saved = args.resume.then_some(start_step);
     let stopped = |err: anyhow::Error, last_saved: Option<u64>| {
         bar.abandon();
@@ -576,7 +500,7 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
         };
         anyhow::anyhow!("{err:#}{kept}")
     };
-    if let Some(limit) = args.stop_after.filter(|&limit| trainer.step >= limit) {
+    if let Some(limit) = args.stop_after.filter(|&limit| trainer.training.step >= limit) {
         // Nothing to run: a fresh run still leaves its step-0 checkpoint to resume.
         if last_saved.is_none() {
             trainer.save(&run_dir)?;
@@ -584,12 +508,12 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
         bar.abandon();
         errln!(
             "stopped (--stop-after {limit}) at step {}/{total} before any step; checkpoint in {}",
-            trainer.step,
+            trainer.training.step,
             run_dir.join(ckpt_io::CKPT_DIR).display()
         );
         return Ok(());
     }
-    while trainer.step < total {
+    while trainer.training.step < total {
         let step_started = Instant::now();
         let mut row = match trainer.step_once() {
             Ok(row) => row,
@@ -597,12 +521,12 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
         };
         window_tokens += tokens_per_step;
         window_time += step_started.elapsed();
-        let done = trainer.step;
+        let done = trainer.training.step;
         let last = done == total;
         let evaluate_now = done.is_multiple_of(train.eval_every) || last;
         // An evaluation stops early on a signal (the step is then saved without it).
         let evaluated = if evaluate_now {
-            evaluate_until(&trainer.model, &valid, eval_batches, &stop_requested)?
+            evaluate_until(&trainer.training.model, &valid, eval_batches, &stop_requested)?
         } else {
             None
         };
@@ -671,7 +595,7 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let steps_run = trainer.step - start_step;
+    let steps_run = trainer.training.step - start_step;
     errln!(
         "done: {steps_run} steps in {seconds:.1} s ({:.2} steps/s); final val loss {}; \
          checkpoint in {}",
@@ -680,8 +604,9 @@ fn run_in_pool(args: TrainArgs) -> Result<()> {
         run_dir.join(ckpt_io::CKPT_DIR).display()
     );
     if args.sample_bytes > 0 {
-        let seed = trainer.run.train.seed;
-        let sampled = print_sample(&trainer.model, &valid.bytes, args.sample_bytes, seed, &signals);
+        let seed = trainer.training.run.train.seed;
+        let sampled =
+            print_sample(&trainer.training.model, &valid.bytes, args.sample_bytes, seed, &signals);
         if let Some(stop) = signals.received() {
             errln!("\nsample interrupted; the checkpoint was saved before it");
             signals::finish_after(stop);

@@ -66,23 +66,17 @@ fn model_bench_errors_are_one_line() {
     }
 }
 
+/// `vffn bench all --json --threads 2 --presets tiny` on the items matching `filter`.
+fn bench_all_tiny(budget_ms: &str, filter: &str) -> std::process::Output {
+    let args = ["bench", "all", "--json", "--threads", "2", "--budget-ms", budget_ms];
+    vffn(&[&args[..], &["--presets", "tiny", "--filter", filter]].concat())
+}
+
 /// `vffn bench all --json` with a short budget on a few items: one JSON document with the
 /// machine, the commit and each item's median and GFLOP/s; `--markdown` renders it.
 #[test]
 fn bench_all_writes_one_json_document() {
-    let out = vffn(&[
-        "bench",
-        "all",
-        "--json",
-        "--threads",
-        "2",
-        "--budget-ms",
-        "20",
-        "--presets",
-        "tiny",
-        "--filter",
-        "1x1024x1024",
-    ]);
+    let out = bench_all_tiny("20", "1x1024x1024");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     for key in ["date", "commit", "machine", "items", "elapsed_s"] {
@@ -123,19 +117,7 @@ fn bench_all_writes_one_json_document() {
     }
 
     // Model items carry tokens/s and FLOPs/token; their FLOPs per call are per batch / step.
-    let out = vffn(&[
-        "bench",
-        "all",
-        "--json",
-        "--threads",
-        "2",
-        "--budget-ms",
-        "1",
-        "--presets",
-        "tiny",
-        "--filter",
-        "tiny/dense",
-    ]);
+    let out = bench_all_tiny("1", "tiny/dense");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let doc: serde_json::Value = serde_json::from_str(&text).expect("one JSON document");

@@ -1,5 +1,6 @@
 //! The pieces every block kind shares: parameter handles per layer, attention, the SwiGLU FFN,
-//! top-k routing with its load-balancing loss, and the dense / kloop / moe FFN parts.
+//! top-k routing (its load-balancing loss is in [`crate::balance`]), and the dense / kloop / moe
+//! FFN parts.
 //!
 //! Every function takes a [`Tape`]; with `Tape::no_grad()` the same code is the inference path.
 
@@ -118,51 +119,6 @@ pub(crate) fn route_top_k(tape: &mut Tape, logits: &Tensor, k: usize) -> TopK {
     let (values, experts) = tape.top_k(logits, k);
     let gates = tape.softmax(&values);
     TopK { gates, experts, n_experts: logits.cols() }
-}
-
-/// Load-balancing loss E·Σ_e f_e·P_e: f_e = share of the N·k slots given to e (no gradient),
-/// P_e = mean over tokens of softmax over all E logits.
-// logits [N, E], experts [N·k] -> scalar
-#[cfg(test)]
-pub(crate) fn balance_loss(tape: &mut Tape, logits: &Tensor, experts: &[u32]) -> Tensor {
-    let term = balance_term(tape, logits, experts);
-    let shares = BalanceTerm::shares(&term.counts);
-    term.loss(tape, &shares)
-}
-
-/// One router's balance loss before the shares f_e are known: a training batch run as several
-/// groups of sequences (see [`crate::model::TRAIN_GROUPS`]) needs f_e of the whole batch, which
-/// is known only once every group's forward has routed its tokens.
-pub(crate) struct BalanceTerm {
-    /// P_e of this group's tokens. [E] on the tape
-    pub mean_probs: Tensor,
-    /// Top-k slots this group gave to each expert. [E]
-    pub counts: Vec<f64>,
-}
-
-// logits [N, E], experts [N·k] -> P_e [E] on the tape and the slot counts
-pub(crate) fn balance_term(tape: &mut Tape, logits: &Tensor, experts: &[u32]) -> BalanceTerm {
-    let mut counts = vec![0.0f64; logits.cols()];
-    experts.iter().for_each(|&e| counts[e as usize] += 1.0);
-    let probs = tape.softmax(logits);
-    let mean_probs = tape.mean_rows(&probs); // [E]
-    BalanceTerm { mean_probs, counts }
-}
-
-impl BalanceTerm {
-    /// E·f_e from slot counts (of the whole batch), folded into one constant vector.
-    pub(crate) fn shares(counts: &[f64]) -> Vec<f32> {
-        let n_experts = counts.len() as f64;
-        let slots = counts.iter().sum::<f64>().max(1.0);
-        counts.iter().map(|&c| (n_experts * c / slots) as f32).collect()
-    }
-
-    /// Σ_e shares_e·P_e on the tape.
-    pub(crate) fn loss(&self, tape: &mut Tape, shares: &[f32]) -> Tensor {
-        let share = Tensor::from_vec(&[shares.len()], shares.to_vec()).expect("E elements");
-        let weighted = tape.mul(&self.mean_probs, &share);
-        tape.sum(&weighted)
-    }
 }
 
 /// The (token, slot) pairs routed to each expert, tokens in increasing order.

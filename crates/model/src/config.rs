@@ -24,6 +24,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod validate;
+
 /// Errors from parsing or validating a configuration. Every variant names the offending key.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum ConfigError {
@@ -88,6 +90,22 @@ pub enum Fusion {
     Gated,
     /// Plain average of the two pathways.
     Average,
+}
+
+impl Fusion {
+    /// The paper's difficulty-aware fusion weight of the width path (the fusion formula of
+    /// VersatileFFN): λ = (D − ℓ)/D = 1 − ℓ/D for a token that loops ℓ of at most D times, so that
+    /// out = (1 − λ)·out_d + λ·out_w; `Average` is λ = 1/2. `loops` may be a mean ℓ (λ is linear
+    /// in ℓ). In f32 for the forward passes, in f64 for statistics, with the same arithmetic.
+    pub fn lambda<F>(self, loops: F, max_depth: F) -> F
+    where
+        F: From<f32> + std::ops::Sub<Output = F> + std::ops::Div<Output = F>,
+    {
+        match self {
+            Fusion::Gated => F::from(1.0) - loops / max_depth,
+            Fusion::Average => F::from(0.5),
+        }
+    }
 }
 
 /// The model architecture (and the batch shape it is trained with).
@@ -160,12 +178,6 @@ pub const MODEL_KEYS: &[&str] = &[
     "seq_len",
     "batch_size",
 ];
-
-/// Upper bounds that keep every derived size far from overflow (not model-quality limits).
-const MAX_WIDTH: usize = 1 << 16;
-const MAX_VOCAB: usize = 1 << 20;
-const MAX_COUNT: usize = 1 << 10;
-const MAX_SEQ: usize = 1 << 20;
 
 impl Default for Config {
     /// The `tiny` preset with VersatileFFN blocks and the paper's hyper-parameters.
@@ -276,111 +288,11 @@ impl Config {
         width_only && self.shared_expert.unwrap_or(true)
     }
 
-    /// Checks every constraint; the error names the first key that breaks one.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |key: &str, value: String, reason: &str| {
-            Err(ConfigError::Constraint {
-                key: format!("model.{key}"),
-                value,
-                reason: reason.to_string(),
-            })
-        };
-        let sizes = [
-            ("vocab_size", self.vocab_size, MAX_VOCAB),
-            ("d_model", self.d_model, MAX_WIDTH),
-            ("n_heads", self.n_heads, MAX_WIDTH),
-            ("n_layers", self.n_layers, MAX_COUNT),
-            ("hidden", self.hidden, MAX_WIDTH * 4),
-            ("n_experts", self.n_experts, MAX_COUNT),
-            ("top_k", self.top_k, MAX_COUNT),
-            ("max_depth", self.max_depth, 64),
-            ("seq_len", self.seq_len, MAX_SEQ),
-            ("batch_size", self.batch_size, MAX_WIDTH),
-        ];
-        for (key, value, max) in sizes {
-            if value == 0 {
-                return fail(key, value.to_string(), "must be at least 1");
-            }
-            if value > max {
-                return fail(key, value.to_string(), &format!("must be at most {max}"));
-            }
-        }
-        if !self.d_model.is_multiple_of(self.n_heads) {
-            return fail(
-                "n_heads",
-                self.n_heads.to_string(),
-                &format!("must divide d_model = {}", self.d_model),
-            );
-        }
-        if !self.head_dim().is_multiple_of(2) {
-            return fail(
-                "n_heads",
-                self.n_heads.to_string(),
-                &format!("head_dim = d_model / n_heads = {} must be even (RoPE)", self.head_dim()),
-            );
-        }
-        if self.top_k > self.n_experts {
-            return fail(
-                "top_k",
-                self.top_k.to_string(),
-                &format!("must be at most n_experts = {}", self.n_experts),
-            );
-        }
-        let routed = matches!(self.block, BlockKind::Moe | BlockKind::Versatile);
-        if routed && !self.hidden.is_multiple_of(self.n_experts) {
-            return fail(
-                "hidden",
-                self.hidden.to_string(),
-                &format!("must be a multiple of n_experts = {} for moe/versatile", self.n_experts),
-            );
-        }
-        let positive = [
-            ("rope_theta", self.rope_theta),
-            ("norm_eps", self.norm_eps),
-            ("init_std", self.init_std),
-            ("temperature_start", self.temperature_start),
-            ("temperature_end", self.temperature_end),
-        ];
-        for (key, value) in positive {
-            if !(value.is_finite() && value > 0.0) {
-                return fail(key, value.to_string(), "must be finite and positive");
-            }
-        }
-        if self.temperature_end > self.temperature_start {
-            return fail(
-                "temperature_end",
-                self.temperature_end.to_string(),
-                &format!("must be at most temperature_start = {}", self.temperature_start),
-            );
-        }
-        if self.shared_expert == Some(true) && !self.has_shared_expert() {
-            return fail(
-                "shared_expert",
-                "true".to_string(),
-                "needs block = \"versatile\" and paths = \"width\"",
-            );
-        }
-        if !(self.balance_loss_coef.is_finite() && self.balance_loss_coef >= 0.0) {
-            return fail(
-                "balance_loss_coef",
-                self.balance_loss_coef.to_string(),
-                "must be finite and non-negative",
-            );
-        }
-        Ok(())
-    }
-
-    /// Gumbel-softmax temperature at `step` (0-based) of a `total_steps` run: exponential decay
-    /// from `temperature_start` reaching `temperature_end` at step `floor_frac · total_steps`,
-    /// constant after. A run with `floor_frac · total_steps < 1` sits at the floor throughout.
+    /// The Gumbel-softmax temperature at `step` (0-based) of a `total_steps` run
+    /// ([`crate::schedule::temperature`] from `temperature_start` to `temperature_end`).
     pub fn temperature_at(&self, step: u64, total_steps: u64, floor_frac: f32) -> f32 {
-        let floor_step = floor_frac as f64 * total_steps as f64;
-        let (start, end) = (self.temperature_start as f64, self.temperature_end as f64);
-        if !floor_step.is_finite() || floor_step < 1.0 || step as f64 >= floor_step {
-            return self.temperature_end;
-        }
-        // T(s) = start · (end/start)^(s / floor_step): a constant ratio per step.
-        (start * (end / start).powf(step as f64 / floor_step)) as f32
+        let (start, end) = (self.temperature_start, self.temperature_end);
+        crate::schedule::temperature(start, end, step, total_steps, floor_frac)
     }
 
     /// Every parameter tensor of the model, in a stable order, with its checkpoint name.
@@ -534,66 +446,15 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Checks every constraint; the error names the first key that breaks one.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |key: &str, value: String, reason: &str| {
-            Err(ConfigError::Constraint {
-                key: format!("train.{key}"),
-                value,
-                reason: reason.to_string(),
-            })
-        };
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return fail("lr", self.lr.to_string(), "must be finite and positive");
-        }
-        let unit_closed = [
-            ("min_lr_ratio", self.min_lr_ratio),
-            ("temperature_floor_frac", self.temperature_floor_frac),
-        ];
-        for (key, value) in unit_closed {
-            if !(0.0..=1.0).contains(&value) {
-                return fail(key, value.to_string(), "must be in [0, 1]");
-            }
-        }
-        for (key, value) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(0.0..1.0).contains(&value) {
-                return fail(key, value.to_string(), "must be in [0, 1)");
-            }
-        }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return fail("eps", self.eps.to_string(), "must be finite and positive");
-        }
-        for (key, value) in [("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip)] {
-            if !(value.is_finite() && value >= 0.0) {
-                return fail(key, value.to_string(), "must be finite and non-negative");
-            }
-        }
-        let counts =
-            [("steps", self.steps), ("eval_every", self.eval_every), ("log_every", self.log_every)];
-        for (key, value) in counts {
-            if value == 0 {
-                return fail(key, value.to_string(), "must be at least 1");
-            }
-        }
-        Ok(())
-    }
-
-    /// Learning rate at `step` (0-based): linear warmup `lr·(step+1)/warmup_steps`, then cosine
-    /// from `lr` to `min_lr_ratio·lr`, reached exactly at the last step `steps − 1`.
+    /// Learning rate at `step` (0-based) of this recipe ([`crate::schedule::learning_rate`]).
     pub fn lr_at(&self, step: u64) -> f32 {
-        let lr = self.lr as f64;
-        if step < self.warmup_steps {
-            return (lr * (step + 1) as f64 / self.warmup_steps as f64) as f32;
-        }
-        let min_lr = lr * self.min_lr_ratio as f64;
-        let last = self.steps.saturating_sub(1);
-        let progress = if last <= self.warmup_steps {
-            1.0
-        } else {
-            ((step - self.warmup_steps) as f64 / (last - self.warmup_steps) as f64).min(1.0)
-        };
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        (min_lr + (lr - min_lr) * cosine) as f32
+        crate::schedule::learning_rate(
+            self.lr,
+            self.warmup_steps,
+            self.min_lr_ratio,
+            self.steps,
+            step,
+        )
     }
 }
 
@@ -766,345 +627,4 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn presets_match_the_issue_and_validate() {
-        let tiny = Config::tiny();
-        assert_eq!(
-            (tiny.d_model, tiny.n_layers, tiny.n_heads, tiny.hidden, tiny.seq_len),
-            (128, 4, 4, 512, 128)
-        );
-        assert_eq!((tiny.batch_size, tiny.vocab_size, tiny.n_experts, tiny.top_k), (16, 256, 8, 2));
-        let small = Config::small();
-        assert_eq!(
-            (small.d_model, small.n_layers, small.n_heads, small.hidden, small.seq_len),
-            (256, 6, 8, 1024, 256)
-        );
-        tiny.validate().unwrap();
-        small.validate().unwrap();
-        TrainConfig::default().validate().unwrap();
-        assert!(matches!(Config::preset("huge"), Err(ConfigError::UnknownPreset(_))));
-    }
-
-    #[test]
-    fn key_lists_match_serde_fields() {
-        // JSON, not TOML: TOML leaves out the unset `shared_expert`.
-        let model = serde_json::to_value(Config::default()).unwrap();
-        let mut keys: Vec<&str> = model.as_object().unwrap().keys().map(String::as_str).collect();
-        let mut expected = MODEL_KEYS.to_vec();
-        keys.sort_unstable();
-        expected.sort_unstable();
-        assert_eq!(keys, expected);
-        let train = toml::Table::try_from(TrainConfig::default()).unwrap();
-        let mut keys: Vec<&str> = train.keys().map(String::as_str).collect();
-        let mut expected = TRAIN_KEYS.to_vec();
-        keys.sort_unstable();
-        expected.sort_unstable();
-        assert_eq!(keys, expected);
-    }
-
-    #[test]
-    fn toml_file_with_preset_and_overrides() {
-        let text = r#"
-            preset = "small"
-            [model]
-            block = "moe"
-            d_model = 192
-            n_heads = 6
-            rope_theta = 500000
-            [train]
-            steps = 40
-            lr = 3e-4
-        "#;
-        let run = RunConfig::from_toml(text).unwrap();
-        assert_eq!(run.model.block, BlockKind::Moe);
-        assert_eq!(run.model.d_model, 192);
-        assert_eq!(run.model.n_layers, 6, "small preset kept where not overridden");
-        assert_eq!(run.model.rope_theta, 500000.0);
-        assert_eq!(run.train.steps, 40);
-        assert_eq!(run.train.lr, 3e-4);
-        assert_eq!(run.train.beta2, 0.95);
-        // An empty file is the defaults.
-        assert_eq!(RunConfig::from_toml("").unwrap(), RunConfig::default());
-    }
-
-    #[test]
-    fn toml_round_trip() {
-        let mut run = RunConfig::default();
-        run.model.block = BlockKind::Kloop;
-        run.model.paths = Paths::Depth;
-        run.model.fusion = Fusion::Average;
-        run.train.seed = u64::MAX >> 2;
-        run.train.lr = 7.5e-4;
-        let text = run.to_toml();
-        assert_eq!(RunConfig::from_toml(&text).unwrap(), run, "{text}");
-        let json = run.model.to_json();
-        assert_eq!(Config::from_json(&json).unwrap(), run.model);
-    }
-
-    #[test]
-    fn shared_expert_defaults_on_for_width_only_and_is_validated() {
-        let width = RunConfig::from_toml("[model]\npaths = \"width\"\n").unwrap().model;
-        assert_eq!(width.shared_expert, None);
-        assert!(width.has_shared_expert(), "unset: on for width-only");
-        assert!(!Config::tiny().has_shared_expert(), "unset: off for both paths");
-        let off = "[model]\npaths = \"width\"\nshared_expert = false\n";
-        assert!(!RunConfig::from_toml(off).unwrap().model.has_shared_expert());
-        // Set before paths on the command line, the unset default follows paths.
-        let mut run = RunConfig::default();
-        run.set("paths", "width").unwrap();
-        assert!(run.model.has_shared_expert());
-        for text in [
-            "[model]\nshared_expert = true\n",
-            "[model]\nblock = \"moe\"\nshared_expert = true\n",
-            "[model]\npaths = \"depth\"\nshared_expert = true\n",
-        ] {
-            match RunConfig::from_toml(text) {
-                Err(ConfigError::Constraint { key, .. }) => assert_eq!(key, "model.shared_expert"),
-                other => panic!("{text}: {other:?}"),
-            }
-        }
-        // Checkpoint JSON: unset round-trips as null; a width-only checkpoint from before the
-        // key reads as no shared expert, any other keeps the unset default.
-        assert_eq!(Config::from_json(&width.to_json()).unwrap(), width);
-        let legacy = |c: &Config| c.to_json().replace(",\"shared_expert\":null", "");
-        assert!(!width.to_json().contains("shared_expert\":true"));
-        let old_width = Config::from_json(&legacy(&width)).unwrap();
-        assert_eq!(old_width.shared_expert, Some(false));
-        assert!(!old_width.has_shared_expert());
-        let old_both = Config::from_json(&legacy(&Config::tiny())).unwrap();
-        assert_eq!(old_both, Config::tiny());
-        assert_ne!(legacy(&width), width.to_json(), "the key was removed");
-        // The TOML written into a run directory reads back to the same config.
-        let run = RunConfig { model: width.clone(), ..RunConfig::default() };
-        assert_eq!(RunConfig::from_toml(&run.to_toml()).unwrap(), run);
-    }
-
-    #[test]
-    fn depth_noise_is_unit_by_default_and_scaled_on_request() {
-        assert_eq!(Config::tiny().depth_noise, DepthNoise::Unit);
-        let text = "[model]\ndepth_noise = \"scaled\"\n";
-        assert_eq!(RunConfig::from_toml(text).unwrap().model.depth_noise, DepthNoise::Scaled);
-        match RunConfig::from_toml("[model]\ndepth_noise = \"loud\"\n") {
-            Err(ConfigError::InvalidValue { key, .. }) => assert_eq!(key, "model.depth_noise"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn unknown_keys_are_named() {
-        let err = RunConfig::from_toml("[model]\nd_modle = 64\n").unwrap_err();
-        let message = err.to_string();
-        assert!(message.contains("model.d_modle"), "{message}");
-        assert!(message.contains("did you mean `d_model`"), "{message}");
-        let err = RunConfig::from_toml("[train]\nlearning_rate = 1.0\n").unwrap_err();
-        assert!(
-            matches!(&err, ConfigError::UnknownKey { key, .. } if key == "train.learning_rate")
-        );
-        let err = RunConfig::from_toml("[optim]\nlr = 1.0\n").unwrap_err();
-        assert!(matches!(&err, ConfigError::UnknownKey { key, .. } if key == "optim"));
-        let err = Config::from_json(&Config::default().to_json().replace("\"seq_len\"", "\"sl\""));
-        assert!(err.unwrap_err().to_string().contains("sl"));
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        let cases = [
-            ("[model]\nd_model = -4", "model.d_model"),
-            ("[model]\nd_model = \"big\"", "model.d_model"),
-            ("[model]\nblock = \"mlp\"", "model.block"),
-            ("[model]\nrope_theta = \"x\"", "model.rope_theta"),
-            ("[train]\nsteps = 1.5", "train.steps"),
-            ("preset = 3", "preset"),
-            ("model = 3", "model"),
-        ];
-        for (text, key) in cases {
-            match RunConfig::from_toml(text) {
-                Err(ConfigError::InvalidValue { key: named, .. }) => assert_eq!(named, key),
-                other => panic!("{text}: {other:?}"),
-            }
-        }
-        let constraints = [
-            ("[model]\nn_heads = 3", "model.n_heads"),
-            ("[model]\nd_model = 96\nn_heads = 32", "model.n_heads"), // head_dim 3 is odd
-            ("[model]\nhidden = 500", "model.hidden"),
-            ("[model]\ntop_k = 9", "model.top_k"),
-            ("[model]\nmax_depth = 0", "model.max_depth"),
-            ("[model]\nnorm_eps = nan", "model.norm_eps"),
-            ("[model]\nrope_theta = -1.0", "model.rope_theta"),
-            ("[model]\ninit_std = inf", "model.init_std"),
-            ("[model]\ntemperature_end = 6.0", "model.temperature_end"),
-            ("[model]\nbalance_loss_coef = -1e-5", "model.balance_loss_coef"),
-            ("[model]\nd_model = 1000000000", "model.d_model"),
-            ("[train]\nbeta2 = 1.0", "train.beta2"),
-            ("[train]\neps = 0.0", "train.eps"),
-            ("[train]\nsteps = 0", "train.steps"),
-            ("[train]\ntemperature_floor_frac = 1.5", "train.temperature_floor_frac"),
-        ];
-        for (text, key) in constraints {
-            match RunConfig::from_toml(text) {
-                Err(ConfigError::Constraint { key: named, .. }) => assert_eq!(named, key, "{text}"),
-                other => panic!("{text}: {other:?}"),
-            }
-        }
-        // hidden need not divide by n_experts when there are no experts.
-        RunConfig::from_toml("[model]\nblock = \"dense\"\nhidden = 500").unwrap();
-    }
-
-    #[test]
-    fn command_line_overrides() {
-        let mut run = RunConfig::default();
-        run.set("block", "moe").unwrap();
-        run.set("train.lr", "3e-4").unwrap();
-        run.set("steps", "77").unwrap();
-        run.set("model.fusion", "\"average\"").unwrap();
-        assert_eq!(run.model.block, BlockKind::Moe);
-        assert_eq!(run.model.fusion, Fusion::Average);
-        assert_eq!((run.train.lr, run.train.steps), (3e-4, 77));
-        assert!(run.set("model.d_model", "100").is_err(), "100 % 4 heads ok but head_dim 25 odd");
-        assert!(matches!(run.set("depth", "3"), Err(ConfigError::UnknownKey { .. })));
-        assert!(matches!(run.set("x.lr", "3"), Err(ConfigError::UnknownKey { .. })));
-    }
-
-    #[test]
-    fn temperature_decays_exponentially_to_the_floor() {
-        let config = Config::default();
-        let total = 1000;
-        assert_eq!(config.temperature_at(0, total, 0.96), 5.0);
-        let at_floor = config.temperature_at(960, total, 0.96);
-        assert_eq!(at_floor, 0.1);
-        assert_eq!(config.temperature_at(999, total, 0.96), 0.1);
-        // Constant ratio per step: T(s+1)/T(s) = (0.1/5)^(1/960).
-        let ratio = (0.1f64 / 5.0).powf(1.0 / 960.0);
-        for step in [0, 100, 480, 958] {
-            let now = config.temperature_at(step, total, 0.96) as f64;
-            let next = config.temperature_at(step + 1, total, 0.96) as f64;
-            assert!((next / now - ratio).abs() < 1e-5, "step {step}");
-        }
-        let mid = config.temperature_at(480, total, 0.96) as f64;
-        assert!((mid - (5.0f64 * 0.1).sqrt()).abs() < 1e-4, "geometric mean halfway: {mid}");
-        assert_eq!(config.temperature_at(0, 0, 0.96), 0.1);
-        let run = RunConfig::default();
-        assert_eq!(run.temperature_at(1920), 0.1);
-        assert!(run.temperature_at(1919) > 0.1);
-    }
-
-    #[test]
-    fn learning_rate_warmup_then_cosine() {
-        let train = TrainConfig { steps: 1100, warmup_steps: 100, ..TrainConfig::default() };
-        assert!((train.lr_at(0) - 1e-5).abs() < 1e-9);
-        assert!((train.lr_at(99) - 1e-3).abs() < 1e-9);
-        assert!((train.lr_at(100) - 1e-3).abs() < 1e-9);
-        assert!((train.lr_at(1099) - 1e-4).abs() < 1e-9, "min lr at last step");
-        let midpoint = train.lr_at(100 + 999 / 2) as f64;
-        assert!((midpoint - 0.55e-3).abs() < 2e-6, "{midpoint}");
-        let mut previous = f32::INFINITY;
-        for step in 100..1100 {
-            let lr = train.lr_at(step);
-            assert!(lr <= previous);
-            previous = lr;
-        }
-        let short = TrainConfig { steps: 50, warmup_steps: 100, ..TrainConfig::default() };
-        assert!(short.lr_at(49) < short.lr);
-        assert_eq!(short.lr_at(200), short.lr * short.min_lr_ratio);
-    }
-
-    #[test]
-    fn parameter_counts_by_block_kind() {
-        // Tiny: V 256, d 128, h 512, L 4, E 8, D 4.
-        let dense = Config { block: BlockKind::Dense, ..Config::tiny() };
-        let (v, d, h, l, e, depth) = (256, 128, 512, 4, 8, 4);
-        // Per layer: 2 norms (2d) + att_proj 3d² + attn_out d² + ff_proj 2hd + ff_out hd.
-        let per_layer = 2 * d + 4 * d * d + 3 * h * d;
-        let dense_count = v * d + l * per_layer + d + v * d;
-        assert_eq!(dense.num_params(), dense_count);
-        assert_eq!(dense_count, 1_115_264);
-        let kloop = Config { block: BlockKind::Kloop, ..Config::tiny() };
-        assert_eq!(kloop.num_params(), dense_count);
-        let versatile = Config::tiny();
-        assert_eq!(versatile.num_params(), dense_count + l * (e + depth) * d);
-        // MoE: + E experts of s = h/E (2sd + sd each = 3hd in all) + the E×d gate, per layer.
-        let moe = Config { block: BlockKind::Moe, ..Config::tiny() };
-        assert_eq!(moe.num_params(), dense_count + l * (3 * h * d + e * d));
-        let paths_width = Config { paths: Paths::Width, ..Config::tiny() };
-        assert_eq!(paths_width.param_specs(), versatile.param_specs());
-    }
-
-    #[test]
-    fn param_names_are_exact_and_unique() {
-        let moe = Config { block: BlockKind::Moe, n_layers: 2, ..Config::tiny() };
-        let specs = moe.param_specs();
-        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names[0], "transformer.wte.weight");
-        assert_eq!(names[names.len() - 2], "transformer.ln_f.weight");
-        assert_eq!(names[names.len() - 1], "transformer.ff_out.weight");
-        let unique: BTreeSet<&str> = names.iter().copied().collect();
-        assert_eq!(unique.len(), names.len());
-        let find = |name: &str| specs.iter().find(|s| s.name == name).unwrap();
-        assert_eq!(find("transformer.blocks.1.att_proj.weight").shape, vec![384, 128]);
-        assert_eq!(find("transformer.blocks.1.ff_proj.weight").shape, vec![1024, 128]);
-        assert_eq!(find("transformer.blocks.1.ff_out.weight").shape, vec![128, 512]);
-        assert_eq!(find("transformer.blocks.0.expert_gate.weight").shape, vec![8, 128]);
-        assert_eq!(find("transformer.blocks.0.experts.7.ff_proj.weight").shape, vec![128, 128]);
-        assert_eq!(find("transformer.blocks.0.experts.7.ff_out.weight").shape, vec![128, 64]);
-        assert_eq!(find("transformer.blocks.1.attn_norm.weight").kind, ParamKind::Norm);
-        assert!(!find("transformer.ln_f.weight").decays());
-        assert!(find("transformer.wte.weight").decays());
-        let versatile = Config::tiny().param_specs();
-        let predictor = versatile
-            .iter()
-            .find(|s| s.name == "transformer.blocks.3.depth_predictor.weight")
-            .unwrap();
-        assert_eq!(predictor.shape, vec![4, 128]);
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-
-        /// Arbitrary text never panics the parser.
-        #[test]
-        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
-            let _ = RunConfig::from_toml(&text);
-            let _ = Config::from_toml_table_str(&text);
-        }
-
-        /// Well-formed files with arbitrary keys and values: never a panic, and every accepted
-        /// config validates; every refusal of a known key names it.
-        #[test]
-        fn arbitrary_keys_and_values_never_panic(
-            section in prop::sample::select(vec!["model", "train", "other"]),
-            key in prop::sample::select(
-                MODEL_KEYS.iter().chain(TRAIN_KEYS).copied().chain(["x", "d"]).collect::<Vec<_>>()
-            ),
-            value in prop_oneof![
-                any::<i64>().prop_map(|v| v.to_string()),
-                (0i64..5000).prop_map(|v| v.to_string()),
-                any::<f64>().prop_map(|v| format!("{v:?}")),
-                Just("nan".to_string()),
-                Just("-inf".to_string()),
-                "[a-z]{0,8}".prop_map(|s| format!("\"{s}\"")),
-                Just("\"moe\"".to_string()),
-                Just("[1, 2]".to_string()),
-                Just("{ a = 1 }".to_string()),
-                Just("true".to_string()),
-            ],
-        ) {
-            let text = format!("[{section}]\n{key} = {value}\n");
-            match RunConfig::from_toml(&text) {
-                Ok(run) => prop_assert!(run.validate().is_ok()),
-                Err(ConfigError::Syntax { .. }) => {}
-                Err(ConfigError::UnknownKey { key: named, .. }) => {
-                    prop_assert!(named.contains(key) || named == section)
-                }
-                Err(ConfigError::InvalidValue { key: named, .. })
-                | Err(ConfigError::Constraint { key: named, .. }) => {
-                    prop_assert!(named.starts_with(section));
-                }
-                Err(other) => prop_assert!(false, "unexpected {other:?}"),
-            }
-        }
-    }
-}
+mod tests;

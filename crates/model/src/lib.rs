@@ -15,8 +15,13 @@
 //!   early exit, loading; [`decode`]: KV-cache decoding. Block internals live in `blocks`
 //!   (attention, FFN, MoE, routing) and `versatile` (width path, depth path, fusion).
 //!
+//! - [`schedule`]: the temperature and learning-rate schedules; [`train_step`]: the one
+//!   training step ([`Training`]); [`workloads`]: the benchmark workloads (criterion and
+//!   `vffn bench`).
+//!
 //! The crate does no file or terminal I/O: the CLI reads and writes the bytes.
 
+pub(crate) mod balance;
 pub(crate) mod blocks;
 pub mod checkpoint;
 pub mod config;
@@ -27,7 +32,10 @@ pub mod dtype;
 pub mod flops;
 pub(crate) mod fused;
 pub mod model;
+pub mod schedule;
+pub mod train_step;
 pub(crate) mod versatile;
+pub mod workloads;
 
 pub use checkpoint::{
     load_model, load_model_unverified, load_optimizer, read_tensors, save_model, save_model_as,
@@ -51,4 +59,5 @@ pub use flops::{
     realized_inference_flops_from_counts, training_flops, DepthRouting, FlopsBreakdown, FlopsError,
 };
 pub use model::{InferOutput, Model, ModelError, Routing, StepGrads, TrainOutput, TRAIN_GROUPS};
+pub use train_step::{adamw_config, StepReport, TrainError, Training, DATA_SALT, NOISE_SALT};
 pub use versatile::DepthAgreement;

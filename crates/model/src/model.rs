@@ -13,7 +13,8 @@ use rayon::prelude::*;
 use thiserror::Error;
 use vffn_autograd::{Gradients, ParamId, ParamStore, Rng, Tape, Tensor};
 
-use crate::blocks::{attention, looped_part, moe_part, BalanceTerm, LayerIds, LayerWeights};
+use crate::balance::{self, balance_term, whole_batch_shares, BalanceTerm};
+use crate::blocks::{attention, looped_part, moe_part, LayerIds, LayerWeights};
 use crate::checkpoint::{CheckpointError, LoadPlan, ModelCheckpoint, TensorRef};
 use crate::config::{BlockKind, Config, ConfigError, ParamKind};
 use crate::data::Batch;
@@ -395,8 +396,7 @@ impl Model {
             BlockKind::Dense | BlockKind::Kloop => unrouted(looped_part(tape, cfg, w, x)),
             BlockKind::Moe => {
                 let (out, logits, experts) = moe_part(tape, cfg, w, x);
-                let balance =
-                    temperature.map(|_| crate::blocks::balance_term(tape, &logits, &experts));
+                let balance = temperature.map(|_| balance_term(tape, &logits, &experts));
                 FfnPartOut { balance, experts, ..unrouted(out) }
             }
             BlockKind::Versatile => {
@@ -440,8 +440,9 @@ impl Model {
         self.check_train_inputs(batch, temperature)?;
         let (ce, logits, trunk) = self.train_part(tape, batch, temperature, noise);
         let terms = trunk.balance;
-        let shares: Vec<Vec<f32>> = terms.iter().map(|t| BalanceTerm::shares(&t.counts)).collect();
-        let (loss, balance) = self.finish_loss(tape, &ce, &terms, &shares);
+        let shares = whole_batch_shares(&[&terms]);
+        let coef = self.config.balance_loss_coef;
+        let (loss, balance) = balance::objective(tape, &ce, &terms, &shares, coef);
         Ok(TrainOutput {
             loss,
             ce: ce.item(),
@@ -482,31 +483,6 @@ impl Model {
         let logits = self.head(tape, &trunk.x);
         let ce = tape.cross_entropy(&logits, &batch.targets);
         (ce, logits, trunk)
-    }
-
-    /// loss = ce + coef·Σ_layers Σ_e shares[l]_e·P_e; returns it and the Σ (before the coef).
-    fn finish_loss(
-        &self,
-        tape: &mut Tape,
-        ce: &Tensor,
-        terms: &[BalanceTerm],
-        shares: &[Vec<f32>],
-    ) -> (Tensor, f32) {
-        let mut total: Option<Tensor> = None;
-        for (term, share) in terms.iter().zip(shares) {
-            let b = term.loss(tape, share);
-            total = Some(match total {
-                Some(sum) => tape.add(&sum, &b),
-                None => b,
-            });
-        }
-        match total {
-            Some(total) => {
-                let weighted = tape.scale(&total, self.config.balance_loss_coef);
-                (tape.add(ce, &weighted), total.item())
-            }
-            None => (ce.clone(), 0.0),
-        }
     }
 
     /// One training step's gradients, the batch run as `groups` groups of whole sequences in
@@ -568,21 +544,14 @@ impl Model {
             depth_agreement.iter_mut().zip(&part.agreement).for_each(|(a, p)| a.merge(p));
         }
         // f_e of the whole batch, per routed layer.
-        let layers = parts[0].terms.len();
-        let shares: Vec<Vec<f32>> = (0..layers)
-            .map(|l| {
-                let mut counts = parts[0].terms[l].counts.clone();
-                for part in &parts[1..] {
-                    counts.iter_mut().zip(&part.terms[l].counts).for_each(|(c, x)| *c += x);
-                }
-                BalanceTerm::shares(&counts)
-            })
-            .collect();
+        let group_terms: Vec<&[BalanceTerm]> = parts.iter().map(|p| &p.terms[..]).collect();
+        let shares = whole_batch_shares(&group_terms);
+        let coef = self.config.balance_loss_coef;
         let results: Vec<Result<(Gradients, f32, f32, f32), ModelError>> = parts
             .into_par_iter()
             .map(|mut part| {
                 let (loss, balance) =
-                    self.finish_loss(&mut part.tape, &part.ce, &part.terms, &shares);
+                    balance::objective(&mut part.tape, &part.ce, &part.terms, &shares, coef);
                 let values = (loss.item(), part.ce.item(), balance);
                 // Group losses are means over the group's tokens: weighted by its token share.
                 let grads = part.tape.backward_with_grad(&loss, &[part.weight])?;

@@ -7,7 +7,7 @@
 //! - [`depth_path`]: the shared FFN looped, x_ℓ = x_{ℓ−1} + FFN(ff_norm x_{ℓ−1}), with a hard
 //!   Gumbel-softmax over the loop count ℓ ∈ 1..D: out_d = Σ_ℓ p_ℓ·x_ℓ.
 //! - [`fuse`]: λ = (D − Σ_ℓ ℓ·p_ℓ)/D, out = (1−λ)·out_d + λ·out_w.
-//! - [`crate::blocks::balance_loss`]: the router's load-balancing loss.
+//! - [`crate::balance`]: the width router's load-balancing loss.
 //!
 //! Training computes every loop for every token ([`versatile_train`]); inference
 //! ([`versatile_infer`]) runs each token exactly its argmax loop count and the width path only
@@ -22,10 +22,8 @@
 use vffn_autograd::{Rng, Tape, Tensor};
 use vffn_kernels::gemm::{gemm, MatMut, MatRef};
 
-use crate::blocks::{
-    balance_term, ffn_loops, ffn_step, matmul_nn, route_top_k, routed_sum, BalanceTerm,
-    LayerWeights,
-};
+use crate::balance::{balance_term, BalanceTerm};
+use crate::blocks::{ffn_loops, ffn_step, matmul_nn, route_top_k, routed_sum, LayerWeights};
 use crate::config::{Config, DepthNoise, Fusion, Paths};
 use crate::fused;
 
@@ -233,8 +231,8 @@ fn one_hot_choices(probs: &Tensor) -> Vec<u8> {
         .collect()
 }
 
-/// Difficulty-aware fusion λ = (D − Σ_ℓ ℓ·p_ℓ)/D, out = out_d + λ·(out_w − out_d), i.e.
-/// (1−λ)·out_d + λ·out_w; `fusion = average` uses λ = 1/2.
+/// Difficulty-aware fusion ([`Fusion::lambda`] on the tape): λ = (D − Σ_ℓ ℓ·p_ℓ)/D,
+/// out = out_d + λ·(out_w − out_d), i.e. (1−λ)·out_d + λ·out_w; `fusion = average` uses λ = 1/2.
 // out_d [N, d], out_w [N, d], p [N, D] -> [N, d]
 pub(crate) fn fuse(
     tape: &mut Tape,
@@ -249,7 +247,7 @@ pub(crate) fn fuse(
         Fusion::Average => Tensor::full(&[n], 0.5),
         Fusion::Gated => {
             let depth = cfg.max_depth;
-            // Σ_ℓ (ℓ/D)·p_ℓ as one linear map, so λ = 1 − that.
+            // λ = 1 − Σ_ℓ (ℓ/D)·p_ℓ, differentiable in p: `Fusion::lambda` of the one-hot pick.
             let steps: Vec<f32> = (1..=depth).map(|l| l as f32 / depth as f32).collect();
             let steps = Tensor::from_vec(&[1, depth], steps).expect("D elements");
             let mean_frac = tape.linear(probs, &steps); // [N, 1]
@@ -326,13 +324,8 @@ pub(crate) fn versatile_infer(
     let gate = w.expert_gate.as_ref().expect("versatile layer has expert_gate");
     let logits = tape.linear(x, gate);
     let (_, experts) = tape.top_k(&logits, k);
-    let lambda: Vec<f32> = depth
-        .iter()
-        .map(|&c| match cfg.fusion {
-            Fusion::Average => 0.5,
-            Fusion::Gated => 1.0 - c as f32 / depth_max as f32,
-        })
-        .collect();
+    let lambda: Vec<f32> =
+        depth.iter().map(|&c| cfg.fusion.lambda(c as f32, depth_max as f32)).collect();
     let width_rows: Vec<u32> = (0..n as u32).filter(|&t| lambda[t as usize] != 0.0).collect();
     let mut out = out_d.to_vec();
     if !width_rows.is_empty() {
@@ -550,7 +543,8 @@ mod tests {
         let (out, balance, signature) = match cfg.block {
             BlockKind::Moe => {
                 let (out, logits, experts) = moe_part(&mut tape, cfg, &w, &xa);
-                let balance = crate::blocks::balance_loss(&mut tape, &logits, &experts);
+                let term = balance_term(&mut tape, &logits, &experts);
+                let balance = term.loss(&mut tape, &BalanceTerm::shares(&term.counts));
                 (out, Some(balance), experts)
             }
             _ => {

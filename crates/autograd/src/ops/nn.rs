@@ -34,16 +34,7 @@ impl Tape {
         let mut y = Buffer::uninit(x.numel());
         fused::silu_forward(x.data(), &mut y);
         let y = Tensor::from_parts(x.shape(), y);
-        if !self.wants_grad(&[x]) {
-            return y;
-        }
-        let xs = x.detach();
-        self.custom(&[x], y, move |dy, grads| {
-            if let Some(dx) = &mut grads[0] {
-                let acc = dx.accumulate();
-                fused::silu_backward(xs.data(), dy, dx.data(), acc);
-            }
-        })
+        self.record_unary(x, y, Saved::Input, fused::silu_backward)
     }
 
     /// Fused SwiGLU over a [value | gate] pair: out = value·silu(gate).
@@ -57,15 +48,8 @@ impl Tape {
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("rank >= 1") = h;
         let y = Tensor::from_parts(&shape, y);
-        if !self.wants_grad(&[x]) {
-            return y;
-        }
-        let xs = x.detach();
-        self.custom(&[x], y, move |dy, grads| {
-            if let Some(dx) = &mut grads[0] {
-                let acc = dx.accumulate();
-                fused::swiglu_backward(xs.data(), dy, dx.data(), h, acc);
-            }
+        self.record_unary(x, y, Saved::Input, move |xs, dy, dx, acc| {
+            fused::swiglu_backward(xs, dy, dx, h, acc)
         })
     }
 
@@ -78,14 +62,28 @@ impl Tape {
             fused::softmax_forward(x.data(), &mut y, n, 1.0);
         }
         let y = Tensor::from_parts(x.shape(), y);
+        self.record_unary(x, y, Saved::Output, move |ys, dy, dx, acc| {
+            fused::softmax_backward(ys, dy, dx, n, 1.0, acc)
+        })
+    }
+
+    /// Records a one-input op whose output `y` was computed from `x`: its backward computes dx
+    /// (written, or added when the slot accumulates) from the saved tensor (x or y) and dy.
+    fn record_unary<B>(&mut self, x: &Tensor, y: Tensor, saved: Saved, backward: B) -> Tensor
+    where
+        B: FnOnce(&[f32], &[f32], &mut [f32], bool) + Send + 'static,
+    {
         if !self.wants_grad(&[x]) {
             return y;
         }
-        let ys = y.clone();
+        let kept = match saved {
+            Saved::Input => x.detach(),
+            Saved::Output => y.clone(),
+        };
         self.custom(&[x], y, move |dy, grads| {
             if let Some(dx) = &mut grads[0] {
                 let acc = dx.accumulate();
-                fused::softmax_backward(ys.data(), dy, dx.data(), n, 1.0, acc);
+                backward(kept.data(), dy, dx.data(), acc);
             }
         })
     }
@@ -112,4 +110,10 @@ impl Tape {
             }
         })
     }
+}
+
+/// What a one-input op's backward reads: its input or its output.
+enum Saved {
+    Input,
+    Output,
 }

@@ -1,7 +1,7 @@
 //! `vffn bench all [--json] [--threads N] [--budget-ms MS] [--presets tiny,small] [--filter S]`
 //! and `vffn bench all --markdown FILE.json`.
 //!
-//! Runs the same set as the criterion benches (the workloads of `vffn-benches`), each item for
+//! Runs the same set as the criterion benches (the workloads of `vffn_model::workloads`), each item for
 //! about `--budget-ms` after one warm-up call: the GEMM issue's shapes (B and Wᵀ layouts), the
 //! FFN dense / width / depth paths at the issue-5 shape, causal attention forward and
 //! forward+backward at the tiny model's shape, and for each preset × block kind the inference
@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use vffn_benches::{preset_config, AttentionCase, FfnCase, GemmCase, BLOCKS, GEMM_SHAPES, PRESETS};
+use vffn_model::workloads::{
+    preset_config, AttentionCase, FfnCase, GemmCase, BLOCKS, GEMM_SHAPES, PRESETS,
+};
 use vffn_model::{Config, Dataset};
 
 use super::forward::{measure_forward, ModelTiming};
@@ -188,10 +190,12 @@ pub fn run(args: AllArgs) -> Result<()> {
                         "width" => case.width_flops(),
                         _ => case.depth_flops(),
                     };
-                    kernel_item(name, flops, budget, || match *path {
-                        "dense" => case.dense(),
-                        "width" => case.width(),
-                        _ => case.depth(),
+                    kernel_item(name, flops, budget, || {
+                        Ok(match *path {
+                            "dense" => case.dense(),
+                            "width" => case.width(),
+                            _ => case.depth(),
+                        }?)
                     })?
                 }
                 Work::Attention { backward } => {
@@ -488,23 +492,34 @@ fn optional(v: Option<f64>, scale: f64, decimals: usize) -> String {
     v.map(|v| format!("{:.*}", decimals, v * scale)).unwrap_or_default()
 }
 
+/// An item's cells, in table order: name, median ms, GFLOP/s, % of peak, MFLOP/call,
+/// tokens/s, MFLOP/token (absent figures empty).
+fn cells(i: &Item) -> [String; 7] {
+    [
+        i.name.clone(),
+        format!("{:.3}", i.median_ms),
+        format!("{:.2}", i.gflops),
+        optional(i.peak_fraction, 100.0, 1),
+        format!("{:.2}", i.flops / 1e6),
+        optional(i.tokens_per_s, 1.0, 0),
+        optional(i.flops_per_token, 1e-6, 3),
+    ]
+}
+
 fn text_table(r: &Report) -> String {
     let mut out = format!("vffn bench all: {}\n", provenance(r));
-    out.push_str(&format!(
-        "{:<44} {:>11} {:>9} {:>7} {:>13} {:>12} {:>12}\n",
-        "item", "median ms", "GFLOP/s", "% peak", "MFLOP/call", "tokens/s", "MFLOP/token"
-    ));
+    let header =
+        ["item", "median ms", "GFLOP/s", "% peak", "MFLOP/call", "tokens/s", "MFLOP/token"];
+    let line = |c: &[&str]| {
+        format!(
+            "{:<44} {:>11} {:>9} {:>7} {:>13} {:>12} {:>12}\n",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+        )
+    };
+    out.push_str(&line(&header));
     for i in &r.items {
-        out.push_str(&format!(
-            "{:<44} {:>11.3} {:>9.2} {:>7} {:>13.2} {:>12} {:>12}\n",
-            i.name,
-            i.median_ms,
-            i.gflops,
-            optional(i.peak_fraction, 100.0, 1),
-            i.flops / 1e6,
-            optional(i.tokens_per_s, 1.0, 0),
-            optional(i.flops_per_token, 1e-6, 3)
-        ));
+        let c = cells(i);
+        out.push_str(&line(&c.iter().map(String::as_str).collect::<Vec<_>>()));
     }
     out
 }
@@ -517,16 +532,8 @@ pub fn markdown(r: &Report) -> String {
     );
     out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     for i in &r.items {
-        out.push_str(&format!(
-            "| `{}` | {:.3} | {:.2} | {} | {:.2} | {} | {} |\n",
-            i.name,
-            i.median_ms,
-            i.gflops,
-            optional(i.peak_fraction, 100.0, 1),
-            i.flops / 1e6,
-            optional(i.tokens_per_s, 1.0, 0),
-            optional(i.flops_per_token, 1e-6, 3)
-        ));
+        let [name, rest @ ..] = cells(i);
+        out.push_str(&format!("| `{name}` | {} |\n", rest.join(" | ")));
     }
     out
 }

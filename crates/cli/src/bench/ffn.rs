@@ -15,6 +15,7 @@ use clap::Args;
 use vffn_kernels::ffn::{self, naive, DepthSaved, PackedFfn, WidthSaved};
 use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
 use vffn_kernels::rayon;
+use vffn_kernels::testvals::{values, XorShift};
 
 use crate::common::{check_buffers, checked_size};
 
@@ -41,29 +42,6 @@ pub struct FfnArgs {
     json: bool,
 }
 
-/// Deterministic values in [-scale, scale).
-fn fill(len: usize, salt: u64, scale: f32) -> Vec<f32> {
-    let mut s = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-struct Rand(u64);
-impl Rand {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 33) as usize % n
-    }
-}
-
 const ITEMS: [&str; 8] = [
     "dense",
     "width",
@@ -87,11 +65,11 @@ pub fn run(args: FfnArgs) -> anyhow::Result<()> {
         checked_size(&[&[8, h, d], &[10 + 4 * depth_max, t, d], &[4, t, h], &[2, t, k], &[2, e]]);
     check_buffers("--tokens/--d/--h", floats)?;
     let eps = 1e-6f32;
-    let w1 = fill(2 * h * d, 1, 1.0 / (d as f32).sqrt());
-    let w2 = fill(d * h, 2, 1.0 / (h as f32).sqrt());
-    let w_norm: Vec<f32> = fill(d, 3, 0.1).iter().map(|v| 1.0 + v).collect();
-    let x = fill(t * d, 4, 1.0);
-    let mut rng = Rand(0x5EED);
+    let w1 = values(2 * h * d, 1, 1.0 / (d as f32).sqrt());
+    let w2 = values(d * h, 2, 1.0 / (h as f32).sqrt());
+    let w_norm: Vec<f32> = values(d, 3, 0.1).iter().map(|v| 1.0 + v).collect();
+    let x = values(t * d, 4, 1.0);
+    let mut rng = XorShift::new(0x5EED);
     let mut ids = Vec::with_capacity(t * k);
     for _ in 0..t {
         let mut chosen = Vec::with_capacity(k);
@@ -106,8 +84,8 @@ pub fn run(args: FfnArgs) -> anyhow::Result<()> {
     let gates: Vec<f32> = (0..t * k).map(|i| 0.3 + 0.4 * ((i % 7) as f32 / 7.0)).collect();
     let depth: Vec<u8> = (0..t).map(|_| 1 + rng.below(depth_max) as u8).collect();
     let mean_depth = depth.iter().map(|&c| c as f64).sum::<f64>() / t as f64;
-    let d_out = fill(t * d, 5, 1.0);
-    let d_states = fill(depth_max * t * d, 6, 1.0);
+    let d_out = values(t * d, 5, 1.0);
+    let d_states = values(depth_max * t * d, 6, 1.0);
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)

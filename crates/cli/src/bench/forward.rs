@@ -6,7 +6,7 @@
 
 use anyhow::{ensure, Result};
 use clap::Args;
-use vffn_benches::ForwardCase;
+use vffn_model::workloads::ForwardCase;
 use vffn_model::{Config, Dataset};
 
 use super::{block_name, median, peak_rss_mb, sample, ModelChoice, Sampling};

@@ -14,7 +14,7 @@ use vffn_kernels::selected_kernel;
 
 use super::{sample, Sampling};
 use crate::common::checked_size;
-use vffn_benches::values;
+use vffn_model::workloads::values;
 
 #[derive(Args, Debug)]
 pub struct GemmArgs {

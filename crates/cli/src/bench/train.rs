@@ -6,7 +6,7 @@
 
 use anyhow::{ensure, Result};
 use clap::Args;
-use vffn_benches::TrainStep;
+use vffn_model::workloads::TrainStep;
 use vffn_model::{Dataset, RunConfig};
 
 use super::forward::ModelTiming;
@@ -35,7 +35,7 @@ pub(crate) fn measure_train(
     sampling: &Sampling,
 ) -> Result<ModelTiming> {
     let mut step = TrainStep::new(run.clone(), dataset, seed)?;
-    let times = sample(sampling, || step.run())?;
+    let times = sample(sampling, || Ok(step.run()?))?;
     Ok(ModelTiming {
         ms: median(&times) * 1e3,
         samples: times.len(),

@@ -1,24 +1,46 @@
-//! vffn-benches: the benchmark workloads, shared by the criterion benches in `benches/` and by
-//! `vffn bench all` (so both measure the same things), each with its FLOPs from vffn-model's
-//! accounting (`vffn_model::flops`: a multiply-add is 2 FLOPs, only matrix products count,
-//! training = 3 × forward).
+//! The benchmark workloads, shared by the criterion benches in `benches/` and by `vffn bench`
+//! (so both measure the same things), each with its FLOPs from this crate's accounting
+//! ([`crate::flops`]: a multiply-add is 2 FLOPs, only matrix products count, training = 3 ×
+//! forward).
 //!
 //! - [`GemmCase`]: one `vffn_kernels::gemm` call, `2·m·n·k` FLOPs.
 //! - [`AttentionCase`]: the causal attention kernels at one shape.
 //! - [`FfnCase`]: the dense / width / depth FFN kernels at one shape (issue 5: T 2048, d 256,
 //!   h 1024, E 8, top-2, D 4).
 //! - [`ForwardCase`], [`TrainStep`]: a model's inference forward over one batch and one full
-//!   training step (forward, backward, gradient clip, AdamW), exactly as `vffn train` runs it.
+//!   training step: [`Training::step`], the one `vffn train` runs.
 
-use anyhow::{ensure, Context, Result};
-use vffn_autograd::{clip_grad_norm, AdamW, AdamWConfig, Rng};
+use thiserror::Error;
 use vffn_kernels::attention::{attention_backward, attention_forward, AttnShape};
-use vffn_kernels::ffn::{self, PackedFfn};
+use vffn_kernels::ffn::{self, FfnError, PackedFfn};
 use vffn_kernels::{gemm, MatMut, MatRef};
-use vffn_model::{
-    causal_mean_context, dense_ffn_flops, training_flops, Batch, Batcher, Config, Dataset,
-    InferOutput, Model, RunConfig, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES, TRAIN_GROUPS,
-};
+
+use crate::config::{Config, ConfigError, RunConfig};
+use crate::data::{Batch, Batcher, DataError, Dataset, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES};
+use crate::flops::{causal_mean_context, dense_ffn_flops, training_flops};
+use crate::model::{InferOutput, Model, ModelError};
+use crate::train_step::{TrainError, Training};
+
+/// Why a workload could not be built or run.
+#[derive(Debug, Error)]
+pub enum WorkloadError {
+    #[error("{0}")]
+    Shape(&'static str),
+    #[error(transparent)]
+    Ffn(#[from] FfnError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("built-in corpus: {0}")]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("the forward produced non-finite logits")]
+    NonFiniteLogits,
+}
+
+type Result<T> = std::result::Result<T, WorkloadError>;
 
 /// GEMM shapes (m, k, n) of the GEMM issue: square, the FFN-like panels, small and skinny,
 /// and the matrix-vector product of decoding.
@@ -180,8 +202,12 @@ impl FfnCase {
         top_k: usize,
         max_depth: usize,
     ) -> Result<Self> {
-        ensure!((1..=experts).contains(&top_k), "top_k must be in 1..=experts");
-        ensure!((1..=255).contains(&max_depth), "max_depth must be in 1..=255");
+        if !(1..=experts).contains(&top_k) {
+            return Err(WorkloadError::Shape("top_k must be in 1..=experts"));
+        }
+        if !(1..=255).contains(&max_depth) {
+            return Err(WorkloadError::Shape("max_depth must be in 1..=255"));
+        }
         let w1: Vec<f32> = values(2 * h * d, 1).iter().map(|v| v / (d as f32).sqrt()).collect();
         let w2: Vec<f32> = values(d * h, 2).iter().map(|v| v / (h as f32).sqrt()).collect();
         let packed = PackedFfn::pack(&w1, &w2, d, h, experts, false)?;
@@ -276,8 +302,7 @@ pub fn preset_config(preset: &str, block: &str) -> Result<RunConfig> {
 
 /// The built-in corpus (seed [`CORPUS_SEED`]) cut for `seq_len`.
 pub fn builtin_dataset(seq_len: usize) -> Result<Dataset> {
-    Dataset::builtin(CORPUS_SEED, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES, seq_len)
-        .context("built-in corpus")
+    Ok(Dataset::builtin(CORPUS_SEED, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES, seq_len)?)
 }
 
 /// The inference forward (`Model::infer`: argmax depth, early exit) of a freshly initialized
@@ -304,10 +329,9 @@ impl ForwardCase {
     pub fn run(&self) -> Result<InferOutput> {
         let (b, t) = (self.batch.batch_size, self.batch.seq_len);
         let output = self.model.infer(&self.batch.inputs, b, t)?;
-        ensure!(
-            output.logits.iter().all(|v| v.is_finite()),
-            "the forward produced non-finite logits"
-        );
+        if !output.logits.iter().all(|v| v.is_finite()) {
+            return Err(WorkloadError::NonFiniteLogits);
+        }
         Ok(output)
     }
 
@@ -318,75 +342,34 @@ impl ForwardCase {
     }
 }
 
-/// Full training steps (forward, backward, gradient clip, AdamW) of a freshly initialized model
-/// on random windows of the training split: the same sequence of work as a `vffn train` step.
+/// Full training steps ([`Training::step`], exactly as `vffn train` runs them) of a freshly
+/// initialized model on random windows of the training split, the run seed set to `seed`.
 pub struct TrainStep {
-    pub run: RunConfig,
-    pub model: Model,
-    optimizer: AdamW,
-    batcher: Batcher,
-    noise_rng: Rng,
-    step: u64,
+    pub training: Training,
 }
 
 impl TrainStep {
-    pub fn new(run: RunConfig, dataset: &Dataset, seed: u64) -> Result<Self> {
-        let config = &run.model;
-        let model = Model::new(config.clone(), seed)?;
-        let t = &run.train;
-        let adamw = AdamWConfig {
-            beta1: t.beta1,
-            beta2: t.beta2,
-            eps: t.eps,
-            weight_decay: t.weight_decay,
-        };
-        let optimizer = AdamW::new(adamw, &model.params);
-        let batcher = Batcher::new(dataset.train.clone(), config.seq_len, config.batch_size, seed)?;
-        let noise_rng = Rng::new(seed ^ 0x6E6F_6973_6521);
-        Ok(TrainStep { run, model, optimizer, batcher, noise_rng, step: 0 })
+    pub fn new(mut run: RunConfig, dataset: &Dataset, seed: u64) -> Result<Self> {
+        run.train.seed = seed;
+        let model = Model::new(run.model.clone(), seed)?;
+        Ok(TrainStep { training: Training::start(run, model, dataset.train.clone())? })
     }
 
     pub fn tokens(&self) -> usize {
-        self.run.model.batch_size * self.run.model.seq_len
+        let config = &self.training.run.model;
+        config.batch_size * config.seq_len
     }
 
     /// Training FLOPs per token (3 × the analytic forward; all loops and paths are computed
     /// in training, so this does not depend on the routing).
     pub fn flops_per_token(&self) -> f64 {
-        let config = &self.run.model;
+        let config = &self.training.run.model;
         training_flops(config, causal_mean_context(config.seq_len)).total
     }
 
-    /// The next training batch.
-    pub fn next_batch(&mut self) -> Batch {
-        self.batcher.next_batch()
-    }
-
-    /// One step on `batch`; a non-finite gradient norm is an error.
-    pub fn run_on(&mut self, batch: &Batch) -> Result<()> {
-        let (run, step) = (&self.run, self.step);
-        let temperature = run.temperature_at(step);
-        let out = self
-            .model
-            .train_step_grads(batch, temperature, Some(&mut self.noise_rng), TRAIN_GROUPS)
-            .context("training step")?;
-        let params = &mut self.model.params;
-        params.zero_grad();
-        for grads in out.grads {
-            params.accumulate_grads(grads);
-        }
-        let clip = if run.train.grad_clip > 0.0 { run.train.grad_clip } else { f32::INFINITY };
-        let grad_norm = clip_grad_norm(params, clip);
-        self.optimizer.step(params, run.train.lr_at(step)).context("optimizer step")?;
-        params.zero_grad();
-        self.step += 1;
-        ensure!(grad_norm.is_finite(), "gradient norm is {grad_norm} at step {}", step + 1);
-        Ok(())
-    }
-
-    /// [`TrainStep::run_on`] the next batch.
+    /// One step on the next batch.
     pub fn run(&mut self) -> Result<()> {
-        let batch = self.next_batch();
-        self.run_on(&batch)
+        self.training.step()?;
+        Ok(())
     }
 }
