@@ -566,16 +566,9 @@ mod tests {
         assert!(exp_f32(88.7).is_finite());
     }
 
+    /// Deterministic values in [-3, 3).
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 6.0 - 3.0
-            })
-            .collect()
+        crate::testvals::values(n, seed, 3.0)
     }
 
     proptest! {
