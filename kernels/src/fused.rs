@@ -123,8 +123,10 @@ fn lanes_sum(x: &[f32]) -> f32 {
     s
 }
 
+/// Dot product with 8 fixed lanes summed ((0+4)+(2+6))+((1+5)+(3+7)), then the tail in order:
+/// the order depends only on the length (vectorizes).
 #[inline(always)]
-fn lanes_dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn lanes_dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);

@@ -70,27 +70,15 @@ pub(crate) fn gemv(
             // look like they alias the stores of the sums (4K aliasing stalls).
             let gap = (base as usize + 2048).wrapping_sub(out_buf.as_ptr() as usize) % 4096 / 4;
             let out = &mut out_buf[gap..gap + COLS_PER_ITEM];
+            let stride = if rows_contiguous { w.row_stride } else { w.col_stride };
+            let blk = Block { base, stride, cols, rows_contiguous };
             #[cfg(target_arch = "x86_64")]
-            let portable = match avx2 {
-                Some(l) => {
-                    if rows_contiguous {
-                        rows_avx2(l, xs, base, w.row_stride, cols, out);
-                    } else {
-                        dots_avx2(l, xs, base, w.col_stride, cols, out);
-                    }
-                    false
-                }
-                None => true,
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let portable = true;
-            if portable {
-                if rows_contiguous {
-                    rows_body(Portable, xs, base, w.row_stride, cols, out);
-                } else {
-                    dots_body(Portable, xs, base, w.col_stride, cols, out);
-                }
+            match avx2 {
+                Some(l) => column_sums_avx2(l, xs, blk, out),
+                None => column_sums(Portable, xs, blk, out),
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            column_sums(Portable, xs, blk, out);
             for (jj, v) in out.iter().enumerate().take(cols) {
                 // SAFETY: column j0 + jj < n of the checked C view, written by this item only.
                 let p = y.elem(0, j0 + jj);
@@ -107,23 +95,41 @@ pub(crate) fn gemv(
     true
 }
 
-/// [`rows_body`] compiled with AVX2 + FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(l: Avx2Fma, x: &[f32], w: *const f32, rs: usize, cols: usize, out: &mut [f32]) {
-    // SAFETY: forwarded caller contract; AVX2+FMA enabled here.
-    unsafe { rows_body(l, x, w, rs, cols, out) }
+/// `cols` columns of W from `base`: W[p, j] at `base + p·stride + j` when `rows_contiguous`, else
+/// at `base + j·stride + p`.
+#[derive(Clone, Copy)]
+struct Block {
+    base: *const f32,
+    stride: usize,
+    cols: usize,
+    rows_contiguous: bool,
 }
 
-/// [`dots_body`] compiled with AVX2 + FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(l: Avx2Fma, x: &[f32], w: *const f32, cs: usize, cols: usize, out: &mut [f32]) {
-    // SAFETY: forwarded caller contract; AVX2+FMA enabled here.
-    unsafe { dots_body(l, x, w, cs, cols, out) }
+/// `out[j] = Σ_p x[p]·W[p, j]`, j < cols, by the body that streams W along its contiguous lines.
+///
+/// # Safety
+/// W must be readable for p < x.len(), j < cols; `out.len() ≥ cols`.
+#[inline(always)]
+unsafe fn column_sums<L: Lanes>(l: L, x: &[f32], blk: Block, out: &mut [f32]) {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        if blk.rows_contiguous {
+            rows_body(l, x, blk, out)
+        } else {
+            dots_body(l, x, blk, out)
+        }
+    }
 }
 
-/// `out[j] = Σ_p x[p]·W[p, j]` for W rows contiguous (`W[p, j]` at `w + p·rs + j`), j < cols:
+/// [`column_sums`] compiled with AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn column_sums_avx2(l: Avx2Fma, x: &[f32], blk: Block, out: &mut [f32]) {
+    // SAFETY: forwarded caller contract; AVX2+FMA enabled here.
+    unsafe { column_sums(l, x, blk, out) }
+}
+
+/// [`column_sums`] for W rows contiguous (`W[p, j]` at `w + p·rs + j`, rs = `blk.stride`):
 /// eight rows of W at a time are streamed contiguously into the output (kept in L1), so each weight
 /// page is read in long runs. Every column sums its terms in p order with fused multiply-adds
 /// (vector or scalar lanes alike), so the result does not depend on how columns are split.
@@ -131,14 +137,8 @@ unsafe fn dots_avx2(l: Avx2Fma, x: &[f32], w: *const f32, cs: usize, cols: usize
 /// # Safety
 /// W must be readable for p < x.len(), j < cols; `out.len() ≥ cols`.
 #[inline(always)]
-unsafe fn rows_body<L: Lanes>(
-    l: L,
-    x: &[f32],
-    w: *const f32,
-    rs: usize,
-    cols: usize,
-    out: &mut [f32],
-) {
+unsafe fn rows_body<L: Lanes>(l: L, x: &[f32], blk: Block, out: &mut [f32]) {
+    let Block { base: w, stride: rs, cols, .. } = blk;
     let k = x.len();
     let cols8 = cols / 8 * 8;
     let o = out.as_mut_ptr();
@@ -183,20 +183,14 @@ unsafe fn rows_body<L: Lanes>(
     }
 }
 
-/// `out[j] = Σ_p x[p]·W[p, j]` for W columns contiguous (`W[p, j]` at `w + j·cs + p`): four
+/// [`column_sums`] for W columns contiguous (`W[p, j]` at `w + j·cs + p`, cs = `blk.stride`): four
 /// columns at a time, two 8-lane accumulators each, horizontal sums at the end.
 ///
 /// # Safety
 /// W must be readable for p < x.len(), j < cols; `out.len() ≥ cols`.
 #[inline(always)]
-unsafe fn dots_body<L: Lanes>(
-    l: L,
-    x: &[f32],
-    w: *const f32,
-    cs: usize,
-    cols: usize,
-    out: &mut [f32],
-) {
+unsafe fn dots_body<L: Lanes>(l: L, x: &[f32], blk: Block, out: &mut [f32]) {
+    let Block { base: w, stride: cs, cols, .. } = blk;
     let k = x.len();
     let xp = x.as_ptr();
     let k16 = k / 16 * 16;

@@ -195,8 +195,38 @@ pub(crate) mod avx {
 
     // SAFETY (every block below): an `Avx2Fma` value exists only after `when` confirmed AVX2 and
     // FMA at run time, so the intrinsics are supported; pointer validity is the caller's contract.
+    /// The eight lanes folded with `op`: halves, then quarters, then pairs (lane 0 of the last
+    /// step is what the scalar `_ss` form of `op` would give).
+    #[inline(always)]
+    fn fold(v: __m256, op: impl Fn(__m128, __m128) -> __m128) -> f32 {
+        // SAFETY: called only from `Avx2Fma` methods (AVX present).
+        unsafe {
+            let h = op(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let q = op(h, _mm_movehl_ps(h, h));
+            _mm_cvtss_f32(op(q, _mm_shuffle_ps::<0b01>(q, q)))
+        }
+    }
+
+    /// Lane-wise binary operations, one AVX instruction each.
+    macro_rules! binary_ops {
+        ($($name:ident => $op:ident),* $(,)?) => {$(
+            #[inline(always)]
+            fn $name(self, a: __m256, b: __m256) -> __m256 {
+                // SAFETY: AVX present (see above).
+                unsafe { $op(a, b) }
+            }
+        )*};
+    }
+
     impl Lanes for Avx2Fma {
         type V = __m256;
+        binary_ops!(
+            add => _mm256_add_ps,
+            sub => _mm256_sub_ps,
+            mul => _mm256_mul_ps,
+            max => _mm256_max_ps,
+            min => _mm256_min_ps,
+        );
         #[inline(always)]
         fn splat(self, x: f32) -> __m256 {
             // SAFETY: AVX present (see above).
@@ -211,21 +241,6 @@ pub(crate) mod avx {
         unsafe fn store(self, p: *mut f32, v: __m256) {
             // SAFETY: AVX present; caller guarantees p..p+8 writable.
             unsafe { _mm256_storeu_ps(p, v) }
-        }
-        #[inline(always)]
-        fn add(self, a: __m256, b: __m256) -> __m256 {
-            // SAFETY: AVX present.
-            unsafe { _mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        fn sub(self, a: __m256, b: __m256) -> __m256 {
-            // SAFETY: AVX present.
-            unsafe { _mm256_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        fn mul(self, a: __m256, b: __m256) -> __m256 {
-            // SAFETY: AVX present.
-            unsafe { _mm256_mul_ps(a, b) }
         }
         #[inline(always)]
         fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
@@ -263,16 +278,6 @@ pub(crate) mod avx {
             }
         }
         #[inline(always)]
-        fn max(self, a: __m256, b: __m256) -> __m256 {
-            // SAFETY: AVX present.
-            unsafe { _mm256_max_ps(a, b) }
-        }
-        #[inline(always)]
-        fn min(self, a: __m256, b: __m256) -> __m256 {
-            // SAFETY: AVX present.
-            unsafe { _mm256_min_ps(a, b) }
-        }
-        #[inline(always)]
         fn round(self, a: __m256) -> __m256 {
             // SAFETY: AVX present.
             unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a) }
@@ -293,20 +298,12 @@ pub(crate) mod avx {
         #[inline(always)]
         fn reduce_max(self, v: __m256) -> f32 {
             // SAFETY: AVX present.
-            unsafe {
-                let h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-                let q = _mm_max_ps(h, _mm_movehl_ps(h, h));
-                _mm_cvtss_f32(_mm_max_ss(q, _mm_shuffle_ps::<0b01>(q, q)))
-            }
+            fold(v, |a, b| unsafe { _mm_max_ps(a, b) })
         }
         #[inline(always)]
         fn reduce_sum(self, v: __m256) -> f32 {
             // SAFETY: AVX present.
-            unsafe {
-                let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-                let q = _mm_add_ps(h, _mm_movehl_ps(h, h));
-                _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps::<0b01>(q, q)))
-            }
+            fold(v, |a, b| unsafe { _mm_add_ps(a, b) })
         }
     }
 }

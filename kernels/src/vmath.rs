@@ -192,6 +192,11 @@ mod tests {
         l
     }
 
+    /// Values (i·step mod modulus)/scale − shift, i < len: spread over [−shift, modulus/scale − shift).
+    fn spread(len: usize, step: usize, modulus: usize, scale: f32, shift: f32) -> Vec<f32> {
+        (0..len).map(|i| ((i * step) % modulus) as f32 / scale - shift).collect()
+    }
+
     fn exp_of(l: Avx2Fma, xs: [f32; 8]) -> [f32; 8] {
         let mut out = [0.0f32; 8];
         l.write(&mut out, exp(l, l.read(&xs)));
@@ -224,8 +229,7 @@ mod tests {
         let Some(l) = avx2() else { return };
         for h in 1..=41 {
             let rows = 3;
-            let x: Vec<f32> =
-                (0..rows * 2 * h).map(|i| ((i * 7919) % 2003) as f32 / 100.0 - 10.0).collect();
+            let x = spread(rows * 2 * h, 7919, 2003, 100.0, 10.0);
             let mut y = vec![0.0f32; rows * h];
             // SAFETY: the token proves AVX2 and FMA.
             unsafe { swiglu_rows_avx2(l, &x, &mut y, h) };
@@ -256,10 +260,10 @@ mod tests {
         let Some(l) = avx2() else { return };
         for h in 1..=41 {
             let rows = 3;
-            let x: Vec<f32> =
-                (0..rows * 2 * h).map(|i| ((i * 7919) % 2003) as f32 / 200.0 - 5.0).collect();
-            let dy: Vec<f32> =
-                (0..rows * h).map(|i| ((i * 104_729) % 997) as f32 / 500.0 - 1.0).collect();
+            let (x, dy) = (
+                spread(rows * 2 * h, 7919, 2003, 200.0, 5.0),
+                spread(rows * h, 104_729, 997, 500.0, 1.0),
+            );
             let mut dx = vec![0.0f32; rows * 2 * h];
             // SAFETY: the token proves AVX2 and FMA.
             unsafe { swiglu_backward_rows_avx2(l, &x, &dy, &mut dx, h, false) };

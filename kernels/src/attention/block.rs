@@ -72,6 +72,19 @@ pub(super) struct Operands<'a> {
     pub(super) b_row_stride: usize,
 }
 
+impl<'a> Operands<'a> {
+    /// A with strides `(a_row_stride, a_col_stride)` times B with rows `b_row_stride` apart.
+    pub(super) fn new(
+        a: &'a [f32],
+        a_strides: (usize, usize),
+        b: &'a [f32],
+        b_row_stride: usize,
+    ) -> Self {
+        let (a_row_stride, a_col_stride) = a_strides;
+        Operands { a, a_row_stride, a_col_stride, b, b_row_stride }
+    }
+}
+
 /// C (m rows, `n_cols` columns, padded to whole vectors) (+)= A (m × k_len) · B (k_len × n_cols),
 /// restricted by `causal` with offset `diag`. Entries outside the causal region are not written
 /// (Cols) or the excluded terms are skipped (KeysBelow, QueriesFrom; their A entries must be 0).

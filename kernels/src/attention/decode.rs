@@ -5,18 +5,20 @@ use super::{exp_lanes, mask_tail, round_up};
 use crate::simd::avx;
 use crate::simd::{Lanes, Portable, W};
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn decode_impl<L: Lanes>(
-    l: L,
+/// One decode step's inputs (see [`attention_decode`]).
+#[derive(Clone, Copy)]
+struct CachedQuery<'a> {
     heads: usize,
     hd: usize,
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    q: &'a [f32],
+    k_cache: &'a [f32],
+    v_cache: &'a [f32],
     len: usize,
-    out: &mut [f32],
-) {
+}
+
+#[inline(always)]
+fn decode_impl<L: Lanes>(l: L, query: &CachedQuery<'_>, out: &mut [f32]) {
+    let CachedQuery { heads, hd, q, k_cache, v_cache, len } = *query;
     let d = heads * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let len_pad = round_up(len, W);
@@ -62,18 +64,8 @@ fn decode_impl<L: Lanes>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn decode_avx2(
-    l: avx::Avx2Fma,
-    heads: usize,
-    hd: usize,
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    len: usize,
-    out: &mut [f32],
-) {
-    decode_impl(l, heads, hd, q, k_cache, v_cache, len, out)
+unsafe fn decode_avx2(l: avx::Avx2Fma, query: &CachedQuery<'_>, out: &mut [f32]) {
+    decode_impl(l, query, out)
 }
 
 /// Attention of one new query row per head against `len` cached key/value rows (generation with a
@@ -98,11 +90,12 @@ pub fn attention_decode(
     assert_eq!(q.len(), d, "attention_decode: q must be [d]");
     assert_eq!(out.len(), d, "attention_decode: out must be [d]");
     assert!(k_cache.len() >= len * d && v_cache.len() >= len * d, "attention_decode: cache short");
+    let query = CachedQuery { heads, hd: head_dim, q, k_cache, v_cache, len };
     #[cfg(target_arch = "x86_64")]
     if let Some(l) = avx::Avx2Fma::detect() {
         // SAFETY: the token proves AVX2 and FMA are available.
-        unsafe { decode_avx2(l, heads, head_dim, q, k_cache, v_cache, len, out) };
+        unsafe { decode_avx2(l, &query, out) };
         return;
     }
-    decode_impl(Portable, heads, head_dim, q, k_cache, v_cache, len, out)
+    decode_impl(Portable, &query, out)
 }

@@ -94,6 +94,17 @@ struct HeadData {
     delta: Buffer,
 }
 
+impl HeadData {
+    /// S = (q·scale)·Kᵀ for query rows i0..i0+br and key columns j0..j0+jw (the causally visible
+    /// ones), rows of `BLOCK` in `s`.
+    #[inline(always)]
+    fn scores<L: Lanes>(&self, l: L, i0: usize, j0: usize, br: usize, jw: usize, s: &mut [f32]) {
+        let (q, k_t) = (&self.q_scaled[i0 * self.hdp..], &self.k_t[j0..]);
+        let qk = Operands::new(q, (self.hdp, 1), k_t, self.seq_pad);
+        block_product(l, Causal::Cols, i0 - j0, br, self.head_dim, jw, &qk, s, BLOCK, false);
+    }
+}
+
 /// Splits batch `b` into per-head operands in one pass over its contiguous rows (reading each
 /// head's strided columns separately stalls on memory). `grads = Some((out, d_out))` also
 /// gathers what the backward needs.
@@ -201,7 +212,7 @@ impl HeadOut<'_> {
 // q_scaled [T, hdp], k_t [hd, Tpad], v [T, hdp] -> o [T, hd], lse [T]
 #[inline(always)]
 fn forward_head<L: Lanes>(l: L, inp: &HeadData, o: &mut HeadOut<'_>, lse: &mut [f32]) {
-    let (seq, hd, hdp, seq_pad) = (inp.seq, inp.head_dim, inp.hdp, inp.seq_pad);
+    let (seq, hd, hdp) = (inp.seq, inp.head_dim, inp.hdp);
     let mut s = Buffer::zeros(BLOCK * BLOCK);
     let mut o_blk = Buffer::zeros(BLOCK * hdp);
     let mut row_max = [0.0f32; BLOCK];
@@ -215,14 +226,7 @@ fn forward_head<L: Lanes>(l: L, inp: &HeadData, o: &mut HeadOut<'_>, lse: &mut [
             let jw = BLOCK.min(seq - j0);
             let diag = i0 - j0;
             // S = (q·scale) Kᵀ over the visible columns.
-            let qk = Operands {
-                a: &inp.q_scaled[i0 * hdp..],
-                a_row_stride: hdp,
-                a_col_stride: 1,
-                b: &inp.k_t[j0..],
-                b_row_stride: seq_pad,
-            };
-            block_product(l, Causal::Cols, diag, br, hd, jw, &qk, &mut s, BLOCK, false);
+            inp.scores(l, i0, j0, br, jw, &mut s);
             // Online softmax: rescale the running sum and output by exp(m_old − m_new).
             for r in 0..br {
                 let w = visible(diag, r, jw);
@@ -257,13 +261,7 @@ fn forward_head<L: Lanes>(l: L, inp: &HeadData, o: &mut HeadOut<'_>, lse: &mut [
                 }
             }
             // O += P V.
-            let pv = Operands {
-                a: &s,
-                a_row_stride: BLOCK,
-                a_col_stride: 1,
-                b: &inp.v[j0 * hdp..],
-                b_row_stride: hdp,
-            };
+            let pv = Operands::new(&s, (BLOCK, 1), &inp.v[j0 * hdp..], hdp);
             block_product(l, Causal::KeysBelow, diag, br, jw, hd, &pv, &mut o_blk, hdp, true);
         }
         for r in 0..br {
@@ -296,22 +294,9 @@ fn backward_head<L: Lanes>(l: L, inp: &HeadData, lse: &[f32], out: &mut HeadOut<
             let br = BLOCK.min(seq - i0);
             let diag = i0 - j0;
             // P = exp(S − lse), recomputed.
-            let qk = Operands {
-                a: &inp.q_scaled[i0 * hdp..],
-                a_row_stride: hdp,
-                a_col_stride: 1,
-                b: &inp.k_t[j0..],
-                b_row_stride: seq_pad,
-            };
-            block_product(l, Causal::Cols, diag, br, hd, jw, &qk, &mut p, BLOCK, false);
+            inp.scores(l, i0, j0, br, jw, &mut p);
             // dP = dO Vᵀ.
-            let dov = Operands {
-                a: &g.d_out[i0 * hdp..],
-                a_row_stride: hdp,
-                a_col_stride: 1,
-                b: &g.v_t[j0..],
-                b_row_stride: seq_pad,
-            };
+            let dov = Operands::new(&g.d_out[i0 * hdp..], (hdp, 1), &g.v_t[j0..], seq_pad);
             block_product(l, Causal::Cols, diag, br, hd, jw, &dov, &mut ds, BLOCK, false);
             // dS = P ∘ (dP − D_i); both zero outside the causal region.
             for r in 0..br {
@@ -336,31 +321,13 @@ fn backward_head<L: Lanes>(l: L, inp: &HeadData, lse: &[f32], out: &mut HeadOut<
                 ds_row[nv * W..jw.max(nv * W)].fill(0.0);
             }
             // dV_J += Pᵀ dO_I.
-            let pt_do = Operands {
-                a: &p,
-                a_row_stride: 1,
-                a_col_stride: BLOCK,
-                b: &g.d_out[i0 * hdp..],
-                b_row_stride: hdp,
-            };
+            let pt_do = Operands::new(&p, (1, BLOCK), &g.d_out[i0 * hdp..], hdp);
             block_product(l, Causal::QueriesFrom, diag, jw, br, hd, &pt_do, &mut dv_blk, hdp, true);
             // dK_J += dSᵀ (Q_I·scale).
-            let dst_q = Operands {
-                a: &ds,
-                a_row_stride: 1,
-                a_col_stride: BLOCK,
-                b: &inp.q_scaled[i0 * hdp..],
-                b_row_stride: hdp,
-            };
+            let dst_q = Operands::new(&ds, (1, BLOCK), &inp.q_scaled[i0 * hdp..], hdp);
             block_product(l, Causal::QueriesFrom, diag, jw, br, hd, &dst_q, &mut dk_blk, hdp, true);
             // dQ_I += dS K_J (scaled at the end).
-            let ds_k = Operands {
-                a: &ds,
-                a_row_stride: BLOCK,
-                a_col_stride: 1,
-                b: &g.k[j0 * hdp..],
-                b_row_stride: hdp,
-            };
+            let ds_k = Operands::new(&ds, (BLOCK, 1), &g.k[j0 * hdp..], hdp);
             block_product(
                 l,
                 Causal::KeysBelow,
