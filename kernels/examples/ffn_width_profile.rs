@@ -4,18 +4,7 @@
 use std::time::Instant;
 
 use vffn_kernels::ffn::{self, naive, PackedFfn};
-
-fn fill(len: usize, salt: u64, scale: f32) -> Vec<f32> {
-    let mut s = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
+use vffn_kernels::testvals::{values, XorShift};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -29,18 +18,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let h = args.get(2).copied().unwrap_or(1024);
     let naive_too = std::env::var("NAIVE").is_ok();
     let (t, e, k) = (2048usize, 8usize, 2usize);
-    let w1 = fill(2 * h * d, 1, 1.0 / (d as f32).sqrt());
-    let w2 = fill(d * h, 2, 1.0 / (h as f32).sqrt());
-    let x = fill(t * d, 4, 1.0);
-    let mut s = 0x5EEDu64;
+    let w1 = values(2 * h * d, 1, 1.0 / (d as f32).sqrt());
+    let w2 = values(d * h, 2, 1.0 / (h as f32).sqrt());
+    let x = values(t * d, 4, 1.0);
+    let mut rng = XorShift::new(0x5EED);
     let mut ids = Vec::with_capacity(t * k);
     for _ in 0..t {
         let mut chosen: Vec<u32> = Vec::new();
         while chosen.len() < k {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let c = ((s >> 33) % e as u64) as u32;
+            let c = rng.below(e) as u32;
             if !chosen.contains(&c) {
                 chosen.push(c);
             }

@@ -12,6 +12,11 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use crate::simd::avx::Avx2Fma;
+#[cfg(target_arch = "x86_64")]
+use crate::vmath;
+
 /// Elements per parallel task (rows are grouped until a task has about this many).
 const TASK_ELEMS: usize = 16 * 1024;
 /// Rows per partial sum in cross-row reductions (fixed, for thread-count independence).
@@ -118,8 +123,10 @@ fn lanes_sum(x: &[f32]) -> f32 {
     s
 }
 
+/// Dot product with 8 fixed lanes summed ((0+4)+(2+6))+((1+5)+(3+7)), then the tail in order:
+/// the order depends only on the length (vectorizes).
 #[inline(always)]
-fn lanes_dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn lanes_dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);
@@ -183,10 +190,9 @@ pub fn silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
 /// x [R, 2h] -> y [R, h] on the calling thread (AVX2 + FMA vector math when available).
 pub(crate) fn swiglu_rows(x: &[f32], y: &mut [f32], h: usize) {
     #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: `avx2_fma()` confirmed AVX2 and FMA at run time; the callers pass
-        // x.len() == 2·y.len() with y.len() a multiple of h (asserted by `swiglu_forward`).
-        return unsafe { crate::vmath::swiglu_rows(x, y, h) };
+    if let Some(l) = Avx2Fma::detect() {
+        // SAFETY: the token proves AVX2 and FMA, all `swiglu_rows_avx2` needs.
+        return unsafe { vmath::swiglu_rows_avx2(l, x, y, h) };
     }
     swiglu_rows_scalar(x, y, h);
 }
@@ -206,10 +212,9 @@ simd_fn! {
 /// math when available).
 fn swiglu_backward_rows(x: &[f32], dy: &[f32], dx: &mut [f32], h: usize, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: `avx2_fma()` confirmed AVX2 and FMA at run time; `swiglu_backward` asserted
-        // x.len() == dx.len() == 2·dy.len(), and its chunks hold whole rows.
-        return unsafe { crate::vmath::swiglu_backward_rows(x, dy, dx, h, accumulate) };
+    if let Some(l) = Avx2Fma::detect() {
+        // SAFETY: the token proves AVX2 and FMA, all `swiglu_backward_rows_avx2` needs.
+        return unsafe { vmath::swiglu_backward_rows_avx2(l, x, dy, dx, h, accumulate) };
     }
     swiglu_backward_rows_scalar(x, dy, dx, h, accumulate);
 }
@@ -563,16 +568,9 @@ mod tests {
         assert!(exp_f32(88.7).is_finite());
     }
 
+    /// Deterministic values in [-3, 3).
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 6.0 - 3.0
-            })
-            .collect()
+        crate::testvals::values(n, seed, 3.0)
     }
 
     proptest! {

@@ -7,6 +7,9 @@ use rayon::prelude::*;
 
 use crate::mat::{MatRef, OutView};
 use crate::microkernel::KernelKind;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::avx::Avx2Fma;
+use crate::simd::{Lanes, Portable};
 
 /// Most columns per work item (the row-streaming kernel keeps that many sums in L1).
 const COLS_PER_ITEM: usize = 2048;
@@ -16,99 +19,6 @@ const MIN_COLS_PER_ITEM: usize = 128;
 const PAR_MIN: usize = 1 << 16;
 /// Weight rows streamed together by the row kernel.
 const ROWS: usize = 4;
-
-/// The 8-lane operations the GEMV bodies need (AVX2 intrinsics or `wide`).
-trait Lanes8 {
-    type V: Copy;
-    unsafe fn zero() -> Self::V;
-    unsafe fn splat(x: f32) -> Self::V;
-    unsafe fn load(p: *const f32) -> Self::V;
-    unsafe fn store(p: *mut f32, v: Self::V);
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
-    unsafe fn hsum(v: Self::V) -> f32;
-}
-
-struct Portable;
-
-impl Lanes8 for Portable {
-    type V = wide::f32x8;
-    #[inline(always)]
-    unsafe fn zero() -> Self::V {
-        wide::f32x8::ZERO
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> Self::V {
-        wide::f32x8::splat(x)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self::V {
-        // SAFETY: the caller guarantees 8 readable floats at p.
-        wide::f32x8::from(unsafe { core::ptr::read_unaligned(p as *const [f32; 8]) })
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: Self::V) {
-        // SAFETY: the caller guarantees 8 writable floats at p.
-        unsafe { core::ptr::write_unaligned(p as *mut [f32; 8], v.to_array()) }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        a.mul_add(b, c)
-    }
-    #[inline(always)]
-    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
-        a + b
-    }
-    #[inline(always)]
-    unsafe fn hsum(v: Self::V) -> f32 {
-        let x = v.to_array();
-        ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]))
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes8 for Avx2 {
-    type V = std::arch::x86_64::__m256;
-    // SAFETY (all methods): only called from `#[target_feature(enable = "avx2,fma")]` functions
-    // after detection; pointer arguments carry the caller's validity guarantee.
-    #[inline(always)]
-    unsafe fn zero() -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_set1_ps(x) }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: Self::V) {
-        unsafe { std::arch::x86_64::_mm256_storeu_ps(p, v) }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_add_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn hsum(v: Self::V) -> f32 {
-        use std::arch::x86_64::*;
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-            _mm_cvtss_f32(s)
-        }
-    }
-}
 
 /// `y = alpha·x·W + beta·y` when `a` or `b` is a vector; false (nothing done) if the matrix has
 /// neither contiguous rows nor contiguous columns.
@@ -142,9 +52,8 @@ pub(crate) fn gemv(
         &x_owned
     };
     #[cfg(target_arch = "x86_64")]
-    let use_avx2 = kind != KernelKind::Portable && kind.is_available();
+    let avx2 = Avx2Fma::for_kind(kind);
     #[cfg(not(target_arch = "x86_64"))]
-    let use_avx2 = false;
     let _ = kind;
     // Wide items stream long runs of each weight row; with threads, about two items per thread.
     // (Column splits never change a result: every column is computed independently.)
@@ -153,29 +62,23 @@ pub(crate) fn gemv(
     let run = |j0: usize| {
         let cols = item.min(n - j0);
         let mut out_buf = [0.0f32; COLS_PER_ITEM + 1024];
-        // SAFETY: W is a checked view (k × n, here columns j0..j0+cols), xs has k values, and the
-        // AVX2 bodies run only when AVX2 and FMA were detected.
+        // SAFETY: W is a checked view (k × n, here columns j0..j0+cols) and xs has k values; the
+        // AVX2 bodies run only with the token that proves AVX2 and FMA.
         unsafe {
             let base = w.data.as_ptr().add(j0 * w.col_stride);
             // Place the sums 2 KiB away from the weights modulo 4 KiB: loads of W rows must not
             // look like they alias the stores of the sums (4K aliasing stalls).
             let gap = (base as usize + 2048).wrapping_sub(out_buf.as_ptr() as usize) % 4096 / 4;
             let out = &mut out_buf[gap..gap + COLS_PER_ITEM];
+            let stride = if rows_contiguous { w.row_stride } else { w.col_stride };
+            let blk = Block { base, stride, cols, rows_contiguous };
             #[cfg(target_arch = "x86_64")]
-            if use_avx2 {
-                if rows_contiguous {
-                    rows_avx2(xs, base, w.row_stride, cols, out);
-                } else {
-                    dots_avx2(xs, base, w.col_stride, cols, out);
-                }
+            match avx2 {
+                Some(l) => column_sums_avx2(l, xs, blk, out),
+                None => column_sums(Portable, xs, blk, out),
             }
-            if !use_avx2 {
-                if rows_contiguous {
-                    rows_body::<Portable>(xs, base, w.row_stride, cols, out);
-                } else {
-                    dots_body::<Portable>(xs, base, w.col_stride, cols, out);
-                }
-            }
+            #[cfg(not(target_arch = "x86_64"))]
+            column_sums(Portable, xs, blk, out);
             for (jj, v) in out.iter().enumerate().take(cols) {
                 // SAFETY: column j0 + jj < n of the checked C view, written by this item only.
                 let p = y.elem(0, j0 + jj);
@@ -192,21 +95,41 @@ pub(crate) fn gemv(
     true
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(x: &[f32], w: *const f32, rs: usize, cols: usize, out: &mut [f32]) {
-    // SAFETY: forwarded caller contract; AVX2+FMA enabled here.
-    unsafe { rows_body::<Avx2>(x, w, rs, cols, out) }
+/// `cols` columns of W from `base`: W[p, j] at `base + p·stride + j` when `rows_contiguous`, else
+/// at `base + j·stride + p`.
+#[derive(Clone, Copy)]
+struct Block {
+    base: *const f32,
+    stride: usize,
+    cols: usize,
+    rows_contiguous: bool,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(x: &[f32], w: *const f32, cs: usize, cols: usize, out: &mut [f32]) {
-    // SAFETY: forwarded caller contract; AVX2+FMA enabled here.
-    unsafe { dots_body::<Avx2>(x, w, cs, cols, out) }
+/// `out[j] = Σ_p x[p]·W[p, j]`, j < cols, by the body that streams W along its contiguous lines.
+///
+/// # Safety
+/// W must be readable for p < x.len(), j < cols; `out.len() ≥ cols`.
+#[inline(always)]
+unsafe fn column_sums<L: Lanes>(l: L, x: &[f32], blk: Block, out: &mut [f32]) {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        if blk.rows_contiguous {
+            rows_body(l, x, blk, out)
+        } else {
+            dots_body(l, x, blk, out)
+        }
+    }
 }
 
-/// `out[j] = Σ_p x[p]·W[p, j]` for W rows contiguous (`W[p, j]` at `w + p·rs + j`), j < cols:
+/// [`column_sums`] compiled with AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn column_sums_avx2(l: Avx2Fma, x: &[f32], blk: Block, out: &mut [f32]) {
+    // SAFETY: forwarded caller contract; AVX2+FMA enabled here.
+    unsafe { column_sums(l, x, blk, out) }
+}
+
+/// [`column_sums`] for W rows contiguous (`W[p, j]` at `w + p·rs + j`, rs = `blk.stride`):
 /// eight rows of W at a time are streamed contiguously into the output (kept in L1), so each weight
 /// page is read in long runs. Every column sums its terms in p order with fused multiply-adds
 /// (vector or scalar lanes alike), so the result does not depend on how columns are split.
@@ -214,7 +137,8 @@ unsafe fn dots_avx2(x: &[f32], w: *const f32, cs: usize, cols: usize, out: &mut 
 /// # Safety
 /// W must be readable for p < x.len(), j < cols; `out.len() ≥ cols`.
 #[inline(always)]
-unsafe fn rows_body<S: Lanes8>(x: &[f32], w: *const f32, rs: usize, cols: usize, out: &mut [f32]) {
+unsafe fn rows_body<L: Lanes>(l: L, x: &[f32], blk: Block, out: &mut [f32]) {
+    let Block { base: w, stride: rs, cols, .. } = blk;
     let k = x.len();
     let cols8 = cols / 8 * 8;
     let o = out.as_mut_ptr();
@@ -223,15 +147,15 @@ unsafe fn rows_body<S: Lanes8>(x: &[f32], w: *const f32, rs: usize, cols: usize,
     unsafe {
         let mut p = 0;
         while p + ROWS <= k {
-            let xs: [S::V; ROWS] = core::array::from_fn(|q| S::splat(x[p + q]));
+            let xs: [L::V; ROWS] = core::array::from_fn(|q| l.splat(x[p + q]));
             let rows: [*const f32; ROWS] = core::array::from_fn(|q| w.add((p + q) * rs));
             let mut j = 0;
             while j < cols8 {
-                let mut acc = S::load(o.add(j));
+                let mut acc = l.load(o.add(j));
                 for q in 0..ROWS {
-                    acc = S::fma(xs[q], S::load(rows[q].add(j)), acc);
+                    acc = l.mul_add(xs[q], l.load(rows[q].add(j)), acc);
                 }
-                S::store(o.add(j), acc);
+                l.store(o.add(j), acc);
                 j += 8;
             }
             for jj in cols8..cols {
@@ -244,11 +168,11 @@ unsafe fn rows_body<S: Lanes8>(x: &[f32], w: *const f32, rs: usize, cols: usize,
             p += ROWS;
         }
         while p < k {
-            let xv = S::splat(x[p]);
+            let xv = l.splat(x[p]);
             let r0 = w.add(p * rs);
             let mut j = 0;
             while j < cols8 {
-                S::store(o.add(j), S::fma(xv, S::load(r0.add(j)), S::load(o.add(j))));
+                l.store(o.add(j), l.mul_add(xv, l.load(r0.add(j)), l.load(o.add(j))));
                 j += 8;
             }
             for jj in cols8..cols {
@@ -259,13 +183,14 @@ unsafe fn rows_body<S: Lanes8>(x: &[f32], w: *const f32, rs: usize, cols: usize,
     }
 }
 
-/// `out[j] = Σ_p x[p]·W[p, j]` for W columns contiguous (`W[p, j]` at `w + j·cs + p`): four
+/// [`column_sums`] for W columns contiguous (`W[p, j]` at `w + j·cs + p`, cs = `blk.stride`): four
 /// columns at a time, two 8-lane accumulators each, horizontal sums at the end.
 ///
 /// # Safety
 /// W must be readable for p < x.len(), j < cols; `out.len() ≥ cols`.
 #[inline(always)]
-unsafe fn dots_body<S: Lanes8>(x: &[f32], w: *const f32, cs: usize, cols: usize, out: &mut [f32]) {
+unsafe fn dots_body<L: Lanes>(l: L, x: &[f32], blk: Block, out: &mut [f32]) {
+    let Block { base: w, stride: cs, cols, .. } = blk;
     let k = x.len();
     let xp = x.as_ptr();
     let k16 = k / 16 * 16;
@@ -274,26 +199,26 @@ unsafe fn dots_body<S: Lanes8>(x: &[f32], w: *const f32, cs: usize, cols: usize,
     // on the column's position.
     macro_rules! columns {
         ($c:literal, $j:expr) => {{
-            let mut acc = [[S::zero(); 2]; $c];
+            let mut acc = [[l.splat(0.0); 2]; $c];
             let col = |q: usize| w.add(($j + q) * cs);
             let mut p = 0;
             while p < k16 {
-                let x0 = S::load(xp.add(p));
-                let x1 = S::load(xp.add(p + 8));
+                let x0 = l.load(xp.add(p));
+                let x1 = l.load(xp.add(p + 8));
                 for q in 0..$c {
-                    acc[q][0] = S::fma(x0, S::load(col(q).add(p)), acc[q][0]);
-                    acc[q][1] = S::fma(x1, S::load(col(q).add(p + 8)), acc[q][1]);
+                    acc[q][0] = l.mul_add(x0, l.load(col(q).add(p)), acc[q][0]);
+                    acc[q][1] = l.mul_add(x1, l.load(col(q).add(p + 8)), acc[q][1]);
                 }
                 p += 16;
             }
             if p < k8 {
-                let x0 = S::load(xp.add(p));
+                let x0 = l.load(xp.add(p));
                 for q in 0..$c {
-                    acc[q][0] = S::fma(x0, S::load(col(q).add(p)), acc[q][0]);
+                    acc[q][0] = l.mul_add(x0, l.load(col(q).add(p)), acc[q][0]);
                 }
             }
             for q in 0..$c {
-                let mut s = S::hsum(S::add(acc[q][0], acc[q][1]));
+                let mut s = l.reduce_sum(l.add(acc[q][0], acc[q][1]));
                 for pp in k8..k {
                     s = (*xp.add(pp)).mul_add(*col(q).add(pp), s);
                 }

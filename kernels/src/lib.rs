@@ -15,7 +15,9 @@ pub mod mat;
 pub mod microkernel;
 pub mod pack;
 pub mod peak;
+pub mod pool;
 pub mod rope;
+mod simd;
 pub mod testvals;
 #[cfg(target_arch = "x86_64")]
 mod vmath;

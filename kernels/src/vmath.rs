@@ -1,127 +1,110 @@
-//! AVX2 + FMA vector math for the element-wise kernels: e^x and the SwiGLU row loop.
+//! Vector math for the element-wise kernels, over the SIMD layer ([`crate::simd`]): e^x, σ and
+//! the SwiGLU row loops, forward and backward. Instantiated with the AVX2 + FMA token (the
+//! portable path of [`crate::fused`] keeps its scalar loops, whose results these do not match
+//! bit for bit).
 //!
 //! Same Cephes polynomial and range reduction as the scalar [`crate::fused::exp_f32`], with fused
 //! multiply-adds and the polynomial in Estrin form (shorter dependency chains), and two vectors
-//! per step in the forward so the FP scheduler has independent work (four spilled registers). Results differ from the scalar path
-//! by rounding only (tests bound both against f64).
+//! per step in the forward so the FP scheduler has independent work (four spilled registers).
+//! Results differ from the scalar path by rounding only (tests bound both against f64).
 
-use std::arch::x86_64::*;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::avx::Avx2Fma;
+use crate::simd::{Lanes, W};
 
-/// e^x for 8 lanes (~2 ulp; NaN stays NaN, x < −87.3 gives ~1e−38, x > 88.7 saturates).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) fn exp8(x: __m256) -> __m256 {
+/// e^x lane-wise (~2 ulp; NaN stays NaN, x < −87.3 gives ~1e−38, x > 88.7 saturates).
+#[inline(always)]
+pub(crate) fn exp<L: Lanes>(l: L, x: L::V) -> L::V {
     // max/min return their second operand when either is NaN: x comes second so NaN survives.
-    let x = _mm256_max_ps(_mm256_set1_ps(-87.3), x);
-    let x = _mm256_min_ps(_mm256_set1_ps(88.7), x);
-    let round = _mm256_set1_ps(12_582_912.0); // 1.5·2^23
-    let t = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), round);
-    let n = _mm256_sub_ps(t, round);
-    let ni = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(round));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let x = l.max(l.splat(-87.3), x);
+    let x = l.min(l.splat(88.7), x);
+    let round = l.splat(12_582_912.0); // 1.5·2^23
+    let t = l.mul_add(x, l.splat(std::f32::consts::LOG2_E), round);
+    let n = l.sub(t, round);
+    let r = l.neg_mul_add(n, l.splat(0.693_359_4), x);
+    let r = l.neg_mul_add(n, l.splat(-2.121_944_4e-4), r);
     // p(r) = c0 r^5 + c1 r^4 + c2 r^3 + c3 r^2 + c4 r + c5, Estrin: (c4 r + c5) + r²(c2 r + c3)
     // + r⁴(c0 r + c1).
-    let c = |v: f32| _mm256_set1_ps(v);
-    let r2 = _mm256_mul_ps(r, r);
-    let r4 = _mm256_mul_ps(r2, r2);
-    let p01 = _mm256_fmadd_ps(c(1.987_569_1e-4), r, c(1.398_199_9e-3));
-    let p23 = _mm256_fmadd_ps(c(8.333_452e-3), r, c(4.166_579_6e-2));
-    let p45 = _mm256_fmadd_ps(c(1.666_666_5e-1), r, c(0.5));
-    let p = _mm256_fmadd_ps(p01, r4, _mm256_fmadd_ps(p23, r2, p45));
+    let c = |v: f32| l.splat(v);
+    let r2 = l.mul(r, r);
+    let r4 = l.mul(r2, r2);
+    let p01 = l.mul_add(c(1.987_569_1e-4), r, c(1.398_199_9e-3));
+    let p23 = l.mul_add(c(8.333_452e-3), r, c(4.166_579_6e-2));
+    let p45 = l.mul_add(c(1.666_666_5e-1), r, c(0.5));
+    let p = l.mul_add(p01, r4, l.mul_add(p23, r2, p45));
     // e^r ≈ p·r² + r + 1
-    let er = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), c(1.0));
-    // 2^n as two factors so n = 128 does not overflow the exponent field.
-    let half = _mm256_srai_epi32::<1>(ni);
-    let bias = _mm256_set1_epi32(127);
-    let s1 = _mm256_slli_epi32::<23>(_mm256_add_epi32(half, bias));
-    let s2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_sub_epi32(ni, half), bias));
-    _mm256_mul_ps(_mm256_mul_ps(er, _mm256_castsi256_ps(s1)), _mm256_castsi256_ps(s2))
+    let er = l.add(l.mul_add(p, r2, r), c(1.0));
+    l.mul_pow2_rounded(er, t, round)
 }
 
-/// σ(g) = 1/(1+e^−g) for 8 lanes: the approximate reciprocal (12 bits) and one Newton step
-/// (≈ 23 bits) instead of a division, whose throughput would bound the loops.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn sigmoid8(g: __m256) -> __m256 {
-    let den = _mm256_add_ps(_mm256_set1_ps(1.0), exp8(_mm256_xor_ps(g, _mm256_set1_ps(-0.0))));
-    let r0 = _mm256_rcp_ps(den);
-    _mm256_mul_ps(r0, _mm256_fnmadd_ps(den, r0, _mm256_set1_ps(2.0)))
+/// σ(g) = 1/(1+e^−g) lane-wise, with the layer's fast reciprocal instead of a division, whose
+/// throughput would bound the loops.
+#[inline(always)]
+fn sigmoid<L: Lanes>(l: L, g: L::V) -> L::V {
+    l.recip(l.add(l.splat(1.0), exp(l, l.neg(g))))
 }
 
-/// value·silu(gate) for 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn swiglu8(v: __m256, g: __m256) -> __m256 {
-    _mm256_mul_ps(v, _mm256_mul_ps(g, sigmoid8(g)))
+/// value·silu(gate) lane-wise.
+#[inline(always)]
+fn swiglu<L: Lanes>(l: L, v: L::V, g: L::V) -> L::V {
+    l.mul(v, l.mul(g, sigmoid(l, g)))
 }
 
-/// Gradients of value·silu(gate) for 8 lanes given dy: (d value, d gate).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn swiglu_grad8(v: __m256, g: __m256, dy: __m256) -> (__m256, __m256) {
-    let s = sigmoid8(g);
-    let one = _mm256_set1_ps(1.0);
-    let dv = _mm256_mul_ps(_mm256_mul_ps(dy, g), s);
+/// Gradients of value·silu(gate) lane-wise given dy: (d value, d gate).
+#[inline(always)]
+fn swiglu_grad<L: Lanes>(l: L, v: L::V, g: L::V, dy: L::V) -> (L::V, L::V) {
+    let s = sigmoid(l, g);
+    let one = l.splat(1.0);
+    let dv = l.mul(l.mul(dy, g), s);
     // dg = dy·v·s·(1 + g·(1 − s))
-    let inner = _mm256_fmadd_ps(g, _mm256_sub_ps(one, s), one);
-    let dg = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dy, v), s), inner);
+    let inner = l.mul_add(g, l.sub(one, s), one);
+    let dg = l.mul(l.mul(l.mul(dy, v), s), inner);
     (dv, dg)
 }
 
-/// x [R, 2h] = [value | gate] rows -> y [R, h] = value·silu(gate).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA. `x.len() == 2·y.len()` and `y.len()` a multiple of `h`.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn swiglu_rows(x: &[f32], y: &mut [f32], h: usize) {
+/// The first `rest` < 8 floats of `src` in a zero-padded array of eight.
+#[inline(always)]
+fn padded(src: &[f32], rest: usize) -> [f32; W] {
+    let mut b = [0.0f32; W];
+    b[..rest].copy_from_slice(&src[..rest]);
+    b
+}
+
+/// x [R, 2h] = [value | gate] rows -> y [R, h] = value·silu(gate). Needs `x.len() == 2·y.len()`
+/// and `y.len()` a multiple of `h`.
+#[inline(always)]
+pub(crate) fn swiglu_rows<L: Lanes>(l: L, x: &[f32], y: &mut [f32], h: usize) {
     for (xr, yr) in x.chunks_exact(2 * h).zip(y.chunks_exact_mut(h)) {
         let (value, gate) = xr.split_at(h);
         let mut j = 0;
-        // SAFETY (all loads and stores below): every access is at lanes j..j+8 (or j..j+16)
-        // with that end ≤ h, inside `value`, `gate` and `yr`, each h long.
-        unsafe {
-            while j + 16 <= h {
-                let (vp, gp, yp) =
-                    (value.as_ptr().add(j), gate.as_ptr().add(j), yr.as_mut_ptr().add(j));
-                let r0 = swiglu8(_mm256_loadu_ps(vp), _mm256_loadu_ps(gp));
-                let r1 = swiglu8(_mm256_loadu_ps(vp.add(8)), _mm256_loadu_ps(gp.add(8)));
-                _mm256_storeu_ps(yp, r0);
-                _mm256_storeu_ps(yp.add(8), r1);
-                j += 16;
-            }
-            while j + 8 <= h {
-                let r = swiglu8(
-                    _mm256_loadu_ps(value.as_ptr().add(j)),
-                    _mm256_loadu_ps(gate.as_ptr().add(j)),
-                );
-                _mm256_storeu_ps(yr.as_mut_ptr().add(j), r);
-                j += 8;
-            }
+        while j + 2 * W <= h {
+            let r0 = swiglu(l, l.read(&value[j..]), l.read(&gate[j..]));
+            let r1 = swiglu(l, l.read(&value[j + W..]), l.read(&gate[j + W..]));
+            l.write(&mut yr[j..], r0);
+            l.write(&mut yr[j + W..], r1);
+            j += 2 * W;
+        }
+        while j + W <= h {
+            let r = swiglu(l, l.read(&value[j..]), l.read(&gate[j..]));
+            l.write(&mut yr[j..], r);
+            j += W;
         }
         if j < h {
             // The last h % 8 lanes through a zero-padded vector: same arithmetic as the others.
-            let (mut vb, mut gb, mut out) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
             let rest = h - j;
-            vb[..rest].copy_from_slice(&value[j..]);
-            gb[..rest].copy_from_slice(&gate[j..]);
-            // SAFETY: 8-lane loads and store on local arrays of 8.
-            unsafe {
-                let r = swiglu8(_mm256_loadu_ps(vb.as_ptr()), _mm256_loadu_ps(gb.as_ptr()));
-                _mm256_storeu_ps(out.as_mut_ptr(), r);
-            }
+            let (vb, gb) = (padded(&value[j..], rest), padded(&gate[j..], rest));
+            let mut out = [0.0f32; W];
+            l.write(&mut out, swiglu(l, l.read(&vb), l.read(&gb)));
             yr[j..].copy_from_slice(&out[..rest]);
         }
     }
 }
 
-/// dx [R, 2h] (+= when `accumulate`) the gradient of value·silu(gate) given dy [R, h].
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA. `x.len() == dx.len() == 2·dy.len()`, `dy.len()` a multiple
-/// of `h`.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn swiglu_backward_rows(
+/// dx [R, 2h] (+= when `accumulate`) the gradient of value·silu(gate) given dy [R, h]. Needs
+/// `x.len() == dx.len() == 2·dy.len()`, `dy.len()` a multiple of `h`.
+#[inline(always)]
+pub(crate) fn swiglu_backward_rows<L: Lanes>(
+    l: L,
     x: &[f32],
     dy: &[f32],
     dx: &mut [f32],
@@ -133,45 +116,28 @@ pub(crate) unsafe fn swiglu_backward_rows(
         let (value, gate) = xr.split_at(h);
         let (dvalue, dgate) = dxr.split_at_mut(h);
         let mut j = 0;
-        // SAFETY (loads and stores below): lanes j..j+8 with j + 8 ≤ h, inside each h-long row part.
-        unsafe {
-            while j + 8 <= h {
-                let (dvp, dgp) = (dvalue.as_mut_ptr().add(j), dgate.as_mut_ptr().add(j));
-                let (dv, dg) = swiglu_grad8(
-                    _mm256_loadu_ps(value.as_ptr().add(j)),
-                    _mm256_loadu_ps(gate.as_ptr().add(j)),
-                    _mm256_loadu_ps(dyr.as_ptr().add(j)),
-                );
-                if accumulate {
-                    _mm256_storeu_ps(dvp, _mm256_add_ps(_mm256_loadu_ps(dvp), dv));
-                    _mm256_storeu_ps(dgp, _mm256_add_ps(_mm256_loadu_ps(dgp), dg));
-                } else {
-                    _mm256_storeu_ps(dvp, dv);
-                    _mm256_storeu_ps(dgp, dg);
-                }
-                j += 8;
+        while j + W <= h {
+            let (v, g, d) = (l.read(&value[j..]), l.read(&gate[j..]), l.read(&dyr[j..]));
+            let (dv, dg) = swiglu_grad(l, v, g, d);
+            if accumulate {
+                let (dv, dg) = (l.add(l.read(&dvalue[j..]), dv), l.add(l.read(&dgate[j..]), dg));
+                l.write(&mut dvalue[j..], dv);
+                l.write(&mut dgate[j..], dg);
+            } else {
+                l.write(&mut dvalue[j..], dv);
+                l.write(&mut dgate[j..], dg);
             }
+            j += W;
         }
         if j < h {
             // The last h % 8 lanes through zero-padded vectors: same arithmetic as the others.
             let rest = h - j;
-            let pad = |src: &[f32]| {
-                let mut b = [0.0f32; 8];
-                b[..rest].copy_from_slice(&src[j..]);
-                b
-            };
-            let (vb, gb, db) = (pad(value), pad(gate), pad(dyr));
-            let (mut dvb, mut dgb) = ([0.0f32; 8], [0.0f32; 8]);
-            // SAFETY: 8-lane loads and stores on local arrays of 8.
-            unsafe {
-                let (dv, dg) = swiglu_grad8(
-                    _mm256_loadu_ps(vb.as_ptr()),
-                    _mm256_loadu_ps(gb.as_ptr()),
-                    _mm256_loadu_ps(db.as_ptr()),
-                );
-                _mm256_storeu_ps(dvb.as_mut_ptr(), dv);
-                _mm256_storeu_ps(dgb.as_mut_ptr(), dg);
-            }
+            let (vb, gb, db) =
+                (padded(&value[j..], rest), padded(&gate[j..], rest), padded(&dyr[j..], rest));
+            let (mut dvb, mut dgb) = ([0.0f32; W], [0.0f32; W]);
+            let (dv, dg) = swiglu_grad(l, l.read(&vb), l.read(&gb), l.read(&db));
+            l.write(&mut dvb, dv);
+            l.write(&mut dgb, dg);
             for (k, (o, p)) in dvalue[j..].iter_mut().zip(dgate[j..].iter_mut()).enumerate() {
                 if accumulate {
                     *o += dvb[k];
@@ -185,38 +151,73 @@ pub(crate) unsafe fn swiglu_backward_rows(
     }
 }
 
+/// [`swiglu_rows`] compiled with AVX2 + FMA.
+///
+/// # Safety
+/// None beyond the token: it proves AVX2 and FMA (the attribute only lets the body inline).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn swiglu_rows_avx2(l: Avx2Fma, x: &[f32], y: &mut [f32], h: usize) {
+    swiglu_rows(l, x, y, h)
+}
+
+/// [`swiglu_backward_rows`] compiled with AVX2 + FMA.
+///
+/// # Safety
+/// None beyond the token: it proves AVX2 and FMA (the attribute only lets the body inline).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn swiglu_backward_rows_avx2(
+    l: Avx2Fma,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    h: usize,
+    accumulate: bool,
+) {
+    swiglu_backward_rows(l, x, dy, dx, h, accumulate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::microkernel::KernelKind;
 
-    fn has_avx2_fma() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    /// The AVX2 token whatever `VFFN_KERNEL` selects (these tests check the vector math itself).
+    fn avx2() -> Option<Avx2Fma> {
+        let l = Avx2Fma::for_kind(KernelKind::Avx2);
+        if l.is_none() {
+            eprintln!("skipped: no AVX2+FMA on this CPU");
+        }
+        l
+    }
+
+    /// Values (i·step mod modulus)/scale − shift, i < len: spread over [−shift, modulus/scale − shift).
+    fn spread(len: usize, step: usize, modulus: usize, scale: f32, shift: f32) -> Vec<f32> {
+        (0..len).map(|i| ((i * step) % modulus) as f32 / scale - shift).collect()
+    }
+
+    fn exp_of(l: Avx2Fma, xs: [f32; 8]) -> [f32; 8] {
+        let mut out = [0.0f32; 8];
+        l.write(&mut out, exp(l, l.read(&xs)));
+        out
     }
 
     #[test]
-    fn exp8_is_accurate_and_keeps_nan() {
-        if !has_avx2_fma() {
-            eprintln!("skipped: no AVX2+FMA on this CPU");
-            return;
-        }
+    fn exp_is_accurate_and_keeps_nan() {
+        let Some(l) = avx2() else { return };
         let mut worst = 0.0f64;
         let mut x = -87.0f32;
         while x < 88.0 {
-            let xs: [f32; 8] = std::array::from_fn(|l| x + l as f32 * 0.0017);
-            let mut out = [0.0f32; 8];
-            // SAFETY: AVX2 and FMA checked above; 8-lane load and store on local arrays.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp8(_mm256_loadu_ps(xs.as_ptr()))) };
-            for (&xi, &o) in xs.iter().zip(&out) {
+            let xs: [f32; 8] = std::array::from_fn(|i| x + i as f32 * 0.0017);
+            for (&xi, &o) in xs.iter().zip(&exp_of(l, xs)) {
                 let want = (xi as f64).exp();
                 worst = worst.max(((o as f64 - want) / want).abs());
             }
             x += 0.0137;
         }
         assert!(worst < 4e-7, "worst relative error {worst}");
-        let xs = [f32::NAN, f32::NEG_INFINITY, 88.7, 1000.0, -1000.0, 0.0, 1.0, -1.0];
-        let mut out = [0.0f32; 8];
-        // SAFETY: as above.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp8(_mm256_loadu_ps(xs.as_ptr()))) };
+        let out = exp_of(l, [f32::NAN, f32::NEG_INFINITY, 88.7, 1000.0, -1000.0, 0.0, 1.0, -1.0]);
         assert!(out[0].is_nan());
         assert!(out[1] < 1e-37 && out[4] < 1e-37);
         assert!(out[2].is_finite() && out[3].is_finite() && out[3] > 1e38);
@@ -225,17 +226,13 @@ mod tests {
 
     #[test]
     fn swiglu_rows_matches_f64_at_every_width_and_extremes() {
-        if !has_avx2_fma() {
-            eprintln!("skipped: no AVX2+FMA on this CPU");
-            return;
-        }
+        let Some(l) = avx2() else { return };
         for h in 1..=41 {
             let rows = 3;
-            let x: Vec<f32> =
-                (0..rows * 2 * h).map(|i| ((i * 7919) % 2003) as f32 / 100.0 - 10.0).collect();
+            let x = spread(rows * 2 * h, 7919, 2003, 100.0, 10.0);
             let mut y = vec![0.0f32; rows * h];
-            // SAFETY: AVX2 and FMA checked above; x is 2·y long, y a multiple of h.
-            unsafe { swiglu_rows(&x, &mut y, h) };
+            // SAFETY: the token proves AVX2 and FMA.
+            unsafe { swiglu_rows_avx2(l, &x, &mut y, h) };
             for r in 0..rows {
                 for j in 0..h {
                     let v = x[r * 2 * h + j] as f64;
@@ -253,29 +250,26 @@ mod tests {
         let x = [1.0, 2.0, 3.0, 4.0, 100.0, -100.0, f32::NAN, 0.0];
         let mut y = [0.0f32; 4];
         // SAFETY: as above (h = 4).
-        unsafe { swiglu_rows(&x, &mut y, 4) };
+        unsafe { swiglu_rows_avx2(l, &x, &mut y, 4) };
         assert!((y[0] - 100.0).abs() < 1e-4 && y[1].abs() < 1e-30, "{y:?}");
         assert!(y[2].is_nan() && y[3] == 0.0, "{y:?}");
     }
 
     #[test]
     fn swiglu_backward_rows_matches_f64_and_accumulates() {
-        if !has_avx2_fma() {
-            eprintln!("skipped: no AVX2+FMA on this CPU");
-            return;
-        }
+        let Some(l) = avx2() else { return };
         for h in 1..=41 {
             let rows = 3;
-            let x: Vec<f32> =
-                (0..rows * 2 * h).map(|i| ((i * 7919) % 2003) as f32 / 200.0 - 5.0).collect();
-            let dy: Vec<f32> =
-                (0..rows * h).map(|i| ((i * 104_729) % 997) as f32 / 500.0 - 1.0).collect();
+            let (x, dy) = (
+                spread(rows * 2 * h, 7919, 2003, 200.0, 5.0),
+                spread(rows * h, 104_729, 997, 500.0, 1.0),
+            );
             let mut dx = vec![0.0f32; rows * 2 * h];
-            // SAFETY: AVX2 and FMA checked above; shapes as required.
-            unsafe { swiglu_backward_rows(&x, &dy, &mut dx, h, false) };
+            // SAFETY: the token proves AVX2 and FMA.
+            unsafe { swiglu_backward_rows_avx2(l, &x, &dy, &mut dx, h, false) };
             let mut acc = vec![0.5f32; rows * 2 * h];
             // SAFETY: as above.
-            unsafe { swiglu_backward_rows(&x, &dy, &mut acc, h, true) };
+            unsafe { swiglu_backward_rows_avx2(l, &x, &dy, &mut acc, h, true) };
             for r in 0..rows {
                 for j in 0..h {
                     let v = x[r * 2 * h + j] as f64;

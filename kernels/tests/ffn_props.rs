@@ -7,44 +7,26 @@
 use proptest::prelude::*;
 use vffn_kernels::ffn::{self, naive, DepthSaved, FfnError, PackedFfn, WidthSaved};
 use vffn_kernels::rayon;
-
-fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn rand_u(seed: &mut u64, n: usize) -> usize {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    (*seed >> 33) as usize % n
-}
+use vffn_kernels::testvals::{values as data, XorShift};
 
 /// Routing: mode 0 random distinct experts, 1 every slot on expert `fixed`, 2 only experts
 /// 0 and E−1 (others get no tokens).
 fn routing(t: usize, k: usize, e: usize, mode: u8, seed: u64) -> (Vec<u32>, Vec<f32>) {
-    let mut s = seed | 1;
+    let mut rng = XorShift::new(seed);
     let mut ids = Vec::with_capacity(t * k);
     for _ in 0..t {
         let mut chosen: Vec<u32> = Vec::new();
         for j in 0..k {
             let id = match mode {
                 0 => loop {
-                    let c = rand_u(&mut s, e) as u32;
+                    let c = rng.below(e) as u32;
                     if !chosen.contains(&c) {
                         break c;
                     }
                 },
                 1 => (seed as usize % e) as u32,
                 _ => {
-                    if (rand_u(&mut s, 2) + j).is_multiple_of(2) {
+                    if (rng.below(2) + j).is_multiple_of(2) {
                         0
                     } else {
                         (e - 1) as u32
@@ -483,10 +465,10 @@ proptest! {
         let w2 = data(d * h, seed + 1, 0.4);
         let wn = data(d, seed + 2, 1.0).iter().map(|v| 1.0 + 0.3 * v).collect::<Vec<_>>();
         let x = data(t * d, seed + 3, 1.0);
-        let mut s = seed | 1;
+        let mut rng = XorShift::new(seed);
         let depth: Vec<u8> = (0..t)
             .map(|_| match mode {
-                0 => 1 + rand_u(&mut s, loops) as u8,
+                0 => 1 + rng.below(loops) as u8,
                 1 => 1,
                 _ => loops as u8,
             })

@@ -96,7 +96,6 @@ pub mod error;
 pub mod ops;
 pub mod optim;
 pub mod param;
-pub mod pool;
 pub mod rng;
 pub mod tape;
 pub mod tensor;
@@ -110,6 +109,9 @@ pub use rng::Rng;
 pub use tape::{GradSlot, Gradients, Tape};
 pub use tensor::Tensor;
 pub use vffn_kernels::attention::AttnShape;
+/// The scratch pool is the kernels' one ([`vffn_kernels::pool`]): tensors and kernel scratch
+/// share its buffers.
+pub use vffn_kernels::pool;
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

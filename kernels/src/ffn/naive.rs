@@ -24,18 +24,22 @@ pub fn dense_naive(w1: &[f32], w2: &[f32], d: usize, h: usize, z: &[f32], out: &
 /// One expert's weights as views: value rows [s,d], gate rows [s,d], W2 columns [d,s].
 type ExpertViews<'a> = (MatRef<'a>, MatRef<'a>, MatRef<'a>);
 
-#[allow(clippy::too_many_arguments)]
+/// A routed call's token inputs: z [T,d], expert ids and gates [T,k].
+struct Routed<'a> {
+    z: &'a [f32],
+    experts: &'a [u32],
+    gates: &'a [f32],
+    k: usize,
+}
+
+// (z [T,d], ids, gates) -> out [T,d] += Σ_j gates·FFN_e(z)
 fn routed_naive<'a>(
     views: impl Fn(usize) -> ExpertViews<'a>,
-    count: usize,
-    d: usize,
-    s: usize,
-    z: &[f32],
-    experts: &[u32],
-    gates: &[f32],
-    k: usize,
+    (count, d, s): (usize, usize, usize),
+    routed: Routed<'_>,
     out: &mut [f32],
 ) {
+    let Routed { z, experts, gates, k } = routed;
     for e in 0..count {
         let slots: Vec<usize> = (0..experts.len()).filter(|&i| experts[i] as usize == e).collect();
         let m = slots.len();
@@ -88,7 +92,7 @@ pub fn width_naive(
         let w2_e = MatRef::strided(&w2[e * s..], d, s, h, 1);
         (value, gate, w2_e)
     };
-    routed_naive(views, n_experts, d, s, z, experts, gates, k, out);
+    routed_naive(views, (n_experts, d, s), Routed { z, experts, gates, k }, out);
 }
 
 /// MoE with real experts: `w1s[e]` [2s,d], `w2s[e]` [d,s].
@@ -109,7 +113,7 @@ pub fn moe_naive(
         let gate = MatRef::new(&w1s[e][s * d..], s, d);
         (value, gate, MatRef::new(w2s[e], d, s))
     };
-    routed_naive(views, w1s.len(), d, s, z, experts, gates, k, out);
+    routed_naive(views, (w1s.len(), d, s), Routed { z, experts, gates, k }, out);
 }
 
 /// Depth path: every token runs the batch's deepest loop count; a mask keeps each token's

@@ -115,22 +115,8 @@ fn row_dots_into(x: &[f32], y: &[f32], cols: usize, out: &mut [f32], accumulate:
     );
 }
 
-/// Dot product with 8 fixed lanes (vectorizes; order depends only on the length).
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-    for (x, y) in ta.iter().zip(tb) {
-        s += x * y;
-    }
-    s
-}
+/// Dot product with 8 fixed lanes (the kernels' one: order depends only on the length).
+use vffn_kernels::fused::lanes_dot as dot8;
 
 /// Sum in f64 over fixed chunks, combined in order.
 fn sum_f64(x: &[f32]) -> f64 {

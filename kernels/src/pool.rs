@@ -191,7 +191,7 @@ const COPY_CHUNK: usize = 1 << 15;
 
 /// `dst.copy_from_slice(src)`, split over the thread pool when large (a serial multi-megabyte
 /// copy leaves the other threads idle).
-pub(crate) fn par_copy(dst: &mut [f32], src: &[f32]) {
+pub fn par_copy(dst: &mut [f32], src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "par_copy: lengths differ");
     if src.len() <= COPY_CHUNK {
         dst.copy_from_slice(src);
