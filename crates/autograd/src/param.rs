@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::pool::Buffer;
-use crate::tape::Gradients;
 use crate::tensor::{Shape, Tensor};
 use crate::{Error, Result};
 
@@ -146,8 +145,8 @@ impl ParamStore {
 
     /// Adds the parameter gradients of one backward pass into the accumulators (moving the
     /// buffer when the accumulator is empty), so micro-batches can be summed.
-    pub fn accumulate_grads(&mut self, grads: Gradients) {
-        for (id, g) in grads.take_params() {
+    pub fn accumulate_grads(&mut self, grads: impl IntoIterator<Item = (ParamId, Buffer)>) {
+        for (id, g) in grads {
             let p = &mut self.params[id.0];
             match &mut p.grad {
                 Some(acc) => acc.iter_mut().zip(g.iter()).for_each(|(a, x)| *a += x),

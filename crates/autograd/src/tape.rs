@@ -333,9 +333,20 @@ impl Gradients {
         self.grads[index].as_deref()
     }
 
-    /// Moves out the parameter gradients, in tape order.
-    pub(crate) fn take_params(mut self) -> Vec<(ParamId, Buffer)> {
+    /// Moves out the parameter gradients, in tape order (for
+    /// [`crate::ParamStore::accumulate_grads`], which is why `Gradients` is iterable).
+    fn take_params(mut self) -> Vec<(ParamId, Buffer)> {
         let params = std::mem::take(&mut self.params);
         params.into_iter().filter_map(|(p, i)| self.grads[i].take().map(|g| (p, g))).collect()
+    }
+}
+
+/// The parameter gradients, in tape order (leaf gradients are dropped).
+impl IntoIterator for Gradients {
+    type Item = (ParamId, Buffer);
+    type IntoIter = std::vec::IntoIter<(ParamId, Buffer)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.take_params().into_iter()
     }
 }
