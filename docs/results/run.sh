@@ -104,7 +104,10 @@ run() {
   fi
   local evaldata=()
   [ "$data" = builtin ] || evaldata=(--data "$data")
-  [ -s "$dir/eval.json" ] || "$VFFN" eval --checkpoint "$dir" "${evaldata[@]}" --json >"$dir/eval.json"
+  if [ ! -s "$dir/eval.json" ]; then # written whole or not at all (collectors copy it)
+    "$VFFN" eval --checkpoint "$dir" "${evaldata[@]}" --json >"$dir/eval.json.$$"
+    mv "$dir/eval.json.$$" "$dir/eval.json"
+  fi
   # Re-inspected when written before the width-path expert load existed (issue 19).
   if ! grep -qs width_expert_counts "$dir/inspect.json"; then
     "$VFFN" inspect --checkpoint "$dir" "${evaldata[@]}" --batches 0 --json >"$dir/inspect.json.$$"
