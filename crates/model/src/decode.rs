@@ -66,12 +66,12 @@ impl<'a> Decoder<'a> {
         }
         let (d, pos) = (cfg.d_model, self.len);
         let mut tape = Tape::no_grad();
-        let wte = tape.param(&model.params, model.wte);
-        let mut x = tape.embedding(&wte, &[token]); // [1, d]
+        let mut x = model.weight(&mut tape, model.wte).embedding(&mut tape, &[token]); // [1, d]
         for (layer, ids) in model.layers.iter().enumerate() {
-            let w = ids.load(&mut tape, &model.params);
+            // Not packed: one token's products read each weight once, in place (bf16 or f32).
+            let w = ids.load_with(&mut tape, &model.params, &model.half);
             let h = tape.rms_norm(&x, &w.attn_norm, cfg.norm_eps);
-            let qkv = tape.linear(&h, &w.att_proj); // [1, 3d]
+            let qkv = w.att_proj.linear(&mut tape, &h); // [1, 3d]
             let qkv = tape.rope(&qkv, &[0, d], cfg.n_heads, cfg.head_dim(), &[pos], cfg.rope_theta);
             let qkv = qkv.data();
             self.keys[layer][pos * d..(pos + 1) * d].copy_from_slice(&qkv[d..2 * d]);
@@ -87,14 +87,11 @@ impl<'a> Decoder<'a> {
                 &mut attended,
             );
             let attended = Tensor::from_vec(&[1, d], attended)?;
-            let a = tape.linear(&attended, &w.attn_out);
+            let a = w.attn_out.linear(&mut tape, &attended);
             let x_attn = tape.add(&x, &a);
             x = model.infer_ffn_part(&mut tape, &w, &x_attn);
         }
         self.len += 1;
-        let ln_f = tape.param(&model.params, model.ln_f);
-        let head = tape.param(&model.params, model.head);
-        let h = tape.rms_norm(&x, &ln_f, cfg.norm_eps);
-        Ok(tape.linear(&h, &head).to_vec())
+        Ok(model.head(&mut tape, &x).to_vec())
     }
 }

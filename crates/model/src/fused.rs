@@ -88,7 +88,7 @@ pub(crate) struct FusedFfn {
 pub(crate) fn pack_layer(tape: &Tape, cfg: &Config, w: &LayerWeights) -> Option<FusedFfn> {
     let (d, h) = (cfg.d_model, cfg.hidden);
     let mut weights: Vec<&Tensor> = vec![&w.ff_proj, &w.ff_out];
-    weights.extend(w.experts.iter().flat_map(|(p, o)| [p, o]));
+    weights.extend(w.experts.iter().flat_map(|(p, o)| [&**p, &**o]));
     let backward = tape.wants_grad(&weights);
     let virtual_experts = match (cfg.block, cfg.paths) {
         (BlockKind::Versatile, Paths::Both | Paths::Width) => cfg.n_experts,
@@ -257,7 +257,7 @@ pub(crate) fn moe_ffn(
     let (n, d, k) = (z.rows(), z.cols(), gates.cols());
     let packed_experts = fused.experts.as_ref().expect("moe layer packs its experts");
     let mut inputs: Vec<&Tensor> = vec![z, gates, &w.ff_proj, &w.ff_out];
-    inputs.extend(w.experts.iter().flat_map(|(p, o)| [p, o]));
+    inputs.extend(w.experts.iter().flat_map(|(p, o)| [&**p, &**o]));
     let mut buf = Buffer::zeros(n * d);
     if !tape.wants_grad(&inputs) {
         vffn_kernels::ffn::dense_forward(&fused.shared, z.data(), &mut buf)

@@ -28,6 +28,7 @@ pub mod flops;
 pub(crate) mod fused;
 pub mod model;
 pub(crate) mod versatile;
+pub(crate) mod weights;
 
 pub use checkpoint::{
     load_model, load_model_unverified, load_optimizer, read_tensors, save_model, save_model_as,
