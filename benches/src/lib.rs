@@ -17,7 +17,8 @@ use vffn_kernels::ffn::{self, PackedFfn};
 use vffn_kernels::{gemm, MatMut, MatRef};
 use vffn_model::{
     causal_mean_context, dense_ffn_flops, training_flops, Batch, Batcher, Config, Dataset,
-    InferOutput, Model, RunConfig, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES, TRAIN_GROUPS,
+    InferOutput, Model, RunConfig, WeightDtype, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES,
+    TRAIN_GROUPS,
 };
 
 /// GEMM shapes (m, k, n) of the GEMM issue: square, the FFN-like panels, small and skinny,
@@ -290,7 +291,17 @@ pub struct ForwardCase {
 
 impl ForwardCase {
     pub fn new(config: Config, dataset: &Dataset, seed: u64) -> Result<Self> {
-        let model = Model::new(config.clone(), seed)?;
+        ForwardCase::new_as(config, dataset, seed, WeightDtype::F32)
+    }
+
+    /// [`ForwardCase::new`] with the model's matrices held as `weights` (f32 or bf16).
+    pub fn new_as(
+        config: Config,
+        dataset: &Dataset,
+        seed: u64,
+        weights: WeightDtype,
+    ) -> Result<Self> {
+        let model = Model::new_as(config.clone(), seed, weights)?;
         let mut batcher =
             Batcher::new(dataset.val.clone(), config.seq_len, config.batch_size, seed)?;
         let batch = batcher.next_batch();

@@ -12,7 +12,7 @@ use vffn_autograd::Rng;
 use vffn_model::{causal_mean_context, Model};
 
 use super::{block_name, ModelChoice};
-use crate::common::{check_buffers, checked_size, in_pool, sample_token};
+use crate::common::{check_buffers, checked_size, in_pool, sample_token, WeightsArg};
 
 /// The first token fed to the decoder (a newline byte).
 const START_TOKEN: u32 = b'\n' as u32;
@@ -24,9 +24,12 @@ pub struct GenerateBenchArgs {
     /// Tokens decoded (timed); default: the model's seq_len.
     #[arg(long)]
     tokens: Option<usize>,
+    #[command(flatten)]
+    weights: WeightsArg,
 }
 
 pub fn run(args: GenerateBenchArgs) -> Result<()> {
+    let weights = args.weights.dtype()?;
     let config = args.model.run_config()?.model;
     let tokens = args.tokens.unwrap_or(config.seq_len);
     ensure!(tokens >= 1, "--tokens must be at least 1");
@@ -42,7 +45,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
     check_buffers("--tokens", floats)?;
     let seed = args.model.seed;
     let (seconds, sequence, threads) = in_pool(args.model.threads, || {
-        let model = Model::new(config.clone(), seed)?;
+        let model = Model::new_as(config.clone(), seed, weights)?;
         // Untimed warm-up push on a separate decoder (allocator, caches, thread pool).
         model.decoder(1).push(START_TOKEN).context("decoding")?;
         let mut decoder = model.decoder(tokens);
@@ -60,7 +63,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
         Ok((seconds, sequence, rayon::current_num_threads()))
     })?;
     let tokens_per_s = tokens as f64 / seconds;
-    let model = Model::new(config.clone(), seed)?;
+    let model = Model::new_as(config.clone(), seed, weights)?;
     let routed = model.infer(&sequence, 1, sequence.len())?;
     let flops = routed.realized_flops(&config, causal_mean_context(sequence.len()))?;
     let gflops = flops.total * tokens_per_s / 1e9;
@@ -72,6 +75,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
             "tokens": tokens,
             "preset": name,
             "block": block,
+            "weights": weights.name(),
             "threads": threads,
             "realized_flops_per_token": flops.total,
             "gflops": gflops,
@@ -79,7 +83,10 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
         });
         outln!("{line}");
     } else {
-        outln!("generate {name}/{block}, {threads} threads, {tokens} tokens greedy with KV cache");
+        outln!(
+            "generate {name}/{block}, {weights} weights, {threads} threads, {tokens} tokens \
+             greedy with KV cache"
+        );
         outln!("  per token   {:10.3} ms", seconds * 1e3 / tokens as f64);
         outln!("  throughput  {tokens_per_s:10.0} tokens/s");
         outln!(
