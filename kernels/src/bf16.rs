@@ -9,23 +9,43 @@
 //!
 //! Every row sums its terms in the same order wherever it sits (in a group of four or alone),
 //! so splitting the rows over threads never changes a result.
+//!
+//! Linear layers with bf16 weights ([`linear_bf16`]: `out = x·Wᵀ`, x with any number of rows)
+//! run this GEMV for one row (decoding) and the packed GEMM for more, whose B panels are built
+//! from the bf16 rows by one of two [`Bf16Path`]s: `Widen` (each weight widened to f32, then the
+//! f32 micro-kernel: exact products, the result of the f32 GEMM on the widened weights) or `Dot`
+//! (k-pairs of bf16 for `vdpbf16ps`, x rounded to bf16 at packing: twice the products per
+//! instruction, on CPUs with avx512_bf16).
+
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::microkernel::KernelKind;
+use crate::gemm::{packed_loops, view_fits, MatMut, MatRef, OutView};
+use crate::microkernel::{isa, KernelKind};
+use crate::pack::BOperand;
 
 /// `rows·k` below which threads are not used (as in the f32 GEMV, counted in weights).
 const PAR_MIN: usize = 1 << 16;
 /// Fewest rows per parallel work item.
 const MIN_ROWS_PER_ITEM: usize = 64;
 
-/// Errors of the bf16 GEMV's arguments.
-#[derive(Debug, PartialEq, Eq)]
+/// Errors of the bf16 kernels' arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Bf16Error {
     /// `w` is shorter than the rows it should hold.
     Weights { rows: usize, row_stride: usize, k: usize, needed: usize, len: usize },
     /// Rows would overlap: the stride is shorter than a row.
     Stride { row_stride: usize, k: usize },
+    /// `x [m, k]`, `W [n, k]` and `out [m, n]` do not fit together.
+    Shape { x: [usize; 2], w: [usize; 2], out: [usize; 2] },
+    /// A view reaches outside its slice, or `out` has overlapping elements.
+    View(&'static str),
+    /// `VFFN_BF16` holds a name that is not a path.
+    UnknownPath(String),
+    /// The dot-product path was asked for where it cannot run (it needs avx512_bf16 and the
+    /// avx512 kernel family).
+    DotUnavailable,
 }
 
 impl std::fmt::Display for Bf16Error {
@@ -38,11 +58,244 @@ impl std::fmt::Display for Bf16Error {
             Bf16Error::Stride { row_stride, k } => {
                 write!(f, "bf16 weights: row stride {row_stride} is shorter than k = {k}")
             }
+            Bf16Error::Shape { x, w, out } => write!(
+                f,
+                "bf16 linear: x [{}, {}], W [{}, {}] and out [{}, {}] do not fit (x [m, k], W [n, k], out [m, n])",
+                x[0], x[1], w[0], w[1], out[0], out[1]
+            ),
+            Bf16Error::View(what) => write!(f, "bf16 linear: {what}"),
+            Bf16Error::UnknownPath(s) => write!(f, "VFFN_BF16=`{s}` is not one of dot, widen"),
+            Bf16Error::DotUnavailable => write!(
+                f,
+                "the bf16 dot-product path needs avx512_bf16 and the avx512 kernel family (VFFN_KERNEL)"
+            ),
         }
     }
 }
 
 impl std::error::Error for Bf16Error {}
+
+/// The rows of a linear layer's weight as bf16 bits: `W[j, p] = bits[j·row_stride + p]` for
+/// `j < rows`, `p < cols`.
+#[derive(Clone, Copy, Debug)]
+pub struct Bf16Rows<'a> {
+    pub bits: &'a [u16],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+}
+
+impl<'a> Bf16Rows<'a> {
+    /// Contiguous `rows × cols` weights.
+    pub fn new(bits: &'a [u16], rows: usize, cols: usize) -> Result<Self, Bf16Error> {
+        Self::strided(bits, rows, cols, cols)
+    }
+
+    /// Rows `row_stride` values apart.
+    pub fn strided(
+        bits: &'a [u16],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Result<Self, Bf16Error> {
+        let w = Bf16Rows { bits, rows, cols, row_stride };
+        w.check()?;
+        Ok(w)
+    }
+
+    /// Whether every row fits in `bits` without overlapping the next.
+    pub fn check(&self) -> Result<(), Bf16Error> {
+        let (rows, k, row_stride) = (self.rows, self.cols, self.row_stride);
+        if row_stride < k && rows > 1 {
+            return Err(Bf16Error::Stride { row_stride, k });
+        }
+        let needed = if rows == 0 || k == 0 {
+            0
+        } else {
+            (rows - 1).checked_mul(row_stride).and_then(|r| r.checked_add(k)).unwrap_or(usize::MAX)
+        };
+        if self.bits.len() < needed {
+            return Err(Bf16Error::Weights { rows, row_stride, k, needed, len: self.bits.len() });
+        }
+        Ok(())
+    }
+
+    /// The f32 value of W[j, p].
+    pub fn at(&self, j: usize, p: usize) -> f32 {
+        assert!(
+            j < self.rows && p < self.cols,
+            "Bf16Rows::at({j}, {p}) outside {}×{}",
+            self.rows,
+            self.cols
+        );
+        widen(self.bits[j * self.row_stride + p])
+    }
+}
+
+/// How the packed GEMM multiplies by bf16 weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Path {
+    /// Weights widened to f32 in the B panels, the f32 micro-kernel of the selected family.
+    Widen,
+    /// `vdpbf16ps` on k-pairs, x rounded to bf16 (round-to-nearest-even) when packed.
+    Dot,
+}
+
+impl Bf16Path {
+    /// Name as accepted by `VFFN_BF16`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Bf16Path::Widen => "widen",
+            Bf16Path::Dot => "dot",
+        }
+    }
+
+    /// Whether the path can run here: `Dot` needs avx512_bf16 and the avx512 family selected.
+    pub fn is_available(self) -> bool {
+        match self {
+            Bf16Path::Widen => true,
+            Bf16Path::Dot => dot_available(),
+        }
+    }
+}
+
+impl std::fmt::Display for Bf16Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether this CPU has `vdpbf16ps` and the selected family is AVX-512 (`VFFN_KERNEL=avx2` or
+/// `portable` means the widen path).
+fn dot_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa() == KernelKind::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The bf16 path of [`linear_bf16`], decided once per process: `VFFN_BF16=dot|widen` if set
+/// (`dot` where it cannot run is an error), else `Dot` where available, else `Widen`.
+pub fn selected_bf16_path() -> Result<Bf16Path, Bf16Error> {
+    static SELECTED: OnceLock<Result<Bf16Path, Bf16Error>> = OnceLock::new();
+    SELECTED
+        .get_or_init(|| {
+            let name = std::env::var("VFFN_BF16").unwrap_or_default();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "" if dot_available() => Ok(Bf16Path::Dot),
+                "" | "widen" => Ok(Bf16Path::Widen),
+                "dot" if dot_available() => Ok(Bf16Path::Dot),
+                "dot" => Err(Bf16Error::DotUnavailable),
+                _ => Err(Bf16Error::UnknownPath(name)),
+            }
+        })
+        .clone()
+}
+
+/// `out[i, j] = Σ_p x[i, p]·W[j, p]` (`+ out[i, j]` when `accumulate`): x `[m, k]` f32, W bf16
+/// rows `[n, k]`, out `[m, n]`. One row of x runs the bf16 GEMV, more the packed GEMM on the
+/// [`selected_bf16_path`]. The result never depends on the thread count.
+pub fn linear_bf16(
+    x: MatRef<'_>,
+    w: Bf16Rows<'_>,
+    out: MatMut<'_>,
+    accumulate: bool,
+) -> Result<(), Bf16Error> {
+    linear_bf16_with(selected_bf16_path()?, isa(), x, w, out, accumulate)
+}
+
+/// [`linear_bf16`] with an explicit path and f32 kernel family (for tests and benchmarks;
+/// an unavailable family runs portable code, an unavailable `Dot` is an error).
+pub fn linear_bf16_with(
+    path: Bf16Path,
+    kind: KernelKind,
+    x: MatRef<'_>,
+    w: Bf16Rows<'_>,
+    out: MatMut<'_>,
+    accumulate: bool,
+) -> Result<(), Bf16Error> {
+    w.check()?;
+    let (m, k, n) = (x.rows, x.cols, w.rows);
+    if w.cols != k || out.rows != m || out.cols != n {
+        return Err(Bf16Error::Shape {
+            x: [x.rows, x.cols],
+            w: [w.rows, w.cols],
+            out: [out.rows, out.cols],
+        });
+    }
+    if !view_fits(x.data.len(), m, k, x.row_stride, x.col_stride) {
+        return Err(Bf16Error::View("x reaches outside its slice"));
+    }
+    if !view_fits(out.data.len(), m, n, out.row_stride, out.col_stride) {
+        return Err(Bf16Error::View("out reaches outside its slice"));
+    }
+    if !crate::gemm::distinct_elements(m, n, out.row_stride, out.col_stride) {
+        return Err(Bf16Error::View("out has overlapping elements"));
+    }
+    if path == Bf16Path::Dot && !dot_available() {
+        return Err(Bf16Error::DotUnavailable);
+    }
+    let kind = if kind.is_available() { kind } else { KernelKind::Portable };
+    let c = OutView::from_mat(out);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            c.scale(0.0);
+        }
+        return Ok(());
+    }
+    if m == 1 {
+        return linear_row(kind, x, w, c, accumulate);
+    }
+    let b = match path {
+        Bf16Path::Widen => BOperand::Bf16Widen(w),
+        Bf16Path::Dot => BOperand::Bf16Pairs(w),
+    };
+    let kind = if path == Bf16Path::Dot { KernelKind::Avx512 } else { kind };
+    packed_loops(kind, 1.0, x, b, if accumulate { 1.0 } else { 0.0 }, c);
+    Ok(())
+}
+
+/// One row of x through the GEMV (x and out copied when strided; the sum added to out after).
+fn linear_row(
+    kind: KernelKind,
+    x: MatRef<'_>,
+    w: Bf16Rows<'_>,
+    c: OutView,
+    accumulate: bool,
+) -> Result<(), Bf16Error> {
+    let (k, n) = (x.cols, w.rows);
+    let gathered: Vec<f32>;
+    let xs = if x.col_stride == 1 {
+        &x.data[..k]
+    } else {
+        gathered = (0..k).map(|p| x.at(0, p)).collect();
+        &gathered
+    };
+    let rs = w.row_stride.max(k);
+    if !accumulate && c.cs == 1 {
+        // SAFETY: the n elements of out's row are contiguous and inside the checked view, and
+        // exclusively borrowed by the caller's MatMut.
+        let row = unsafe { std::slice::from_raw_parts_mut(c.ptr, n) };
+        return gemv_bf16_with(kind, xs, w.bits, rs, row);
+    }
+    let mut sums = vec![0.0f32; n];
+    gemv_bf16_with(kind, xs, w.bits, rs, &mut sums)?;
+    for (j, s) in sums.into_iter().enumerate() {
+        // SAFETY: (0, j) is inside the checked out view (j < n).
+        unsafe {
+            let o = c.elem(0, j);
+            *o = if accumulate { *o + s } else { s };
+        }
+    }
+    Ok(())
+}
 
 /// `out[j] = Σ_p x[p]·W[j, p]` for `j < out.len()`, `W[j, p] = w[j·row_stride + p]` as bf16
 /// bits, with the ISA of [`crate::microkernel::isa`] and the current rayon pool.
@@ -128,6 +381,17 @@ unsafe fn rows_bf16(
             _ => rows_portable(x, w, rs, out),
         }
     }
+}
+
+/// The bf16 bits of x rounded to nearest, ties to even (NaN stays NaN, made quiet: the `half`
+/// crate's `bf16::from_f32`). The dot path rounds x this way when packing it.
+#[inline]
+pub fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if b & 0x7FFF_FFFF > 0x7F80_0000 {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
 }
 
 /// The f32 value of bf16 bits.

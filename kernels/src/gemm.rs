@@ -20,9 +20,11 @@ use rayon::prelude::*;
 use crate::cpu::blocking;
 pub(crate) use crate::mat::OutView;
 pub use crate::mat::{MatMut, MatRef};
-use crate::microkernel::{run_tile, selected_kernel, KernelError, KernelKind, Tile, NR};
+use crate::microkernel::{
+    run_dot_tile, run_tile, selected_kernel, KernelError, KernelKind, Tile, NR,
+};
 use crate::pack::{
-    pack_a, pack_b, pack_b_panel, with_scratch, AlignedBuf, PackedB, RowSource, Scratch,
+    pack_a_words, pack_b, with_scratch, AlignedBuf, BOperand, PackedB, RowSource, Scratch,
 };
 
 /// Widest B packed whole (all depths) when k > KC: see `packed`.
@@ -99,26 +101,39 @@ pub fn gemm_with(
     Ok(())
 }
 
+/// Whether every element of a `rows × cols` view with these strides lies inside `len` values.
+pub(crate) fn view_fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    if rows == 0 || cols == 0 {
+        return true;
+    }
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)));
+    matches!(last, Some(l) if l < len)
+}
+
 /// Panics unless every element of the view lies inside a slice of `len` floats.
 fn check_view(what: &str, len: usize, rows: usize, cols: usize, rs: usize, cs: usize) {
-    if rows > 0 && cols > 0 {
-        let last = (rows - 1)
-            .checked_mul(rs)
-            .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)));
-        assert!(
-            matches!(last, Some(l) if l < len),
-            "gemm: {what} view ({rows}×{cols}, strides {rs},{cs}) exceeds its slice of {len}"
-        );
-    }
+    assert!(
+        view_fits(len, rows, cols, rs, cs),
+        "gemm: {what} view ({rows}×{cols}, strides {rs},{cs}) exceeds its slice of {len}"
+    );
+}
+
+/// Whether no two elements of a `rows × cols` view share an address (parallel tiles would race).
+pub(crate) fn distinct_elements(rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    rows <= 1 && (cols <= 1 || cs >= 1)
+        || cols <= 1 && rs >= 1
+        || (cs >= 1 && rs >= cols * cs)
+        || (rs >= 1 && cs >= rows * rs)
 }
 
 /// Panics if two elements of C share an address (parallel tiles would race).
 fn check_no_overlap(rows: usize, cols: usize, rs: usize, cs: usize) {
-    let ok = rows <= 1 && (cols <= 1 || cs >= 1)
-        || cols <= 1 && rs >= 1
-        || (cs >= 1 && rs >= cols * cs)
-        || (rs >= 1 && cs >= rows * rs);
-    assert!(ok, "gemm: C view ({rows}×{cols}, strides {rs},{cs}) has overlapping elements");
+    assert!(
+        distinct_elements(rows, cols, rs, cs),
+        "gemm: C view ({rows}×{cols}, strides {rs},{cs}) has overlapping elements"
+    );
 }
 
 fn gemm_impl(
@@ -178,6 +193,9 @@ pub(crate) struct BSource {
     packed_panel_stride: usize,
     /// Depth of the first packed row (packed pointers are relative to it).
     p_origin: usize,
+    /// The packed panels hold bf16 k-pairs (`BOperand::Bf16Pairs`): A is then packed as rounded
+    /// k-pairs and the bf16 dot-product kernel runs; depths count pairs.
+    pub(crate) pairs: bool,
 }
 
 // SAFETY: read-only pointers into operands borrowed for the whole gemm call.
@@ -206,6 +224,7 @@ impl BSource {
             packed,
             packed_panel_stride: panel_stride,
             p_origin,
+            pairs: false,
         }
     }
 
@@ -342,7 +361,7 @@ fn block(
                         }
                         RowSource::Index(ix) => RowSource::Index(&ix[rows.start..]),
                     };
-                    pack_a(mr, am, shifted, rows_here, a_col, kc, dst);
+                    pack_a_words(mr, am, shifted, rows_here, a_col, kc, b.pairs, dst);
                     (dst.as_ptr(), 1, mr, true)
                 }
             };
@@ -408,7 +427,17 @@ fn block(
                     // panels q (and q+1 at b_next when nr > 16) hold kc rows of 16 readable
                     // values (in place: full panels only; else packed or copied), and the C tile
                     // is inside the checked C view and written by this block only.
-                    unsafe { run_tile(kind, packed_a, &t) };
+                    unsafe {
+                        if b.pairs {
+                            // Pairs of B come with pairs of A (packed above: `a.pack` is set
+                            // for every B source of pairs), and the dot kernel's features were
+                            // checked with the path (`Bf16Path::is_available`).
+                            debug_assert!(packed_a);
+                            run_dot_tile(&t);
+                        } else {
+                            run_tile(kind, packed_a, &t);
+                        }
+                    }
                 }
                 q += panels;
             }
@@ -451,6 +480,7 @@ fn direct(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
             packed,
             packed_panel_stride: panel_stride,
             p_origin: 0,
+            pairs: false,
         };
         // Many B panels re-read the same A rows: a contiguous packed copy then beats strided
         // broadcasts (measured at n = 512; at n = 128 in place is faster).
@@ -477,7 +507,20 @@ fn packed(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
     // Contiguous C rows let the micro-kernel store whole vectors.
     let swap = c.cs != 1 && c.rs == 1;
     let (a, b, c) = if swap { (b.t(), a.t(), c.t()) } else { (a, b, c) };
-    let (n, k) = (b.cols, b.rows);
+    packed_loops(kind, alpha, a, BOperand::F32(b), beta, c);
+}
+
+/// The BLIS loops over NC column blocks and KC depth blocks of B (packed from `b`, whatever its
+/// storage), with A packed per row block: the packed path of `gemm` and the bf16 linear layers.
+pub(crate) fn packed_loops(
+    kind: KernelKind,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: BOperand<'_>,
+    beta: f32,
+    c: OutView,
+) {
+    let (n, k) = (b.cols(), b.depth());
     let a_src = ASource { mat: a, pack: Some(RowSource::Range { start: 0 }), p_origin: 0 };
     let blk = blocking(kind);
     if k > blk.kc && n <= FULL_B_MAX_N {
@@ -505,10 +548,10 @@ fn packed(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
     });
 }
 
-/// Packs B's rows `ps` and columns `js` into 16-wide panels in `buf` (in parallel from
+/// Packs B's depth steps `ps` and columns `js` into 16-wide panels in `buf` (in parallel from
 /// `min_par_panels` panels and ~32 K values on) and returns them as a B source.
 fn pack_b_block(
-    b: MatRef<'_>,
+    b: BOperand<'_>,
     ps: Range<usize>,
     js: Range<usize>,
     min_par_panels: usize,
@@ -518,15 +561,18 @@ fn pack_b_block(
     let panels = nc.div_ceil(NR);
     let panel_stride = kc * NR;
     let dst = buf.slice_mut(panels * panel_stride);
+    let pack = |(q, panel): (usize, &mut [f32])| {
+        let j = js.start + q * NR;
+        b.pack_panel(ps.start, kc, j, NR.min(js.end - j), &mut panel[..kc * NR]);
+    };
     if panels >= min_par_panels && kc * nc >= 1 << 15 && rayon::current_num_threads() > 1 {
-        dst.par_chunks_mut(panel_stride).enumerate().for_each(|(q, panel)| {
-            let j = js.start + q * NR;
-            pack_b_panel(b, ps.start, kc, j, NR.min(js.end - j), panel);
-        });
+        dst.par_chunks_mut(panel_stride).enumerate().for_each(pack);
     } else {
-        pack_b(b, ps.start, kc, js.start, nc, panel_stride, dst);
+        dst.chunks_mut(panel_stride).enumerate().for_each(pack);
     }
-    BSource::packed(dst.as_ptr(), panel_stride, ps.start)
+    let mut src = BSource::packed(dst.as_ptr(), panel_stride, ps.start);
+    src.pairs = matches!(b, BOperand::Bf16Pairs(_));
+    src
 }
 
 /// `C = alpha·A·B[ks, cols] + beta·C` with B pre-packed: A is m × |ks|, C is m × |cols|.

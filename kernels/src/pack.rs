@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 
+use crate::bf16::{bf16_bits, Bf16Rows};
 use crate::mat::MatRef;
 use crate::microkernel::NR;
 
@@ -96,32 +97,40 @@ impl RowSource<'_> {
     }
 }
 
-/// Packs rows `0..rows` (through `src`) and columns `p0 .. p0+kc` of A into MR-row panels.
-// a [m,k] -> dst [ceil(rows/mr)·mr·kc]
-pub(crate) fn pack_a(
+/// Packs rows `0..rows` (through `src`) and columns `p0 .. p0+kc` of A into MR-row panels of
+/// 32-bit words: f32 values, or (`pairs`) k-pairs of A rounded to bf16 for the dot-product kernel — word `p` of a row holds columns 2p (low half) and 2p + 1 (high half,
+/// zero past A's last column), and `p0`, `kc` count words.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_a_words(
     mr: usize,
     a: MatRef<'_>,
     src: RowSource<'_>,
     rows: usize,
     p0: usize,
     kc: usize,
+    pairs: bool,
     dst: &mut [f32],
 ) {
     let panels = rows.div_ceil(mr);
     debug_assert!(dst.len() >= panels * mr * kc);
     let mut starts = [0usize; crate::microkernel::MR_MAX];
+    let col0 = if pairs { 2 * p0 } else { p0 };
     for q in 0..panels {
         let panel = &mut dst[q * mr * kc..(q + 1) * mr * kc];
         let live = mr.min(rows - q * mr);
         for (i, s) in starts.iter_mut().enumerate().take(live) {
             let row = src.row(q * mr + i);
             assert!(row < a.rows, "pack_a: row index {row} out of range ({} rows)", a.rows);
-            *s = row * a.row_stride + p0 * a.col_stride;
+            *s = row * a.row_stride + col0 * a.col_stride;
         }
         if live < mr {
             panel.fill(0.0);
         }
         let cs = a.col_stride;
+        if pairs {
+            pack_a_pairs(a.data, &starts[..live], cs, mr, a.cols - col0, panel);
+            continue;
+        }
         #[cfg(target_arch = "x86_64")]
         if mr >= 6 && cs == 1 && kc >= 8 && has_avx2() {
             // Rows contiguous in p (AVX2's 6-row and AVX-512's 14-row panels): 8 × 8 register
@@ -132,7 +141,7 @@ pub(crate) fn pack_a(
             }
             // SAFETY: AVX2 present; every live row has kc readable values from its start
             // (checked above) and the panel holds mr·kc floats.
-            unsafe { pack_a_rows_avx2(a.data.as_ptr(), &starts[..live], mr, kc, panel) };
+            unsafe { pack_a_rows_avx2::<false>(a.data.as_ptr(), &starts[..live], mr, kc, panel) };
             continue;
         }
         // Column-major A (a transposed view, e.g. dYᵀ of a weight gradient) with consecutive
@@ -149,6 +158,41 @@ pub(crate) fn pack_a(
             continue;
         }
         pack_a_strided(a.data, &starts[..live], cs, mr, panel);
+    }
+}
+
+/// An A panel of k-pairs: word `panel[p·mr + i]` = bf16(A(i, 2p)) | bf16(A(i, 2p + 1)) << 16 for
+/// the live rows i at `data[starts[i] + c·cs]` (column c; `cols` columns remain, later ones are
+/// zero). Rows contiguous in c go eight at a time through the AVX2 packer.
+fn pack_a_pairs(
+    data: &[f32],
+    starts: &[usize],
+    cs: usize,
+    mr: usize,
+    cols: usize,
+    panel: &mut [f32],
+) {
+    let kc = panel.len() / mr;
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if cs == 1 && has_avx2() {
+        let whole = (cols / 2).min(kc) / 8 * 8;
+        if whole > 0 {
+            for &s in starts {
+                assert!(s + 2 * whole <= data.len(), "pack_a: row out of bounds");
+            }
+            // SAFETY: AVX2 present; every live row has 2·whole readable values from its start
+            // (checked above) and the panel holds mr·kc ≥ mr·whole words.
+            unsafe { pack_a_rows_avx2::<true>(data.as_ptr(), starts, mr, whole, panel) };
+            done = whole;
+        }
+    }
+    let words: &mut [u32] = bytemuck::cast_slice_mut(panel);
+    for p in done..kc {
+        for (i, &s) in starts.iter().enumerate() {
+            let half = |c: usize| if c < cols { u32::from(bf16_bits(data[s + c * cs])) } else { 0 };
+            words[p * mr + i] = half(2 * p) | half(2 * p + 1) << 16;
+        }
     }
 }
 
@@ -234,12 +278,161 @@ pub(crate) fn pack_b_panel(
     }
 }
 
-/// An `mr`-row A panel (mr ≤ 16) from rows contiguous in p (`starts` = offsets of the live rows):
-/// `dst[p·mr + i] = data[starts[i] + p]`; rows past the live ones were zeroed by the caller.
-/// Groups of eight rows go through 8 × 8 register transposes.
+/// What the packed GEMM builds its 16-wide B panels from. A panel always holds 32-bit words,
+/// 16 per depth step: f32 values, or (k-pairs) two bf16 values each.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BOperand<'a> {
+    /// An f32 matrix B (k × n).
+    F32(MatRef<'a>),
+    /// B = Wᵀ for bf16 rows W (n × k), widened to f32 (exact): B(p, j) = W[j, p].
+    Bf16Widen(Bf16Rows<'a>),
+    /// B = Wᵀ in k-pairs for the bf16 dot-product kernel: depth step q holds, per column j, the
+    /// word `W[j, 2q] | W[j, 2q+1] << 16` (the high half zero past k). Depth counts pairs.
+    Bf16Pairs(Bf16Rows<'a>),
+}
+
+impl BOperand<'_> {
+    /// Depth steps (rows of B; pairs for `Bf16Pairs`).
+    pub(crate) fn depth(&self) -> usize {
+        match self {
+            BOperand::F32(b) => b.rows,
+            BOperand::Bf16Widen(w) => w.cols,
+            BOperand::Bf16Pairs(w) => w.cols.div_ceil(2),
+        }
+    }
+
+    /// Columns of B.
+    pub(crate) fn cols(&self) -> usize {
+        match self {
+            BOperand::F32(b) => b.cols,
+            BOperand::Bf16Widen(w) | BOperand::Bf16Pairs(w) => w.rows,
+        }
+    }
+
+    /// One 16-wide panel: depth steps `p0 .. p0+kc`, columns `j0 .. j0+nr` (zero beyond nr).
+    pub(crate) fn pack_panel(&self, p0: usize, kc: usize, j0: usize, nr: usize, dst: &mut [f32]) {
+        match self {
+            BOperand::F32(b) => pack_b_panel(*b, p0, kc, j0, nr, dst),
+            BOperand::Bf16Widen(w) => pack_bf16_panel(w, p0, kc, j0, nr, false, dst),
+            BOperand::Bf16Pairs(w) => pack_bf16_panel(w, p0, kc, j0, nr, true, dst),
+        }
+    }
+}
+
+/// A 16-wide panel of Wᵀ from bf16 rows: `dst[p·16 + j]` is, for column j < nr (W row j0 + j),
+/// the word of depth step p0 + p — W[j0+j, p0+p] widened, or the k-pair starting at 2(p0+p) —
+/// and zero for j ≥ nr. Eight rows at a time through 8 × 8 transposes of 32-bit words where
+/// AVX2 is allowed; the scalar loop covers the rest (the last, half-filled pair of an odd k).
+fn pack_bf16_panel(
+    w: &Bf16Rows<'_>,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nr: usize,
+    pairs: bool,
+    dst: &mut [f32],
+) {
+    debug_assert!(nr <= NR && j0 + nr <= w.rows);
+    let words: &mut [u32] = bytemuck::cast_slice_mut(&mut dst[..kc * NR]);
+    // Depth steps whose pair lies inside every row (both halves before k), counted from p0.
+    let first_value = if pairs { 2 * p0 } else { p0 };
+    let whole = if pairs { (w.cols / 2).saturating_sub(p0) } else { 0 };
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if nr == NR && has_avx2() {
+        // Widening reads the same pair words and splits each into two depth steps.
+        let vec_steps = if pairs { whole.min(kc) / 8 * 8 } else { (w.cols - p0).min(kc) / 16 * 16 };
+        if vec_steps > 0 {
+            let start = j0 * w.row_stride + first_value;
+            let span = if pairs { 2 * vec_steps } else { vec_steps };
+            assert!(start + (NR - 1) * w.row_stride + span <= w.bits.len());
+            // SAFETY: AVX2 present; row j0 + j (j < 16) has `span` readable values from
+            // `first_value` (checked above); stores stay inside `words` (vec_steps ≤ kc).
+            unsafe {
+                pack_bf16_words_avx2(
+                    w.bits.as_ptr().add(start),
+                    w.row_stride,
+                    vec_steps,
+                    pairs,
+                    &mut words[..vec_steps * NR],
+                )
+            };
+            done = vec_steps;
+        }
+    }
+    for (j, col) in (0..NR).map(|j| (j, j0 + j)) {
+        let row = if j < nr {
+            Some(&w.bits[col * w.row_stride..col * w.row_stride + w.cols])
+        } else {
+            None
+        };
+        for p in done..kc {
+            words[p * NR + j] = match row {
+                None => 0,
+                Some(r) if pairs => {
+                    let c = 2 * (p0 + p);
+                    u32::from(r[c]) | u32::from(r.get(c + 1).copied().unwrap_or(0)) << 16
+                }
+                Some(r) => u32::from(r[p0 + p]) << 16,
+            };
+        }
+    }
+}
+
+/// The vector part of [`pack_bf16_panel`]: 16 rows at `src + j·rs` (u16 values), `steps` depth
+/// steps (a multiple of 8 for pairs, of 16 when widening). Eight rows' eight 32-bit pair words go
+/// through one 8 × 8 transpose; when widening, each transposed pair word yields two depth steps
+/// (low half shifted up, high half masked).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn pack_a_rows_avx2(
+unsafe fn pack_bf16_words_avx2(
+    src: *const u16,
+    rs: usize,
+    steps: usize,
+    pairs: bool,
+    dst: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let out = dst.as_mut_ptr();
+    let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+    // Pair words per group of rows: `steps` for pairs, steps / 2 when widening.
+    let words = if pairs { steps } else { steps / 2 };
+    let mut q = 0;
+    while q < words {
+        for h in 0..2 {
+            let mut rows = [_mm256_setzero_ps(); 8];
+            for (r, v) in rows.iter_mut().enumerate() {
+                // SAFETY: row 8h + r holds values 2q .. 2q + 16 (caller contract).
+                *v = unsafe { _mm256_loadu_ps(src.add((8 * h + r) * rs + 2 * q) as *const f32) };
+            }
+            let t = crate::microkernel::avx2::transpose8(rows);
+            for (r, v) in t.iter().enumerate() {
+                let v = _mm256_castps_si256(*v);
+                // SAFETY: the depth steps written are < steps, each 16 words inside dst.
+                unsafe {
+                    if pairs {
+                        _mm256_storeu_si256(out.add((q + r) * NR + 8 * h) as *mut __m256i, v);
+                    } else {
+                        let p = 2 * (q + r);
+                        let even = _mm256_slli_epi32::<16>(v);
+                        let odd = _mm256_and_si256(v, high);
+                        _mm256_storeu_si256(out.add(p * NR + 8 * h) as *mut __m256i, even);
+                        _mm256_storeu_si256(out.add((p + 1) * NR + 8 * h) as *mut __m256i, odd);
+                    }
+                }
+            }
+        }
+        q += 8;
+    }
+}
+
+/// An `mr`-row A panel (mr ≤ 16) from rows contiguous in p (`starts` = offsets of the live rows):
+/// `dst[p·mr + i] = data[starts[i] + p]`; rows past the live ones were zeroed by the caller.
+/// Groups of eight rows go through 8 × 8 register transposes. With `PAIRS` the words are k-pairs
+/// rounded to bf16 (`dst[p·mr + i]` from values 2p and 2p + 1 of the row; kc a multiple of 8).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_a_rows_avx2<const PAIRS: bool>(
     data: *const f32,
     starts: &[usize],
     mr: usize,
@@ -248,6 +441,7 @@ unsafe fn pack_a_rows_avx2(
 ) {
     use std::arch::x86_64::*;
     debug_assert!(mr <= 16 && dst.len() >= mr * kc && starts.len() <= mr);
+    debug_assert!(!PAIRS || kc.is_multiple_of(8));
     let out = dst.as_mut_ptr();
     for g0 in (0..mr).step_by(8) {
         let width = 8.min(mr - g0);
@@ -262,8 +456,14 @@ unsafe fn pack_a_rows_avx2(
         while p + 8 <= kc {
             let mut rows = [_mm256_setzero_ps(); 8];
             for (r, &s) in rows.iter_mut().zip(group) {
-                // SAFETY: p + 8 ≤ kc values of this row are readable (caller contract).
-                *r = unsafe { _mm256_loadu_ps(data.add(s + p)) };
+                // SAFETY: p + 8 ≤ kc values (words) of this row are readable (caller contract).
+                *r = unsafe {
+                    if PAIRS {
+                        bf16_pairs_avx2(data.add(s + 2 * p))
+                    } else {
+                        _mm256_loadu_ps(data.add(s + p))
+                    }
+                };
             }
             let t = crate::microkernel::avx2::transpose8(rows);
             for (q, v) in t.iter().enumerate() {
@@ -292,6 +492,30 @@ unsafe fn pack_a_rows_avx2(
             }
         }
     }
+}
+
+/// Eight k-pairs from 16 floats at p: word t = bf16(p[2t]) | bf16(p[2t + 1]) << 16, rounded as
+/// [`bf16_bits`] (integer arithmetic: `vcvtne2ps2bf16` would flush subnormals to zero).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bf16_pairs_avx2(p: *const f32) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let round = |v: __m256i| {
+        let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(v), _mm256_set1_epi32(1));
+        let rounded = _mm256_add_epi32(v, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), odd));
+        let abs = _mm256_and_si256(v, _mm256_set1_epi32(0x7FFF_FFFF));
+        let nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7F80_0000));
+        let quiet = _mm256_or_si256(v, _mm256_set1_epi32(0x0040_0000));
+        _mm256_srli_epi32::<16>(_mm256_blendv_epi8(rounded, quiet, nan))
+    };
+    // SAFETY: the caller guarantees 16 readable floats at p.
+    let (lo, hi) = unsafe {
+        (_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(8) as *const __m256i))
+    };
+    // packus interleaves 128-bit lanes: [lo 0..4, hi 0..4 | lo 4..8, hi 4..8]; the permute puts
+    // the 64-bit quarters back in order 0, 2, 1, 3.
+    let words = _mm256_packus_epi32(round(lo), round(hi));
+    _mm256_castsi256_ps(_mm256_permute4x64_epi64::<0b11_01_10_00>(words))
 }
 
 /// AVX2 packing code allowed by the one ISA decision (`microkernel::isa`).
@@ -400,7 +624,7 @@ mod tests {
         dst[(i / mr) * mr * kc + p * mr + i % mr]
     }
 
-    /// `pack_a` of a column-major A (the contiguous-copy path) and of gathered rows (the strided
+    /// `pack_a_words` (f32) of a column-major A (the contiguous-copy path) and of gathered rows (the strided
     /// path) place every value where the micro-kernel reads it and zero the padding rows, for
     /// every kernel height, ragged row counts and depth sub-blocks.
     #[test]
@@ -415,7 +639,7 @@ mod tests {
                 for (p0, kc) in [(0usize, k), (4, 9), (28, 1)] {
                     let len = rows.div_ceil(mr) * mr * kc;
                     let mut dst = vec![f32::NAN; len];
-                    pack_a(mr, a, RowSource::Range { start }, rows, p0, kc, &mut dst);
+                    pack_a_words(mr, a, RowSource::Range { start }, rows, p0, kc, false, &mut dst);
                     for i in 0..rows.div_ceil(mr) * mr {
                         for p in 0..kc {
                             let want = if i < rows { a.at(start + i, p0 + p) } else { 0.0 };
@@ -425,7 +649,7 @@ mod tests {
                     }
                     let rows = rows.min(ix.len());
                     let mut dst = vec![f32::NAN; rows.div_ceil(mr) * mr * kc];
-                    pack_a(mr, a, RowSource::Index(&ix), rows, p0, kc, &mut dst);
+                    pack_a_words(mr, a, RowSource::Index(&ix), rows, p0, kc, false, &mut dst);
                     for (i, &row) in ix.iter().enumerate().take(rows) {
                         for p in 0..kc {
                             let want = a.at(row, p0 + p);

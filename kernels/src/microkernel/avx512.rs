@@ -17,31 +17,23 @@ use super::{edge_load, edge_store, Tile, MR_MAX, NR, NR_MAX};
 /// Rows per tile.
 pub(crate) const MR: usize = MR_MAX;
 
-/// Dispatches on the tile width and height so edge rows cost only their own FMAs.
-///
-/// # Safety
-/// AVX-512F must be available; `t` must describe valid memory (see `run_tile`).
-pub(crate) unsafe fn tile(a_packed: bool, t: &Tile) {
-    macro_rules! go {
-        ($($m:literal $narrow:ident $wide:ident)*) => {
-            match (t.nr > NR, a_packed, t.mr) {
-                $(
-                    // SAFETY: forwarded caller contract.
-                    (false, true, $m) => unsafe { $narrow::<true>(t) },
-                    // SAFETY: forwarded caller contract.
-                    (false, false, $m) => unsafe { $narrow::<false>(t) },
-                    // SAFETY: forwarded caller contract.
-                    (true, true, $m) => unsafe { $wide::<true>(t) },
-                    // SAFETY: forwarded caller contract.
-                    (true, false, $m) => unsafe { $wide::<false>(t) },
-                )*
-                _ => unreachable!("tile height out of range"),
-            }
-        };
-    }
-    go!(1 tile_1 wide_1 2 tile_2 wide_2 3 tile_3 wide_3 4 tile_4 wide_4 5 tile_5 wide_5
-        6 tile_6 wide_6 7 tile_7 wide_7 8 tile_8 wide_8 9 tile_9 wide_9 10 tile_10 wide_10
-        11 tile_11 wide_11 12 tile_12 wide_12 13 tile_13 wide_13 14 tile_14 wide_14)
+/// The match from (two panels?, A packed?, height) to the tile function.
+macro_rules! dispatch_tiles {
+    ($t:ident, $a_packed:ident; $($m:literal $narrow:ident $wide:ident)*) => {
+        match ($t.nr > NR, $a_packed, $t.mr) {
+            $(
+                // SAFETY: forwarded caller contract.
+                (false, true, $m) => unsafe { $narrow::<true>($t) },
+                // SAFETY: forwarded caller contract.
+                (false, false, $m) => unsafe { $narrow::<false>($t) },
+                // SAFETY: forwarded caller contract.
+                (true, true, $m) => unsafe { $wide::<true>($t) },
+                // SAFETY: forwarded caller contract.
+                (true, false, $m) => unsafe { $wide::<false>($t) },
+            )*
+            _ => unreachable!("tile height out of range"),
+        }
+    };
 }
 
 /// Runs `$step!(a, b)` for every depth p < `$k`, two per iteration, advancing A by `$cs_a` and
@@ -64,8 +56,9 @@ macro_rules! depth_loop {
 
 /// One 16-wide kernel per tile height, accumulators as named locals (kept in registers).
 macro_rules! tile_kernel {
-    ($name:ident, $m:literal; $($i:literal: $c:ident),+) => {
-        #[target_feature(enable = "avx512f")]
+    ($feat:literal, $bcast:ident, $madd:ident;
+     $name:ident, $m:literal; $($i:literal: $c:ident),+) => {
+        #[target_feature(enable = $feat)]
         unsafe fn $name<const PACKED: bool>(t: &Tile) {
             let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
             let rs_b = t.rs_b;
@@ -77,7 +70,7 @@ macro_rules! tile_kernel {
                 macro_rules! step {
                     ($ap:expr, $bp:expr) => {{
                         let bv = _mm512_loadu_ps($bp);
-                        $( $c = _mm512_fmadd_ps(_mm512_set1_ps(*$ap.add($i * rs_a)), bv, $c); )+
+                        $( $c = $madd!($bcast!($ap.add($i * rs_a)), bv, $c); )+
                     }};
                 }
                 depth_loop!(t.k, a, b, cs_a, rs_b, step);
@@ -90,8 +83,9 @@ macro_rules! tile_kernel {
 /// One 32-wide kernel per tile height: row i accumulates into `$c0` (panel 1) and `$c1` (panel 2),
 /// one broadcast of A(i, p) feeding both FMAs.
 macro_rules! wide_kernel {
-    ($name:ident, $m:literal; $($i:literal: $c0:ident $c1:ident),+) => {
-        #[target_feature(enable = "avx512f")]
+    ($feat:literal, $bcast:ident, $madd:ident;
+     $name:ident, $m:literal; $($i:literal: $c0:ident $c1:ident),+) => {
+        #[target_feature(enable = $feat)]
         unsafe fn $name<const PACKED: bool>(t: &Tile) {
             let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
             let rs_b = t.rs_b;
@@ -117,9 +111,9 @@ macro_rules! wide_kernel {
                         let b0 = _mm512_loadu_ps($bp);
                         let b1 = _mm512_loadu_ps($bp.add(next));
                         $(
-                            let ai = _mm512_set1_ps(*$ap.add($i * rs_a));
-                            $c0 = _mm512_fmadd_ps(ai, b0, $c0);
-                            $c1 = _mm512_fmadd_ps(ai, b1, $c1);
+                            let ai = $bcast!($ap.add($i * rs_a));
+                            $c0 = $madd!(ai, b0, $c0);
+                            $c1 = $madd!(ai, b1, $c1);
                         )+
                     }};
                 }
@@ -130,48 +124,131 @@ macro_rules! wide_kernel {
     };
 }
 
-tile_kernel!(tile_1, 1; 0: c0);
-tile_kernel!(tile_2, 2; 0: c0, 1: c1);
-tile_kernel!(tile_3, 3; 0: c0, 1: c1, 2: c2);
-tile_kernel!(tile_4, 4; 0: c0, 1: c1, 2: c2, 3: c3);
-tile_kernel!(tile_5, 5; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4);
-tile_kernel!(tile_6, 6; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5);
-tile_kernel!(tile_7, 7; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6);
-tile_kernel!(tile_8, 8; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7);
-tile_kernel!(tile_9, 9; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8);
-tile_kernel!(tile_10, 10; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9);
-tile_kernel!(tile_11, 11; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9,
-    10: c10);
-tile_kernel!(tile_12, 12; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9,
-    10: c10, 11: c11);
-tile_kernel!(tile_13, 13; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9,
-    10: c10, 11: c11, 12: c12);
-tile_kernel!(tile_14, 14; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9,
-    10: c10, 11: c11, 12: c12, 13: c13);
+/// One family of kernels (every height, both widths) and its dispatch `tile`: `$feat` the
+/// target features, `$bcast!(p)` the broadcast of A's word at p, `$madd!(a, b, c)` the
+/// multiply-add into an accumulator.
+macro_rules! family {
+    ($feat:literal, $bcast:ident, $madd:ident) => {
+        /// Dispatches on the tile width and height so edge rows cost only their own FMAs.
+        ///
+        /// # Safety
+        /// The family's features must be available; `t` must describe valid memory (see `run_tile`).
+        pub(crate) unsafe fn tile(a_packed: bool, t: &Tile) {
+            dispatch_tiles!(t, a_packed; 1 tile_1 wide_1 2 tile_2 wide_2 3 tile_3 wide_3 4 tile_4 wide_4 5 tile_5 wide_5
+                6 tile_6 wide_6 7 tile_7 wide_7 8 tile_8 wide_8 9 tile_9 wide_9 10 tile_10 wide_10
+                11 tile_11 wide_11 12 tile_12 wide_12 13 tile_13 wide_13 14 tile_14 wide_14)
+        }
 
-wide_kernel!(wide_1, 1; 0: c00 c01);
-wide_kernel!(wide_2, 2; 0: c00 c01, 1: c10 c11);
-wide_kernel!(wide_3, 3; 0: c00 c01, 1: c10 c11, 2: c20 c21);
-wide_kernel!(wide_4, 4; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31);
-wide_kernel!(wide_5, 5; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41);
-wide_kernel!(wide_6, 6; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51);
-wide_kernel!(wide_7, 7; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
-    6: c60 c61);
-wide_kernel!(wide_8, 8; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
-    6: c60 c61, 7: c70 c71);
-wide_kernel!(wide_9, 9; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
-    6: c60 c61, 7: c70 c71, 8: c80 c81);
-wide_kernel!(wide_10, 10; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
-    6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91);
-wide_kernel!(wide_11, 11; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
-    6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1);
-wide_kernel!(wide_12, 12; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
-    6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1, 11: cb0 cb1);
-wide_kernel!(wide_13, 13; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
-    6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1, 11: cb0 cb1, 12: cc0 cc1);
-wide_kernel!(wide_14, 14; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
-    6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1, 11: cb0 cb1, 12: cc0 cc1,
-    13: cd0 cd1);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_1, 1; 0: c0);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_2, 2; 0: c0, 1: c1);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_3, 3; 0: c0, 1: c1, 2: c2);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_4, 4; 0: c0, 1: c1, 2: c2, 3: c3);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_5, 5; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_6, 6; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_7, 7; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_8, 8; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_9, 9; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_10, 10; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_11, 11; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9,
+            10: c10);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_12, 12; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9,
+            10: c10, 11: c11);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_13, 13; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9,
+            10: c10, 11: c11, 12: c12);
+        tile_kernel!($feat, $bcast, $madd;
+            tile_14, 14; 0: c0, 1: c1, 2: c2, 3: c3, 4: c4, 5: c5, 6: c6, 7: c7, 8: c8, 9: c9,
+            10: c10, 11: c11, 12: c12, 13: c13);
+
+        wide_kernel!($feat, $bcast, $madd;
+            wide_1, 1; 0: c00 c01);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_2, 2; 0: c00 c01, 1: c10 c11);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_3, 3; 0: c00 c01, 1: c10 c11, 2: c20 c21);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_4, 4; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_5, 5; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_6, 6; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_7, 7; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+            6: c60 c61);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_8, 8; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+            6: c60 c61, 7: c70 c71);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_9, 9; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+            6: c60 c61, 7: c70 c71, 8: c80 c81);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_10, 10; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+            6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_11, 11; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+            6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_12, 12; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+            6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1, 11: cb0 cb1);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_13, 13; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+            6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1, 11: cb0 cb1, 12: cc0 cc1);
+        wide_kernel!($feat, $bcast, $madd;
+            wide_14, 14; 0: c00 c01, 1: c10 c11, 2: c20 c21, 3: c30 c31, 4: c40 c41, 5: c50 c51,
+            6: c60 c61, 7: c70 c71, 8: c80 c81, 9: c90 c91, 10: ca0 ca1, 11: cb0 cb1, 12: cc0 cc1,
+            13: cd0 cd1);
+    };
+}
+
+/// f32: A(i, p) broadcast, one FMA per depth step.
+macro_rules! bcast_f32 {
+    ($p:expr) => {
+        _mm512_set1_ps(*$p)
+    };
+}
+macro_rules! fma_f32 {
+    ($a:expr, $b:expr, $c:expr) => {
+        _mm512_fmadd_ps($a, $b, $c)
+    };
+}
+
+family!("avx512f", bcast_f32, fma_f32);
+
+/// bf16 k-pairs (`vdpbf16ps`): every 32-bit word of packed A and B holds the bf16 values of
+/// depths 2q (low half) and 2q + 1 (high half); each lane adds both products to its f32 sum.
+pub(crate) mod dot {
+    use super::*;
+
+    macro_rules! bcast_pair {
+        ($p:expr) => {
+            _mm512_set1_epi32(*($p as *const i32))
+        };
+    }
+    // The words are reinterpreted as 32 bf16 lanes (same 64 bytes; no conversion).
+    macro_rules! dot_pair {
+        ($a:expr, $b:expr, $c:expr) => {
+            _mm512_dpbf16_ps(
+                $c,
+                std::mem::transmute::<__m512i, __m512bh>($a),
+                std::mem::transmute::<__m512, __m512bh>($b),
+            )
+        };
+    }
+
+    family!("avx512f,avx512bf16", bcast_pair, dot_pair);
+}
 
 /// Lanes of a 16-wide half of the tile that are inside its `nr` columns.
 #[inline(always)]

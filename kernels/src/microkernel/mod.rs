@@ -216,6 +216,24 @@ pub(crate) unsafe fn run_tile(kind: KernelKind, a_packed: bool, t: &Tile) {
     }
 }
 
+/// One tile of the bf16 dot-product kernel (`vdpbf16ps`, 14 × 32 / 14 × 16 like the AVX-512
+/// f32 kernel): every 32-bit word of A and B is a k-pair of bf16 values, `t.k` counts pairs, A
+/// is packed (`rs_a == 1`, `cs_a == 14`).
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16 must be available, and `t` as in [`run_tile`].
+#[inline]
+pub(crate) unsafe fn run_dot_tile(t: &Tile) {
+    debug_assert!(t.mr >= 1 && t.mr <= MR_MAX && t.nr >= 1 && t.nr <= NR_MAX);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        avx512::dot::tile(true, t)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the bf16 dot kernel is x86-64 only ({t:?})")
+}
+
 /// Dense `[MR_MAX][W]` stack copy of an edge tile of C, so edge tiles run the exact same vector
 /// arithmetic as full ones (bitwise equal results). Loaded only when beta ≠ 0.
 pub(crate) type EdgeTile<const W: usize> = [[f32; W]; MR_MAX];
