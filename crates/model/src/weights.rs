@@ -26,7 +26,9 @@ use std::sync::Arc;
 use half::bf16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use vffn_autograd::{Buffer, ParamId, ParamStore, Rng, Tape, Tensor};
+use vffn_kernels::bf16::{linear_bf16_with, Bf16Path, Bf16Rows};
 use vffn_kernels::gemm::{gemm, MatMut, MatRef};
+use vffn_kernels::microkernel::isa;
 
 use crate::checkpoint::ModelCheckpoint;
 use crate::config::{Config, ParamKind, ParamSpec};
@@ -209,37 +211,12 @@ impl WeightRows<'_> {
     pub fn linear_into(&self, x: MatRef<'_>, out: MatMut<'_>) {
         match *self {
             WeightRows::F32(w) => gemm(1.0, x, w.t(), 0.0, out),
-            WeightRows::Bf16(w) => linear_bf16(x, w, out).unwrap_or_else(|e| panic!("{e}")),
+            // The widening path whatever `VFFN_BF16` says: activations stay f32 (the dot
+            // paths would round x to bf16).
+            WeightRows::Bf16(w) => linear_bf16_with(Bf16Path::Widen, isa(), x, w, out, false)
+                .unwrap_or_else(|e| panic!("bf16 linear: {e}")),
         }
     }
-}
-
-/// Rows of a bf16 matrix: `W[j, p]` at `bits[j·row_stride + p]`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Bf16Rows<'a> {
-    pub bits: &'a [u16],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-}
-
-/// `out[i, j] = Σ_p x[i, p]·W[j, p]`, one bf16 GEMV per row of x.
-fn linear_bf16(
-    x: MatRef<'_>,
-    w: Bf16Rows<'_>,
-    out: MatMut<'_>,
-) -> Result<(), vffn_kernels::bf16::Bf16Error> {
-    assert!(x.cols == w.cols && out.rows == x.rows && out.cols == w.rows, "linear_bf16 shapes");
-    let mut x_row = vec![0.0f32; x.cols];
-    let mut out_row = vec![0.0f32; w.rows];
-    for i in 0..x.rows {
-        x_row.iter_mut().enumerate().for_each(|(p, v)| *v = x.at(i, p));
-        vffn_kernels::bf16::gemv_bf16(&x_row, w.bits, w.row_stride, &mut out_row)?;
-        for (j, &v) in out_row.iter().enumerate() {
-            out.data[i * out.row_stride + j * out.col_stride] = v;
-        }
-    }
-    Ok(())
 }
 
 impl Model {
