@@ -16,6 +16,8 @@ pub struct Decoder<'a> {
     /// Per layer: rotated keys [max_len, d] and values [max_len, d].
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    /// Per layer: the loop count the last token chose (None without a depth router).
+    depths: Vec<Option<u8>>,
 }
 
 impl<'a> Decoder<'a> {
@@ -28,6 +30,7 @@ impl<'a> Decoder<'a> {
             len: 0,
             keys: (0..layers).map(|_| vec![0.0; size]).collect(),
             values: (0..layers).map(|_| vec![0.0; size]).collect(),
+            depths: vec![None; layers],
         }
     }
 
@@ -43,6 +46,12 @@ impl<'a> Decoder<'a> {
     /// Capacity in tokens.
     pub fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    /// Per layer: the loop count 1..D the last pushed token chose, as the full forward routes
+    /// it (None for layers without a depth router, or before the first push).
+    pub fn depths(&self) -> &[Option<u8>] {
+        &self.depths
     }
 
     /// Forgets every cached token.
@@ -89,7 +98,9 @@ impl<'a> Decoder<'a> {
             let attended = Tensor::from_vec(&[1, d], attended)?;
             let a = w.attn_out.linear(&mut tape, &attended);
             let x_attn = tape.add(&x, &a);
-            x = model.infer_ffn_part(&mut tape, &w, &x_attn);
+            let (out, depth) = model.infer_ffn_part(&mut tape, &w, &x_attn);
+            self.depths[layer] = depth.first().copied();
+            x = out;
         }
         self.len += 1;
         Ok(model.head(&mut tape, &x).to_vec())

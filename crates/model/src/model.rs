@@ -676,10 +676,17 @@ impl Model {
         Decoder::new(self, max_len)
     }
 
-    /// Inference FFN part of layer `layer` on rows `x` (used by the decoder).
-    // x [N, d] -> [N, d]
-    pub(crate) fn infer_ffn_part(&self, tape: &mut Tape, w: &LayerWeights, x: &Tensor) -> Tensor {
-        self.ffn_part(tape, w, x, None, None).out
+    /// Inference FFN part of layer `layer` on rows `x` (used by the decoder), with the chosen
+    /// loop count of each row (empty without a depth router).
+    // x [N, d] -> ([N, d], depth [N] or empty)
+    pub(crate) fn infer_ffn_part(
+        &self,
+        tape: &mut Tape,
+        w: &LayerWeights,
+        x: &Tensor,
+    ) -> (Tensor, Vec<u8>) {
+        let part = self.ffn_part(tape, w, x, None, None);
+        (part.out, part.depth)
     }
 }
 

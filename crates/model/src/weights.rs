@@ -35,29 +35,13 @@ use crate::config::{Config, ParamKind, ParamSpec};
 use crate::dtype::WeightDtype;
 use crate::model::{Model, ModelError};
 
-/// One matrix [rows, cols] as bf16 bits, row-major.
+/// One matrix [rows, cols] as bf16 bits, row-major (rounded to nearest even from f32 with
+/// `half`'s slice conversion).
 #[derive(Clone, Debug)]
 pub(crate) struct HalfMatrix {
-    bits: Arc<[u16]>,
+    bits: Arc<Vec<u16>>,
     rows: usize,
     cols: usize,
-}
-
-impl HalfMatrix {
-    /// `data` [rows, cols] rounded to nearest even (`half`'s slice conversion).
-    pub fn from_f32(data: &[f32], rows: usize, cols: usize) -> HalfMatrix {
-        assert_eq!(data.len(), rows * cols, "bf16 matrix [{rows}, {cols}]");
-        let mut bits = vec![0u16; data.len()];
-        bits.reinterpret_cast_mut::<bf16>().convert_from_f32_slice(data);
-        HalfMatrix { bits: bits.into(), rows, cols }
-    }
-
-    /// The values widened to f32 (exact).
-    pub fn to_f32(&self) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.bits.len()];
-        self.bits.reinterpret_cast::<bf16>().convert_to_f32_slice(&mut out);
-        out
-    }
 }
 
 /// The bf16 matrices of a model, by parameter id (`None`: the parameter is f32, e.g. a norm;
@@ -173,7 +157,10 @@ impl Weight {
         match self {
             Weight::F32(_) => self.clone(),
             Weight::Bf16(m) => {
-                Weight::F32(Tensor::from_vec(&[m.rows, m.cols], m.to_f32()).expect("[rows, cols]"))
+                // From the buffer pool: the next layer's widening reuses this one's buffer.
+                let mut out = Buffer::uninit(m.bits.len());
+                m.bits.reinterpret_cast::<bf16>().convert_to_f32_slice(&mut out);
+                Weight::F32(Tensor::from_buffer(&[m.rows, m.cols], out).expect("[rows, cols]"))
             }
         }
     }
@@ -226,13 +213,9 @@ impl Model {
         config.validate()?;
         let mut rng = Rng::new(seed);
         let init_std = config.init_std;
-        build(config, weights, |spec| {
-            Ok(match spec.kind {
-                ParamKind::Matrix => {
-                    (0..spec.numel()).map(|_| rng.truncated_normal(init_std)).collect()
-                }
-                ParamKind::Norm => vec![1.0; spec.numel()],
-            })
+        build(config, weights, |spec, _, chunk| match spec.kind {
+            ParamKind::Matrix => chunk.iter_mut().for_each(|v| *v = rng.truncated_normal(init_std)),
+            ParamKind::Norm => chunk.fill(1.0),
         })
     }
 
@@ -245,7 +228,9 @@ impl Model {
         let config = ckpt.config.clone();
         config.validate()?;
         ckpt.check_exact(&config.param_specs())?;
-        build(config, weights, |spec| Ok(ckpt.tensors[&spec.name].data.clone()))
+        build(config, weights, |spec, offset, chunk| {
+            chunk.copy_from_slice(&ckpt.tensors[&spec.name].data[offset..offset + chunk.len()]);
+        })
     }
 
     /// How the model holds its matrices: f32 or bf16.
@@ -263,12 +248,17 @@ impl Model {
     }
 }
 
-/// A model of `config` whose tensors `tensor(spec)` gives in param_specs order, its matrices
-/// held as `weights` (converted as each arrives).
+/// Values of a bf16 matrix converted at a time while building (1 MiB of f32).
+const BUILD_CHUNK: usize = 1 << 18;
+
+/// A model of `config` whose tensors `fill(spec, offset, chunk)` writes in param_specs order,
+/// each front to back in chunks (`offset`: the index of `chunk[0]` in the tensor); its matrices
+/// held as `weights`. A bf16 matrix is converted chunk by chunk, so building it never holds
+/// more than one chunk of it in f32.
 fn build(
     config: Config,
     weights: WeightDtype,
-    mut tensor: impl FnMut(&ParamSpec) -> Result<Vec<f32>, ModelError>,
+    mut fill: impl FnMut(&ParamSpec, usize, &mut [f32]),
 ) -> Result<Model, ModelError> {
     if weights == WeightDtype::F16 {
         return Err(ModelError::UnsupportedWeights(weights));
@@ -276,13 +266,21 @@ fn build(
     let mut params = ParamStore::new();
     let mut half = HalfStore::default();
     for spec in config.param_specs() {
-        let data = tensor(&spec)?;
-        let in_half = weights == WeightDtype::Bf16 && spec.kind == ParamKind::Matrix;
-        if in_half {
-            let (rows, cols) = (spec.shape[0], spec.numel() / spec.shape[0].max(1));
-            half.matrices.push(Some(HalfMatrix::from_f32(&data, rows, cols)));
+        let numel = spec.numel();
+        if weights == WeightDtype::Bf16 && spec.kind == ParamKind::Matrix {
+            let mut bits = vec![0u16; numel];
+            let mut chunk = vec![0.0f32; BUILD_CHUNK.min(numel)];
+            for (i, out) in bits.chunks_mut(BUILD_CHUNK).enumerate() {
+                let chunk = &mut chunk[..out.len()];
+                fill(&spec, i * BUILD_CHUNK, chunk);
+                out.reinterpret_cast_mut::<bf16>().convert_from_f32_slice(chunk);
+            }
+            let (rows, cols) = (spec.shape[0], numel / spec.shape[0].max(1));
+            half.matrices.push(Some(HalfMatrix { bits: Arc::new(bits), rows, cols }));
             params.add(&spec.name, &[0], Vec::new(), !spec.decays())?;
         } else {
+            let mut data = vec![0.0f32; numel];
+            fill(&spec, 0, &mut data);
             half.matrices.push(None);
             params.add(&spec.name, &spec.shape, data, !spec.decays())?;
         }
@@ -399,13 +397,21 @@ mod tests {
         for cfg in configs() {
             let model = Model::new_as(cfg.clone(), 6, WeightDtype::Bf16).unwrap();
             let input = &tokens(&cfg, 9)[..cfg.seq_len];
-            let full = model.infer(input, 1, cfg.seq_len).unwrap().logits;
+            let full = model.infer(input, 1, cfg.seq_len).unwrap();
             let mut decoder = model.decoder(cfg.seq_len);
             let mut stepped = Vec::new();
+            let mut depths = vec![Vec::new(); cfg.n_layers];
             for &token in input {
                 stepped.extend(decoder.push(token).unwrap());
+                depths.iter_mut().zip(decoder.depths()).for_each(|(l, d)| l.extend(*d));
             }
-            assert_close(&format!("{}: decoded logits", name(&cfg)), &stepped, &full);
+            assert_close(&format!("{}: decoded logits", name(&cfg)), &stepped, &full.logits);
+            assert_eq!(
+                depths,
+                full.routing.depth,
+                "{}: the decoder routes as the forward",
+                name(&cfg)
+            );
         }
     }
 
