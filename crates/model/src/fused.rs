@@ -316,7 +316,7 @@ pub(crate) fn moe_ffn(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The fused ops against the composed autograd path on configs the kernels accept (expert
     //! widths multiple of 16): training loss, logits and every parameter gradient, and the
     //! inference logits, for every block kind, path set and fusion.
@@ -387,7 +387,7 @@ mod tests {
     /// moves results by a few ulps per reduction (~1e-6 relative after 2 layers and the
     /// backward); 1e-4 leaves margin for that while any wrong slice, gate, loop or missing
     /// accumulation shows up at O(1) relative error.
-    fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    pub(crate) fn assert_close(what: &str, got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(scale > 0.0, "{what}: all zero (nothing checked)");

@@ -302,6 +302,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::{load_model, save_model, save_model_as};
     use crate::config::{BlockKind, Fusion, Paths};
+    use crate::fused::tests::assert_close;
 
     /// d 32, E 4, D 3, 2 layers, 3 sequences of 12 tokens; `hidden` 64 gives expert width 16
     /// (the fused kernels run), 32 gives 8 (the composed path).
@@ -353,16 +354,6 @@ mod tests {
             }
         }
         model
-    }
-
-    /// max |a − b| ≤ 1e-4·max|b| + 1e-6: f32 sums in another order move results by a few ulps
-    /// per reduction, a wrong weight or slice by O(1).
-    fn assert_close(what: &str, got: &[f32], want: &[f32]) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        assert!(scale > 0.0, "{what}: all zero (nothing checked)");
-        let err = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= 1e-4 * scale + 1e-6, "{what}: max error {err:e} vs scale {scale:e}");
     }
 
     fn name(cfg: &Config) -> String {
