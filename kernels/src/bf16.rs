@@ -43,9 +43,9 @@ pub enum Bf16Error {
     View(&'static str),
     /// `VFFN_BF16` holds a name that is not a path.
     UnknownPath(String),
-    /// The dot-product path was asked for where it cannot run (it needs avx512_bf16 and the
-    /// avx512 kernel family).
-    DotUnavailable,
+    /// A path was asked for where it cannot run (`dot` needs avx512_bf16, `amx` AMX-BF16, both
+    /// the avx512 kernel family).
+    Unavailable(Bf16Path),
 }
 
 impl std::fmt::Display for Bf16Error {
@@ -64,10 +64,12 @@ impl std::fmt::Display for Bf16Error {
                 x[0], x[1], w[0], w[1], out[0], out[1]
             ),
             Bf16Error::View(what) => write!(f, "bf16 linear: {what}"),
-            Bf16Error::UnknownPath(s) => write!(f, "VFFN_BF16=`{s}` is not one of dot, widen"),
-            Bf16Error::DotUnavailable => write!(
+            Bf16Error::UnknownPath(s) => {
+                write!(f, "VFFN_BF16=`{s}` is not one of amx, dot, widen")
+            }
+            Bf16Error::Unavailable(p) => write!(
                 f,
-                "the bf16 dot-product path needs avx512_bf16 and the avx512 kernel family (VFFN_KERNEL)"
+                "the bf16 `{p}` path cannot run here (dot needs avx512_bf16, amx AMX-BF16, both the avx512 kernel family: VFFN_KERNEL)"
             ),
         }
     }
@@ -139,6 +141,8 @@ pub enum Bf16Path {
     Widen,
     /// `vdpbf16ps` on k-pairs, x rounded to bf16 (round-to-nearest-even) when packed.
     Dot,
+    /// AMX-BF16 tiles (`tdpbf16ps`) on the same k-pairs, x rounded likewise.
+    Amx,
 }
 
 impl Bf16Path {
@@ -147,14 +151,20 @@ impl Bf16Path {
         match self {
             Bf16Path::Widen => "widen",
             Bf16Path::Dot => "dot",
+            Bf16Path::Amx => "amx",
         }
     }
 
-    /// Whether the path can run here: `Dot` needs avx512_bf16 and the avx512 family selected.
+    /// Whether the path can run here: `Dot` needs avx512_bf16, `Amx` AMX-BF16 (and the OS's
+    /// permission for the tile state), both the avx512 family selected.
     pub fn is_available(self) -> bool {
         match self {
             Bf16Path::Widen => true,
             Bf16Path::Dot => dot_available(),
+            #[cfg(target_arch = "x86_64")]
+            Bf16Path::Amx => isa() == KernelKind::Avx512 && crate::amx::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Bf16Path::Amx => false,
         }
     }
 }
@@ -178,19 +188,28 @@ fn dot_available() -> bool {
     }
 }
 
-/// The bf16 path of [`linear_bf16`], decided once per process: `VFFN_BF16=dot|widen` if set
-/// (`dot` where it cannot run is an error), else `Dot` where available, else `Widen`.
+/// The bf16 path of [`linear_bf16`], decided once per process: `VFFN_BF16=amx|dot|widen` if set
+/// (a path that cannot run here is an error), else the first available of `Amx`, `Dot`, `Widen`.
 pub fn selected_bf16_path() -> Result<Bf16Path, Bf16Error> {
     static SELECTED: OnceLock<Result<Bf16Path, Bf16Error>> = OnceLock::new();
     SELECTED
         .get_or_init(|| {
             let name = std::env::var("VFFN_BF16").unwrap_or_default();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "" if dot_available() => Ok(Bf16Path::Dot),
-                "" | "widen" => Ok(Bf16Path::Widen),
-                "dot" if dot_available() => Ok(Bf16Path::Dot),
-                "dot" => Err(Bf16Error::DotUnavailable),
-                _ => Err(Bf16Error::UnknownPath(name)),
+            let path = match name.trim().to_ascii_lowercase().as_str() {
+                "" => {
+                    let best =
+                        [Bf16Path::Amx, Bf16Path::Dot].into_iter().find(|p| p.is_available());
+                    return Ok(best.unwrap_or(Bf16Path::Widen));
+                }
+                "widen" => Bf16Path::Widen,
+                "dot" => Bf16Path::Dot,
+                "amx" => Bf16Path::Amx,
+                _ => return Err(Bf16Error::UnknownPath(name)),
+            };
+            if path.is_available() {
+                Ok(path)
+            } else {
+                Err(Bf16Error::Unavailable(path))
             }
         })
         .clone()
@@ -236,8 +255,8 @@ pub fn linear_bf16_with(
     if !crate::gemm::distinct_elements(m, n, out.row_stride, out.col_stride) {
         return Err(Bf16Error::View("out has overlapping elements"));
     }
-    if path == Bf16Path::Dot && !dot_available() {
-        return Err(Bf16Error::DotUnavailable);
+    if !path.is_available() {
+        return Err(Bf16Error::Unavailable(path));
     }
     let kind = if kind.is_available() { kind } else { KernelKind::Portable };
     let c = OutView::from_mat(out);
@@ -256,8 +275,13 @@ pub fn linear_bf16_with(
     let b = match path {
         Bf16Path::Widen => BOperand::Bf16Widen(w),
         Bf16Path::Dot => BOperand::Bf16Pairs(w),
+        Bf16Path::Amx => {
+            #[cfg(target_arch = "x86_64")]
+            crate::amx::linear(x, w, c, accumulate);
+            return Ok(());
+        }
     };
-    let kind = if path == Bf16Path::Dot { KernelKind::Avx512 } else { kind };
+    let kind = if path == Bf16Path::Widen { kind } else { KernelKind::Avx512 };
     packed_loops(kind, 1.0, x, b, if accumulate { 1.0 } else { 0.0 }, c);
     Ok(())
 }

@@ -2,6 +2,8 @@
 //!
 //! Kernels know nothing of tensors or tapes: they take slices, shapes and strides.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod attention;
 pub mod bf16;
 pub mod cpu;

@@ -177,7 +177,19 @@ fn pack_a_pairs(
     #[cfg(target_arch = "x86_64")]
     if cs == 1 && has_avx2() {
         let whole = (cols / 2).min(kc) / 8 * 8;
-        if whole > 0 {
+        if whole > 0 && mr == 1 {
+            // One row (the AMX driver's row-major A): no transposes.
+            assert!(starts[0] + 2 * whole <= data.len(), "pack_a: row out of bounds");
+            for p in (0..whole).step_by(8) {
+                // SAFETY: AVX2 present; values 2p .. 2p + 16 ≤ 2·whole of the row are readable
+                // (checked above) and words p .. p + 8 ≤ whole ≤ kc lie inside the panel.
+                unsafe {
+                    let v = bf16_pairs_avx2(data.as_ptr().add(starts[0] + 2 * p));
+                    std::arch::x86_64::_mm256_storeu_ps(panel.as_mut_ptr().add(p), v);
+                }
+            }
+            done = whole;
+        } else if whole > 0 {
             for &s in starts {
                 assert!(s + 2 * whole <= data.len(), "pack_a: row out of bounds");
             }
@@ -315,6 +327,68 @@ impl BOperand<'_> {
             BOperand::F32(b) => pack_b_panel(*b, p0, kc, j0, nr, dst),
             BOperand::Bf16Widen(w) => pack_bf16_panel(w, p0, kc, j0, nr, false, dst),
             BOperand::Bf16Pairs(w) => pack_bf16_panel(w, p0, kc, j0, nr, true, dst),
+        }
+    }
+
+    /// Adjacent panels `dst[h·panel_stride..]` for columns `j0 + 16h ..` up to `j0 + cols`.
+    /// Full panels of a row-major f32 B are copied row by row across the group: each row of B
+    /// is then one contiguous read (a page touched once per group, not once per panel row).
+    pub(crate) fn pack_panels(
+        &self,
+        p0: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        panel_stride: usize,
+        dst: &mut [f32],
+    ) {
+        let full = cols / NR;
+        if let BOperand::F32(b) = self {
+            if b.col_stride == 1 && full >= 2 && kc > 0 {
+                pack_b_rows(*b, p0, kc, j0, full, panel_stride, dst);
+                if cols > full * NR {
+                    let last = &mut dst[full * panel_stride..];
+                    pack_b_panel(
+                        *b,
+                        p0,
+                        kc,
+                        j0 + full * NR,
+                        cols - full * NR,
+                        &mut last[..kc * NR],
+                    );
+                }
+                return;
+            }
+        }
+        for (q, panel) in dst.chunks_mut(panel_stride).take(cols.div_ceil(NR)).enumerate() {
+            let j = j0 + q * NR;
+            self.pack_panel(p0, kc, j, NR.min(j0 + cols - j), &mut panel[..kc * NR]);
+        }
+    }
+}
+
+/// `panels` full 16-wide panels of a row-major B, row by row: `dst[h·panel_stride + p·16 + j]
+/// = B(p0 + p, j0 + 16h + j)`.
+fn pack_b_rows(
+    b: MatRef<'_>,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    panels: usize,
+    panel_stride: usize,
+    dst: &mut [f32],
+) {
+    let width = panels * NR;
+    assert!(b.col_stride == 1 && j0 + width <= b.cols && p0 + kc <= b.rows);
+    assert!(dst.len() >= (panels - 1) * panel_stride + kc * NR);
+    for p in 0..kc {
+        let start = (p0 + p) * b.row_stride + j0;
+        let row = &b.data[start..start + width];
+        for (h, piece) in row.chunks_exact(NR).enumerate() {
+            let at = h * panel_stride + p * NR;
+            // Fixed-size arrays: a 64-byte copy inline, not a call to memmove per piece.
+            let out: &mut [f32; NR] = (&mut dst[at..at + NR]).try_into().expect("16 values");
+            *out = piece.try_into().expect("16 values");
         }
     }
 }
@@ -655,6 +729,52 @@ mod tests {
                             let want = a.at(row, p0 + p);
                             assert_eq!(packed_at(&dst, mr, kc, i, p).to_bits(), want.to_bits());
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// k-pairs of A for the dot kernels: every word holds the bf16 roundings (as `bf16_bits`,
+    /// NaN, infinity, subnormals and ties included) of columns 2p and 2p + 1, zero past the last
+    /// column, through the vector packer (14-row panels, one row) and the scalar tail.
+    #[test]
+    fn pack_a_words_rounds_pairs_like_bf16_bits() {
+        let specials = [
+            0x3F80_8000u32,
+            0x3F81_8000,
+            0x7F7F_FFFF,
+            0x7F80_0001,
+            0xFFC0_1234,
+            0x0000_8000,
+            0x0001_8000,
+            0x807F_FFFF,
+        ];
+        let (m, k) = (17usize, 45usize);
+        let data: Vec<f32> = (0..m * k)
+            .map(|t| match t % 5 {
+                0 => f32::from_bits(specials[t / 5 % specials.len()]),
+                _ => (t as f32 * 0.731).sin() * 3.0,
+            })
+            .collect();
+        let a = MatRef::new(&data, m, k);
+        for mr in [1usize, 14] {
+            for (p0, kc) in [(0usize, 23usize), (3, 20), (8, 9)] {
+                let mut dst = vec![f32::NAN; m.div_ceil(mr) * mr * kc];
+                pack_a_words(mr, a, RowSource::Range { start: 0 }, m, p0, kc, true, &mut dst);
+                let words: &[u32] = bytemuck::cast_slice(&dst);
+                for i in 0..m.div_ceil(mr) * mr {
+                    for p in 0..kc {
+                        let half = |c: usize| {
+                            if i < m && c < k {
+                                u32::from(bf16_bits(a.at(i, c)))
+                            } else {
+                                0
+                            }
+                        };
+                        let want = half(2 * (p0 + p)) | half(2 * (p0 + p) + 1) << 16;
+                        let got = words[(i / mr) * mr * kc + p * mr + i % mr];
+                        assert_eq!(got, want, "mr {mr} p0 {p0} row {i} word {p}");
                     }
                 }
             }

@@ -1,6 +1,9 @@
 //! Property tests of the bf16 linear layer (`linear_bf16`) on every path this CPU runs, against
 //! a naive f64 reference and an error bound for f32 accumulation.
 
+mod common;
+
+use common::values;
 use proptest::prelude::*;
 use vffn_kernels::bf16::{linear_bf16_with, Bf16Error, Bf16Path, Bf16Rows};
 use vffn_kernels::gemm::{MatMut, MatRef};
@@ -20,27 +23,14 @@ fn paths() -> Vec<(Bf16Path, KernelKind)> {
         })
         .map(|k| (Bf16Path::Widen, k))
         .collect();
-    if Bf16Path::Dot.is_available() {
-        all.push((Bf16Path::Dot, KernelKind::Avx512));
-    } else {
-        eprintln!(
-            "skipping the bf16 dot path: avx512_bf16 (or the avx512 family) is not available"
-        );
+    for path in [Bf16Path::Dot, Bf16Path::Amx] {
+        if path.is_available() {
+            all.push((path, KernelKind::Avx512));
+        } else {
+            eprintln!("skipping the bf16 `{path}` path: this CPU (or VFFN_KERNEL) does not run it");
+        }
     }
     all
-}
-
-/// Deterministic values in [-1, 1) from a seed (xorshift).
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// bf16 bits of x, round-to-nearest-even (the `half` crate's conversion).
@@ -69,6 +59,8 @@ struct Case {
     x_col_major: bool,
     wpad: usize,
     acc: bool,
+    /// out stored column-major (strided rows).
+    out_col_major: bool,
     seed: u64,
 }
 
@@ -82,17 +74,24 @@ fn run_case(c: &Case) -> Result<(), TestCaseError> {
     let init = values(c.seed + 2, m * n);
     for (path, kind) in paths() {
         let mut out = if c.acc { init.clone() } else { vec![f32::NAN; m * n] };
-        linear_bf16_with(path, kind, xv, wv, MatMut::new(&mut out, m, n), c.acc).unwrap();
-        // The dot path (m > 1; one row runs the GEMV) multiplies x rounded to bf16.
-        let rounds = path == Bf16Path::Dot && m > 1;
+        // Element (i, j) of out at i·n + j, or at j·m + i when column-major.
+        let at = |i: usize, j: usize| if c.out_col_major { j * m + i } else { i * n + j };
+        let ov = if c.out_col_major {
+            MatMut::strided(&mut out, m, n, 1, m)
+        } else {
+            MatMut::new(&mut out, m, n)
+        };
+        linear_bf16_with(path, kind, xv, wv, ov, c.acc).unwrap();
+        // The dot and AMX paths (m > 1; one row runs the GEMV) multiply x rounded to bf16.
+        let rounds = path != Bf16Path::Widen && m > 1;
         let xr = |v: f32| if rounds { widen(bf16_bits(v)) } else { v };
         for i in 0..m {
             for j in 0..n {
-                let base = if c.acc { init[i * n + j] as f64 } else { 0.0 };
+                let base = if c.acc { init[at(i, j)] as f64 } else { 0.0 };
                 let terms = (0..k).map(|p| xr(xv.at(i, p)) as f64 * widen(w[j * rs + p]) as f64);
                 let want: f64 = base + terms.clone().sum::<f64>();
                 let scale: f64 = base.abs() + terms.map(f64::abs).sum::<f64>();
-                let got = out[i * n + j] as f64;
+                let got = out[at(i, j)] as f64;
                 prop_assert!(
                     (got - want).abs() <= gamma(k + 1) * scale,
                     "{path} {kind} ({i},{j}): got {got}, want {want}, bound {}",
@@ -117,9 +116,10 @@ proptest! {
         x_col_major in any::<bool>(),
         wpad in 0usize..4,
         acc in any::<bool>(),
+        out_col_major in any::<bool>(),
         seed in 0u64..1000,
     ) {
-        run_case(&Case { m, k, n, x_col_major, wpad, acc, seed })?;
+        run_case(&Case { m, k, n, x_col_major, wpad, acc, out_col_major, seed })?;
     }
 }
 
@@ -127,7 +127,11 @@ proptest! {
 fn large_products_match_the_reference_on_every_path() {
     // Several row blocks, column blocks and depth blocks, odd k.
     for (m, k, n) in [(300, 1025, 100), (97, 2000, 530)] {
-        run_case(&Case { m, k, n, x_col_major: false, wpad: 3, acc: true, seed: 7 }).unwrap();
+        for out_col_major in [false, true] {
+            let case =
+                Case { m, k, n, x_col_major: false, wpad: 3, acc: true, out_col_major, seed: 7 };
+            run_case(&case).unwrap();
+        }
     }
 }
 
@@ -172,4 +176,90 @@ fn mismatched_shapes_and_short_weights_are_errors() {
     assert!(matches!(bad, Err(Bf16Error::Shape { .. })), "{bad:?}");
     assert!(matches!(Bf16Rows::new(&w, 5, 3), Err(Bf16Error::Weights { needed: 15, .. })));
     assert!(matches!(Bf16Rows::strided(&w, 3, 3, 2), Err(Bf16Error::Stride { .. })));
+}
+
+/// f32 values whose rounding to bf16 is interesting: exact ties (low half 0x8000) with even and
+/// odd kept bits, just below and above a tie, carries into the exponent, the largest finite
+/// values (rounding to infinity), infinities, NaNs, subnormals, and xorshift bit patterns.
+fn rounding_cases() -> Vec<f32> {
+    let mut bits = vec![
+        0x3F80_8000,
+        0x3F81_8000,
+        0x3F80_7FFF,
+        0x3F80_8001,
+        0x3FFF_FFFF,
+        0x7F7F_FFFF,
+        0xFF7F_FFFF,
+        0x7F7F_8000,
+        0x7F80_0000,
+        0xFF80_0000,
+        0x7FC0_0000,
+        0x7F80_0001,
+        0xFFFF_FFFF,
+        0x0000_8000,
+        0x0001_8000,
+        0x0000_0001,
+        0x807F_FFFF,
+        0x0000_0000,
+        0x8000_0000,
+    ];
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    bits.extend((0..4000).map(|_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 32) as u32
+    }));
+    bits.into_iter().map(f32::from_bits).collect()
+}
+
+#[test]
+fn bf16_bits_rounds_to_nearest_even_as_the_half_crate_does() {
+    for x in rounding_cases() {
+        assert_eq!(bf16_bits(x), vffn_kernels::bf16::bf16_bits(x), "{:#010x}", x.to_bits());
+    }
+}
+
+/// With W the identity, out[i, j] is x[i, j] as the kernel packed it: the dot and AMX paths must
+/// give exactly the bf16 rounding of x (ties to even), through the vector packer (row-major x,
+/// 16 values at a time) and the scalar one (column-major x, and the odd tail of k).
+#[test]
+fn the_dot_and_amx_paths_round_x_to_nearest_even_when_packing() {
+    let (m, k) = (40, 67);
+    // Normal values only: the bf16 instructions treat subnormal inputs as zero.
+    let x: Vec<f32> = rounding_cases()
+        .into_iter()
+        .filter(|v| v.is_normal() && v.abs() < 1e30)
+        .take(m * k)
+        .collect();
+    assert_eq!(x.len(), m * k);
+    let mut eye = vec![0u16; k * k];
+    for j in 0..k {
+        eye[j * k + j] = bf16_bits(1.0);
+    }
+    let w = Bf16Rows::new(&eye, k, k).unwrap();
+    let xt: Vec<f32> = (0..k * m).map(|t| x[(t % m) * k + t / m]).collect();
+    for path in [Bf16Path::Dot, Bf16Path::Amx] {
+        if !path.is_available() {
+            eprintln!("skipping the bf16 `{path}` path: this CPU (or VFFN_KERNEL) does not run it");
+            continue;
+        }
+        for view in [MatRef::new(&x, m, k), MatRef::new(&xt, k, m).t()] {
+            let mut out = vec![0.0f32; m * k];
+            let o = MatMut::new(&mut out, m, k);
+            linear_bf16_with(path, KernelKind::Avx512, view, w, o, false).unwrap();
+            for i in 0..m {
+                for j in 0..k {
+                    let want = widen(bf16_bits(view.at(i, j)));
+                    let got = out[i * k + j];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{path} x = {:#010x}",
+                        view.at(i, j).to_bits()
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1,5 +1,8 @@
 //! Property tests of the GEMM paths and micro-kernels against a naive f64 reference.
 
+mod common;
+
+use common::values;
 use proptest::prelude::*;
 use vffn_kernels::gemm::{gemm_packed_with, gemm_with, GemmError, GemmPath, MatMut, MatRef};
 use vffn_kernels::microkernel::{kernel_from_name, KernelError, KernelKind};
@@ -15,19 +18,6 @@ fn kernels() -> Vec<KernelKind> {
                 eprintln!("skipping kernel `{k}`: not supported by this CPU");
             }
             ok
-        })
-        .collect()
-}
-
-/// Deterministic values in [-1, 1) from a seed (xorshift).
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
 }
