@@ -44,6 +44,8 @@ pub enum ModelError {
     Flops(#[from] FlopsError),
     #[error("{0} weights are not supported for inference (f32 or bf16)")]
     UnsupportedWeights(WeightDtype),
+    #[error("bf16 kernels: {0}")]
+    Bf16(#[from] vffn_kernels::bf16::Bf16Error),
 }
 
 /// Routing decisions per layer for every token of a forward.
@@ -351,11 +353,11 @@ impl Model {
     }
 
     /// One layer's parameters on `tape`, with its FFN packed for the fused kernels (unless the
-    /// composed path is forced). A bf16 model's FFN matrices are widened for packing, into
-    /// buffers that live as long as the returned layer.
+    /// composed path is forced, or a bf16 model's products run on bf16 arithmetic). A bf16
+    /// model's FFN matrices are widened for packing, into buffers that live with the layer.
     fn load_layer(&self, tape: &mut Tape, ids: &LayerIds) -> LayerWeights {
         let mut w = ids.load_with(tape, &self.params, &self.half);
-        if !self.composed_ffn {
+        if !self.composed_ffn && self.half.packs_ffn() {
             w.widen_ffn();
             w.fused = crate::fused::pack_layer(tape, &self.config, &w);
         }
