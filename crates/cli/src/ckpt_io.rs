@@ -13,8 +13,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use crate::common::WeightsArg;
 use vffn_model::{
-    load_model, load_optimizer, ModelCheckpoint, OptimizerState, TrainState, MODEL_FILE,
+    load_model, load_optimizer, Model, ModelCheckpoint, OptimizerState, TrainState, MODEL_FILE,
     OPTIMIZER_FILE, STATE_FILE,
 };
 
@@ -161,6 +163,16 @@ fn read_part(dir: &Path, name: &str) -> Result<Vec<u8>> {
 /// (e.g. written by `vffn export`; then the path returned is the file's).
 pub fn read_model(path: &Path) -> Result<(PathBuf, ModelCheckpoint)> {
     read_model_with(path, true)
+}
+
+/// The model of the checkpoint at `path` (as [`read_model`]) for inference, its matrices held
+/// as `weights`; the f32 tensors read from the file are dropped once converted.
+pub fn read_inference_model(path: &Path, weights: &WeightsArg) -> Result<(PathBuf, Model)> {
+    let weights = weights.dtype()?;
+    let (dir, checkpoint) = read_model(path)?;
+    let model = Model::from_checkpoint_as(&checkpoint, weights)
+        .with_context(|| format!("checkpoint `{}`", dir.display()))?;
+    Ok((dir, model))
 }
 
 /// [`read_model`]; with `verified` false a file without content checksums is accepted too

@@ -5,8 +5,9 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use vffn_autograd::Rng;
-use vffn_model::{Config, Dataset, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES};
+use vffn_model::{Config, Dataset, WeightDtype, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES};
 
 /// Seed of the built-in corpus: fixed, so every run and every evaluation sees the same bytes.
 pub const BUILTIN_CORPUS_SEED: u64 = 0x5646_464E; // "VFFN"
@@ -26,6 +27,29 @@ pub fn in_pool<T: Send>(
         .build()
         .context("cannot start the thread pool")?;
     pool.install(work)
+}
+
+/// `--weights`: how an inference command holds the model's matrices in memory.
+#[derive(Args, Clone, Debug)]
+pub struct WeightsArg {
+    /// Weights in memory: f32, or bf16 (every matrix rounded to nearest even once, half the
+    /// memory and traffic; products still accumulate in f32).
+    #[arg(id = "weights", long = "weights", value_name = "f32|bf16", default_value = "f32")]
+    pub text: String,
+}
+
+impl WeightsArg {
+    /// The dtype asked for (f16 is a file format only, not an inference one).
+    pub fn dtype(&self) -> Result<WeightDtype> {
+        match self.text.parse::<WeightDtype>() {
+            Ok(WeightDtype::F16) => bail!(
+                "--weights f16: inference holds weights in f32 or bf16 (f16 is a file dtype: \
+                 `vffn export --dtype f16`)"
+            ),
+            Ok(dtype) => Ok(dtype),
+            Err(_) => bail!("--weights `{}`: expected f32 or bf16", self.text),
+        }
+    }
 }
 
 /// The data a run trains or evaluates on, with the name recorded in `state.json`.

@@ -7,7 +7,7 @@ use clap::Args;
 use vffn_model::{validation_batches, Model, Split};
 
 use crate::ckpt_io;
-use crate::common::{in_pool, load_dataset};
+use crate::common::{in_pool, load_dataset, WeightsArg};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -23,6 +23,8 @@ pub struct EvalArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub weights: WeightsArg,
 }
 
 /// Token-weighted mean cross-entropy over some validation windows.
@@ -84,9 +86,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 fn run_in_pool(args: EvalArgs) -> Result<()> {
-    let (dir, checkpoint) = ckpt_io::read_model(&args.checkpoint)?;
-    let model = Model::from_checkpoint(&checkpoint)
-        .with_context(|| format!("checkpoint `{}`", dir.display()))?;
+    let (dir, model) = ckpt_io::read_inference_model(&args.checkpoint, &args.weights)?;
     let (dataset, source) = load_dataset(args.data.as_deref(), model.config.seq_len)?;
     let result = evaluate(&model, &dataset.val, None)?;
     if !result.loss.is_finite() {

@@ -17,10 +17,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use vffn_autograd::{Rng, Tape};
 use vffn_model::{
-    write_tensors, Batch, Model, Routing, TensorRef, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+    write_tensors, Batch, Model, Routing, TensorRef, WeightDtype, MODEL_FILE, OPTIMIZER_FILE,
+    STATE_FILE,
 };
 
 use crate::ckpt_io;
+use crate::common::WeightsArg;
 
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
@@ -42,6 +44,8 @@ pub struct ForwardArgs {
     /// With --train-mode and noise: seed of the Gumbel noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub weights: WeightsArg,
 }
 
 /// Named owned tensors to write.
@@ -88,9 +92,13 @@ fn check_output(out: &Path) -> Result<()> {
 
 pub fn run(args: ForwardArgs) -> Result<()> {
     check_output(&args.out)?;
+    let weights = args.weights.dtype()?;
+    if args.train_mode && weights != WeightDtype::F32 {
+        bail!("--train-mode runs the f32 model: --weights {weights} is for inference only");
+    }
     let (dir, ckpt) = ckpt_io::read_model(&args.checkpoint)?;
-    let model =
-        Model::from_checkpoint(&ckpt).with_context(|| format!("checkpoint `{}`", dir.display()))?;
+    let model = Model::from_checkpoint_as(&ckpt, weights)
+        .with_context(|| format!("checkpoint `{}`", dir.display()))?;
     let tokens: Vec<u32> = args.text.bytes().map(u32::from).collect();
     let (vocab, top_k) = (model.config.vocab_size, model.config.top_k);
     let mut named: Named = Vec::new();

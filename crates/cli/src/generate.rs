@@ -10,7 +10,7 @@ use vffn_autograd::Rng;
 use vffn_model::Model;
 
 use crate::ckpt_io;
-use crate::common::{in_pool, sample_token};
+use crate::common::{in_pool, sample_token, WeightsArg};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -34,6 +34,8 @@ pub struct GenerateArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub weights: WeightsArg,
 }
 
 /// Feeds `prompt` to a fresh decoder, then samples `max_new` bytes, writing (and flushing) each
@@ -91,9 +93,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 }
 
 fn run_in_pool(args: GenerateArgs) -> Result<()> {
-    let (dir, checkpoint) = ckpt_io::read_model(&args.checkpoint)?;
-    let model = Model::from_checkpoint(&checkpoint)
-        .with_context(|| format!("checkpoint `{}`", dir.display()))?;
+    let (_, model) = ckpt_io::read_inference_model(&args.checkpoint, &args.weights)?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(args.prompt.as_bytes()).context("cannot write to stdout")?;
     stream(

@@ -16,11 +16,11 @@ use clap::Args;
 use vffn_model::{
     causal_mean_context, inference_flops, realized_inference_flops_from_counts, training_flops,
     validation_batches, BlockKind, Config, DepthRouting, Difficulty, FlopsBreakdown, Model,
-    Routing,
+    Routing, WeightDtype,
 };
 
 use crate::ckpt_io;
-use crate::common::{in_pool, load_dataset};
+use crate::common::{in_pool, load_dataset, WeightsArg};
 use crate::metrics::{read_metrics, MetricsRow, METRICS_FILE};
 use crate::svg::{histograms_svg, line_panels_svg, loss_curves_svg, LinePanel, Series};
 
@@ -45,6 +45,62 @@ pub struct InspectArgs {
     /// Print one JSON line (routing statistics, parameters, FLOPs/token) instead of the text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub weights: WeightsArg,
+    /// Also route every batch with the model's weights held as this dtype (f32 or bf16) and
+    /// report how often the two agree on each token's chosen depth and experts.
+    #[arg(long, value_name = "f32|bf16")]
+    pub against: Option<String>,
+}
+
+/// Routing of the same tokens by the model and by a reference (the same checkpoint with its
+/// weights held in another dtype, `--against`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutingAgreement {
+    /// Tokens compared.
+    pub tokens: u64,
+    /// Per layer: tokens whose chosen depth is the reference's (layers with a depth router).
+    pub depth: Vec<u64>,
+    /// Tokens whose chosen depth is the reference's in every layer with a depth router.
+    pub depth_all_layers: u64,
+    /// Per layer: tokens whose chosen experts (in slot order) are the reference's.
+    pub experts: Vec<u64>,
+}
+
+impl RoutingAgreement {
+    pub fn new(config: &Config) -> Self {
+        let layers = config.n_layers;
+        RoutingAgreement {
+            tokens: 0,
+            depth: vec![0; layers],
+            depth_all_layers: 0,
+            experts: vec![0; layers],
+        }
+    }
+
+    /// Adds one batch of `tokens` tokens routed by the model (`got`) and the reference.
+    pub fn add(&mut self, config: &Config, tokens: usize, got: &Routing, reference: &Routing) {
+        let k = config.top_k.max(1);
+        let mut all_layers = vec![true; tokens];
+        for (layer, (mine, theirs)) in got.depth.iter().zip(&reference.depth).enumerate() {
+            for (token, (a, b)) in mine.iter().zip(theirs).enumerate() {
+                self.depth[layer] += u64::from(a == b);
+                all_layers[token] &= a == b;
+            }
+        }
+        for (layer, (mine, theirs)) in got.experts.iter().zip(&reference.experts).enumerate() {
+            let same = mine.chunks_exact(k).zip(theirs.chunks_exact(k)).filter(|(a, b)| a == b);
+            self.experts[layer] += same.count() as u64;
+        }
+        self.depth_all_layers += all_layers.iter().filter(|&&same| same).count() as u64;
+        self.tokens += tokens as u64;
+    }
+
+    /// Per layer: the share of tokens that agree (None for layers without that router).
+    fn shares(&self, counts: &[u64], routed: impl Fn(usize) -> bool) -> Vec<Option<f64>> {
+        let total = self.tokens.max(1) as f64;
+        (0..counts.len()).map(|l| routed(l).then(|| counts[l] as f64 / total)).collect()
+    }
 }
 
 /// Routing counts accumulated over batches.
@@ -151,27 +207,44 @@ pub fn run(args: InspectArgs) -> Result<()> {
 }
 
 fn run_in_pool(args: InspectArgs) -> Result<()> {
-    let (dir, checkpoint) = ckpt_io::read_model(&args.checkpoint)?;
-    let model = Model::from_checkpoint(&checkpoint)
-        .with_context(|| format!("checkpoint `{}`", dir.display()))?;
+    let (dir, model) = ckpt_io::read_inference_model(&args.checkpoint, &args.weights)?;
     let config = model.config.clone();
     let (dataset, source) = load_dataset(args.data.as_deref(), config.seq_len)?;
     let mut stats = RoutingStats::new(&config);
     let batches = validation_batches(&dataset.val, config.seq_len, config.batch_size)
         .context("validation split")?;
     let limit = if args.batches == 0 { usize::MAX } else { args.batches };
+    let mut reference = match &args.against {
+        Some(text) => {
+            let weights = WeightsArg { text: text.clone() };
+            let (_, reference) =
+                ckpt_io::read_inference_model(&args.checkpoint, &weights).context("--against")?;
+            Some((reference, RoutingAgreement::new(&config)))
+        }
+        None => None,
+    };
     for batch in batches.take(limit) {
-        let out = model
-            .infer(&batch.inputs, batch.batch_size, batch.seq_len)
-            .context("inference forward")?;
+        let (b, t) = (batch.batch_size, batch.seq_len);
+        let out = model.infer(&batch.inputs, b, t).context("inference forward")?;
         stats.add(&config, &out.routing, batch.target_difficulty.as_deref());
-        stats.tokens += (batch.batch_size * batch.seq_len) as u64;
+        stats.tokens += (b * t) as u64;
+        if let Some((reference, agreement)) = &mut reference {
+            let theirs = reference.infer(&batch.inputs, b, t).context("--against forward")?;
+            agreement.add(&config, b * t, &out.routing, &theirs.routing);
+        }
     }
+    let agreement = reference.map(|(r, agreement)| (r.weights(), agreement));
     if args.json {
-        let line = json_report(&model, &stats)?;
+        let mut line = json_report(&model, &stats)?;
+        if let Some((weights, agreement)) = &agreement {
+            line["against"] = agreement_json(&stats, *weights, agreement);
+        }
         outln!("{}", serde_json::to_string(&line).context("inspect result")?);
     } else {
-        out!("{}", report(&config, &stats, &dir, &source)?);
+        out!("{}", report(&config, &stats, &dir, &source, model.weights())?);
+        if let Some((weights, agreement)) = &agreement {
+            out!("{}", agreement_report(&stats, *weights, agreement));
+        }
     }
     if let Some(svg_dir) = &args.svg {
         write_svgs(svg_dir, &config, &stats, &run_dir_of(&args.checkpoint, &dir))?;
@@ -211,6 +284,50 @@ fn realized_and_dense(
     Ok((context, realized, dense_flops))
 }
 
+/// The `against` object of the `--json` line: shares of tokens whose routing agrees.
+fn agreement_json(
+    stats: &RoutingStats,
+    weights: WeightDtype,
+    agreement: &RoutingAgreement,
+) -> serde_json::Value {
+    let depth_routed = |l: usize| !stats.depth_counts[l].is_empty();
+    let expert_routed = |l: usize| !stats.expert_counts[l].is_empty();
+    let any_depth = (0..stats.depth_counts.len()).any(depth_routed);
+    serde_json::json!({
+        "weights": weights.name(),
+        "tokens": agreement.tokens,
+        "depth_agreement": agreement.shares(&agreement.depth, depth_routed),
+        "depth_agreement_all_layers": any_depth
+            .then(|| agreement.depth_all_layers as f64 / agreement.tokens.max(1) as f64),
+        "expert_agreement": agreement.shares(&agreement.experts, expert_routed),
+    })
+}
+
+/// The text lines of `--against`.
+fn agreement_report(
+    stats: &RoutingStats,
+    weights: WeightDtype,
+    agreement: &RoutingAgreement,
+) -> String {
+    let percent = |shares: Vec<Option<f64>>| -> String {
+        let cells: Vec<String> = shares
+            .iter()
+            .map(|s| s.map_or_else(|| "-".into(), |s| format!("{:.2}", 100.0 * s)))
+            .collect();
+        cells.join(" ")
+    };
+    let depth = agreement.shares(&agreement.depth, |l| !stats.depth_counts[l].is_empty());
+    let experts = agreement.shares(&agreement.experts, |l| !stats.expert_counts[l].is_empty());
+    format!(
+        "routing against {weights} weights over {} tokens: chosen depth agrees on {:.2}% of \
+         tokens in every layer, per layer % [{}]; chosen experts per layer % [{}]\n",
+        agreement.tokens,
+        100.0 * agreement.depth_all_layers as f64 / agreement.tokens.max(1) as f64,
+        percent(depth),
+        percent(experts)
+    )
+}
+
 /// The `--json` line: everything of the text report, as numbers.
 fn json_report(model: &Model, stats: &RoutingStats) -> Result<serde_json::Value> {
     let config = &model.config;
@@ -230,7 +347,8 @@ fn json_report(model: &Model, stats: &RoutingStats) -> Result<serde_json::Value>
         .collect();
     Ok(serde_json::json!({
         "block": config.block,
-        "params": model.params.num_elements(),
+        "weights": model.weights().name(),
+        "params": config.num_params(),
         "tokens": stats.tokens,
         "mean_context": context,
         "train_flops_per_token": train.total,
@@ -246,12 +364,18 @@ fn json_report(model: &Model, stats: &RoutingStats) -> Result<serde_json::Value>
 }
 
 /// The text report.
-fn report(config: &Config, stats: &RoutingStats, dir: &Path, source: &str) -> Result<String> {
+fn report(
+    config: &Config,
+    stats: &RoutingStats,
+    dir: &Path,
+    source: &str,
+    weights: WeightDtype,
+) -> Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{}: {:?} block, {} layers, d {}, h {}, E {} (top {}), D {}; {} tokens of {source} \
-         validation",
+        "{}: {:?} block, {} layers, d {}, h {}, E {} (top {}), D {}, {weights} weights; {} \
+         tokens of {source} validation",
         dir.display(),
         config.block,
         config.n_layers,

@@ -499,3 +499,87 @@ fn exported_bf16_f16_and_f32_files_are_checkpoints_of_every_reading_command() {
     );
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn every_inference_command_runs_bf16_weights_and_refuses_other_values_in_one_line() {
+    let dir = scratch("weights");
+    let config = write(&dir, "small.toml", SMALL_CONFIG);
+    let run = dir.join("run");
+    let train = ["train", "--config", path(&config), "--block", "versatile", "--steps", "10"];
+    ok(&[&train[..], &["--out", path(&run), "--sample-bytes", "0"]].concat());
+    let fwd = dir.join("forward.safetensors");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["eval", "--checkpoint", path(&run), "--json"],
+        vec!["generate", "--checkpoint", path(&run), "--prompt", "1+", "--max-new", "8"],
+        vec!["forward", "--checkpoint", path(&run), "--text", "12+3", "--out", path(&fwd)],
+        vec!["inspect", "--checkpoint", path(&run), "--batches", "2", "--json"],
+        vec!["bench", "forward", "--config", path(&config), "--repeats", "1", "--json"],
+        vec!["bench", "generate", "--config", path(&config), "--tokens", "4", "--json"],
+    ];
+    let loss = |out: &Output| {
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["loss"].as_f64().unwrap()
+    };
+    let mut eval_losses = Vec::new();
+    for command in &commands {
+        for weights in ["f32", "bf16"] {
+            let out = ok(&[&command[..], &["--weights", weights]].concat());
+            match command[0] {
+                "eval" => eval_losses.push(loss(&out)),
+                "inspect" | "bench" => {
+                    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                    assert_eq!(json["weights"], weights, "{command:?}");
+                }
+                _ => {}
+            }
+        }
+        for bad in ["f16", "f64"] {
+            fails_with(&[&command[..], &["--weights", bad]].concat(), "--weights");
+        }
+    }
+    // bf16 weights move the loss a little, not a lot.
+    let [f32_loss, bf16_loss] = eval_losses[..] else { panic!("{eval_losses:?}") };
+    assert!(f32_loss != bf16_loss && (f32_loss - bf16_loss).abs() < 0.01, "{eval_losses:?}");
+    // inspect --against: the routing of the two dtypes, compared token by token.
+    let out = ok(&[
+        "inspect",
+        "--checkpoint",
+        path(&run),
+        "--batches",
+        "2",
+        "--json",
+        "--weights",
+        "bf16",
+        "--against",
+        "f32",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let against = &json["against"];
+    assert_eq!(against["weights"], "f32");
+    assert_eq!(against["tokens"], json["tokens"]);
+    let all_layers = against["depth_agreement_all_layers"].as_f64().unwrap();
+    assert!((0.9..=1.0).contains(&all_layers), "{against}");
+    // The same weights agree on every token.
+    let out = ok(&["inspect", "--checkpoint", path(&run), "--batches", "2", "--against", "f32"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("f32 weights;"), "{text}");
+    assert!(text.contains("agrees on 100.00% of tokens in every layer"), "{text}");
+    fails_with(
+        &[
+            "forward",
+            "--checkpoint",
+            path(&run),
+            "--text",
+            "12",
+            "--out",
+            path(&fwd),
+            "--train-mode",
+        ]
+        .iter()
+        .chain(&["--weights", "bf16"])
+        .copied()
+        .collect::<Vec<_>>(),
+        "--train-mode runs the f32 model",
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}

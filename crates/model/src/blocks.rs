@@ -8,6 +8,7 @@ use vffn_autograd::{AttnShape, ParamId, ParamStore, Tape, Tensor, Trans};
 
 use crate::config::{BlockKind, Config};
 use crate::fused::{self, FusedFfn};
+use crate::weights::{HalfStore, Weight};
 
 /// Parameter handles of one transformer layer (names as in [`Config::param_specs`]).
 #[derive(Clone, Debug)]
@@ -26,17 +27,18 @@ pub(crate) struct LayerIds {
     pub experts: Vec<(ParamId, ParamId)>,
 }
 
-/// The tensors of one layer for one forward (leaves of `tape`, sharing the parameters' storage).
+/// The tensors of one layer for one forward (leaves of `tape`, sharing the parameters' storage;
+/// a bf16 model's matrices as its bf16 bits, see [`crate::weights`]).
 pub(crate) struct LayerWeights {
     pub attn_norm: Tensor,
-    pub att_proj: Tensor,
-    pub attn_out: Tensor,
+    pub att_proj: Weight,
+    pub attn_out: Weight,
     pub ff_norm: Tensor,
-    pub ff_proj: Tensor,
-    pub ff_out: Tensor,
-    pub expert_gate: Option<Tensor>,
-    pub depth_predictor: Option<Tensor>,
-    pub experts: Vec<(Tensor, Tensor)>,
+    pub ff_proj: Weight,
+    pub ff_out: Weight,
+    pub expert_gate: Option<Weight>,
+    pub depth_predictor: Option<Weight>,
+    pub experts: Vec<(Weight, Weight)>,
     /// The FFN weights packed for the fused kernels (see [`crate::fused`]); `None` = the
     /// composed autograd path (widths the kernels refuse, the decoder, or forced for tests).
     pub fused: Option<FusedFfn>,
@@ -44,19 +46,38 @@ pub(crate) struct LayerWeights {
 
 impl LayerIds {
     /// Brings the layer's parameters onto `tape` (no copy).
+    #[cfg(test)]
     pub fn load(&self, tape: &mut Tape, store: &ParamStore) -> LayerWeights {
-        let mut p = |id: ParamId| tape.param(store, id);
+        self.load_with(tape, store, &HalfStore::default())
+    }
+
+    /// [`LayerIds::load`] with the matrices `half` holds in bf16 taken from there (no copy).
+    pub fn load_with(&self, tape: &mut Tape, store: &ParamStore, half: &HalfStore) -> LayerWeights {
+        let mut p = |id: ParamId| half.weight(tape, store, id);
+        let norm = |w: Weight| Tensor::clone(&w); // norms are never held in bf16
         LayerWeights {
-            attn_norm: p(self.attn_norm),
+            attn_norm: norm(p(self.attn_norm)),
             att_proj: p(self.att_proj),
             attn_out: p(self.attn_out),
-            ff_norm: p(self.ff_norm),
+            ff_norm: norm(p(self.ff_norm)),
             ff_proj: p(self.ff_proj),
             ff_out: p(self.ff_out),
             expert_gate: self.expert_gate.map(&mut p),
             depth_predictor: self.depth_predictor.map(&mut p),
             experts: self.experts.iter().map(|&(a, b)| (p(a), p(b))).collect(),
             fused: None,
+        }
+    }
+}
+
+impl LayerWeights {
+    /// The FFN matrices (shared FFN and moe experts) in f32 for packing (see
+    /// [`crate::fused::pack_layer`]): bf16 ones widened into copies that live with the layer.
+    pub fn widen_ffn(&mut self) {
+        self.ff_proj = self.ff_proj.widened();
+        self.ff_out = self.ff_out.widened();
+        for (proj, out) in &mut self.experts {
+            (*proj, *out) = (proj.widened(), out.widened());
         }
     }
 }
@@ -74,19 +95,19 @@ pub(crate) fn attention(
 ) -> Tensor {
     let d = cfg.d_model;
     let h = tape.rms_norm(x, &w.attn_norm, cfg.norm_eps);
-    let qkv = tape.linear(&h, &w.att_proj); // [B·T, 3d] = q | k | v
+    let qkv = w.att_proj.linear(tape, &h); // [B·T, 3d] = q | k | v
     let qkv = tape.rope(&qkv, &[0, d], cfg.n_heads, cfg.head_dim(), positions, cfg.rope_theta);
     let shape = AttnShape { batch, seq, heads: cfg.n_heads, head_dim: cfg.head_dim() };
     let a = tape.attention(&qkv, shape);
-    tape.linear(&a, &w.attn_out)
+    w.attn_out.linear(tape, &a)
 }
 
 /// SwiGLU on an already-normalized input: out · (value(z) · silu(gate(z))).
 // z [N, d], proj [2w, d] (value rows 0..w | gate rows w..2w), out [d, w] -> [N, d]
-pub(crate) fn swiglu_ffn(tape: &mut Tape, z: &Tensor, proj: &Tensor, out: &Tensor) -> Tensor {
-    let u = tape.linear(z, proj);
+pub(crate) fn swiglu_ffn(tape: &mut Tape, z: &Tensor, proj: &Weight, out: &Weight) -> Tensor {
+    let u = proj.linear(tape, z);
     let a = tape.swiglu(&u);
-    tape.linear(&a, out)
+    out.linear(tape, &a)
 }
 
 /// The layer's shared FFN of the normed input: FFN(ff_norm x).
@@ -182,14 +203,14 @@ pub(crate) fn moe_part(
     let z = tape.rms_norm(x, &w.ff_norm, cfg.norm_eps);
     if let Some(f) = &w.fused {
         let gate = w.expert_gate.as_ref().expect("moe layer has expert_gate");
-        let logits = tape.linear(&z, gate); // [N, E]
+        let logits = gate.linear(tape, &z); // [N, E]
         let route = route_top_k(tape, &logits, cfg.top_k);
         let ffn = fused::moe_ffn(tape, f, w, &z, &route.gates, &route.experts);
         return (tape.add(x, &ffn), logits, route.experts);
     }
     let shared = swiglu_ffn(tape, &z, &w.ff_proj, &w.ff_out);
     let gate = w.expert_gate.as_ref().expect("moe layer has expert_gate");
-    let logits = tape.linear(&z, gate); // [N, E]
+    let logits = gate.linear(tape, &z); // [N, E]
     let route = route_top_k(tape, &logits, cfg.top_k);
     let routed = routed_sum(tape, &z, &route, |tape, e, z_e| {
         let (proj, out) = &w.experts[e];

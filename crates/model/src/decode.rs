@@ -16,6 +16,8 @@ pub struct Decoder<'a> {
     /// Per layer: rotated keys [max_len, d] and values [max_len, d].
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    /// Per layer: the loop count the last token chose (None without a depth router).
+    depths: Vec<Option<u8>>,
 }
 
 impl<'a> Decoder<'a> {
@@ -28,6 +30,7 @@ impl<'a> Decoder<'a> {
             len: 0,
             keys: (0..layers).map(|_| vec![0.0; size]).collect(),
             values: (0..layers).map(|_| vec![0.0; size]).collect(),
+            depths: vec![None; layers],
         }
     }
 
@@ -43,6 +46,12 @@ impl<'a> Decoder<'a> {
     /// Capacity in tokens.
     pub fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    /// Per layer: the loop count 1..D the last pushed token chose, as the full forward routes
+    /// it (None for layers without a depth router, or before the first push).
+    pub fn depths(&self) -> &[Option<u8>] {
+        &self.depths
     }
 
     /// Forgets every cached token.
@@ -66,12 +75,12 @@ impl<'a> Decoder<'a> {
         }
         let (d, pos) = (cfg.d_model, self.len);
         let mut tape = Tape::no_grad();
-        let wte = tape.param(&model.params, model.wte);
-        let mut x = tape.embedding(&wte, &[token]); // [1, d]
+        let mut x = model.weight(&mut tape, model.wte).embedding(&mut tape, &[token]); // [1, d]
         for (layer, ids) in model.layers.iter().enumerate() {
-            let w = ids.load(&mut tape, &model.params);
+            // Not packed: one token's products read each weight once, in place (bf16 or f32).
+            let w = ids.load_with(&mut tape, &model.params, &model.half);
             let h = tape.rms_norm(&x, &w.attn_norm, cfg.norm_eps);
-            let qkv = tape.linear(&h, &w.att_proj); // [1, 3d]
+            let qkv = w.att_proj.linear(&mut tape, &h); // [1, 3d]
             let qkv = tape.rope(&qkv, &[0, d], cfg.n_heads, cfg.head_dim(), &[pos], cfg.rope_theta);
             let qkv = qkv.data();
             self.keys[layer][pos * d..(pos + 1) * d].copy_from_slice(&qkv[d..2 * d]);
@@ -87,14 +96,13 @@ impl<'a> Decoder<'a> {
                 &mut attended,
             );
             let attended = Tensor::from_vec(&[1, d], attended)?;
-            let a = tape.linear(&attended, &w.attn_out);
+            let a = w.attn_out.linear(&mut tape, &attended);
             let x_attn = tape.add(&x, &a);
-            x = model.infer_ffn_part(&mut tape, &w, &x_attn);
+            let (out, depth) = model.infer_ffn_part(&mut tape, &w, &x_attn);
+            self.depths[layer] = depth.first().copied();
+            x = out;
         }
         self.len += 1;
-        let ln_f = tape.param(&model.params, model.ln_f);
-        let head = tape.param(&model.params, model.head);
-        let h = tape.rms_norm(&x, &ln_f, cfg.norm_eps);
-        Ok(tape.linear(&h, &head).to_vec())
+        Ok(model.head(&mut tape, &x).to_vec())
     }
 }

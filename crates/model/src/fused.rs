@@ -88,7 +88,7 @@ pub(crate) struct FusedFfn {
 pub(crate) fn pack_layer(tape: &Tape, cfg: &Config, w: &LayerWeights) -> Option<FusedFfn> {
     let (d, h) = (cfg.d_model, cfg.hidden);
     let mut weights: Vec<&Tensor> = vec![&w.ff_proj, &w.ff_out];
-    weights.extend(w.experts.iter().flat_map(|(p, o)| [p, o]));
+    weights.extend(w.experts.iter().flat_map(|(p, o)| [&**p, &**o]));
     let backward = tape.wants_grad(&weights);
     let virtual_experts = match (cfg.block, cfg.paths) {
         (BlockKind::Versatile, Paths::Both | Paths::Width) => cfg.n_experts,
@@ -257,7 +257,7 @@ pub(crate) fn moe_ffn(
     let (n, d, k) = (z.rows(), z.cols(), gates.cols());
     let packed_experts = fused.experts.as_ref().expect("moe layer packs its experts");
     let mut inputs: Vec<&Tensor> = vec![z, gates, &w.ff_proj, &w.ff_out];
-    inputs.extend(w.experts.iter().flat_map(|(p, o)| [p, o]));
+    inputs.extend(w.experts.iter().flat_map(|(p, o)| [&**p, &**o]));
     let mut buf = Buffer::zeros(n * d);
     if !tape.wants_grad(&inputs) {
         vffn_kernels::ffn::dense_forward(&fused.shared, z.data(), &mut buf)
@@ -316,7 +316,7 @@ pub(crate) fn moe_ffn(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The fused ops against the composed autograd path on configs the kernels accept (expert
     //! widths multiple of 16): training loss, logits and every parameter gradient, and the
     //! inference logits, for every block kind, path set and fusion.
@@ -387,7 +387,7 @@ mod tests {
     /// moves results by a few ulps per reduction (~1e-6 relative after 2 layers and the
     /// backward); 1e-4 leaves margin for that while any wrong slice, gate, loop or missing
     /// accumulation shows up at O(1) relative error.
-    fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    pub(crate) fn assert_close(what: &str, got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(scale > 0.0, "{what}: all zero (nothing checked)");

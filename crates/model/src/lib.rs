@@ -35,6 +35,7 @@ pub mod model;
 pub mod schedule;
 pub mod train_step;
 pub(crate) mod versatile;
+pub(crate) mod weights;
 pub mod workloads;
 
 pub use checkpoint::{

@@ -19,11 +19,13 @@ use vffn_autograd::{ParamId, ParamStore, Rng, Tape, Tensor};
 use crate::balance::{self, balance_term, whole_batch_shares, BalanceTerm};
 use crate::blocks::{attention, looped_part, moe_part, LayerIds, LayerWeights};
 use crate::checkpoint::{CheckpointError, LoadPlan, ModelCheckpoint, TensorRef};
-use crate::config::{BlockKind, Config, ConfigError, ParamKind};
+use crate::config::{BlockKind, Config, ConfigError};
 use crate::data::Batch;
 use crate::decode::Decoder;
 use crate::flops::{realized_inference_flops, FlopsBreakdown, FlopsError};
 use crate::versatile::{versatile_infer, versatile_train, DepthAgreement};
+use crate::weights::HalfStore;
+use crate::WeightDtype;
 
 mod train_groups;
 
@@ -48,6 +50,10 @@ pub enum ModelError {
     DecoderFull { max_len: usize },
     #[error("flops: {0}")]
     Flops(#[from] FlopsError),
+    #[error("{0} weights are not supported for inference (f32 or bf16)")]
+    UnsupportedWeights(WeightDtype),
+    #[error("bf16 kernels: {0}")]
+    Bf16(#[from] vffn_kernels::bf16::Bf16Error),
 }
 
 /// Routing decisions per layer for every token of a forward.
@@ -158,39 +164,20 @@ pub struct Model {
     pub(crate) head: ParamId,
     /// Forces the composed autograd FFN path (no fused kernels); for tests comparing the two.
     pub(crate) composed_ffn: bool,
+    /// The matrices of a bf16 model (see [`crate::weights`]); empty for an f32 model.
+    pub(crate) half: HalfStore,
 }
 
 impl Model {
     /// Fresh init: matrices N(0, init_std) truncated at ±3σ, norm weights 1. Deterministic per
     /// seed (parameters drawn in param_specs order).
     pub fn new(config: Config, seed: u64) -> Result<Model, ModelError> {
-        config.validate()?;
-        let mut rng = Rng::new(seed);
-        let mut params = ParamStore::new();
-        for spec in config.param_specs() {
-            let data = match spec.kind {
-                ParamKind::Matrix => {
-                    (0..spec.numel()).map(|_| rng.truncated_normal(config.init_std)).collect()
-                }
-                ParamKind::Norm => vec![1.0; spec.numel()],
-            };
-            params.add(&spec.name, &spec.shape, data, !spec.decays())?;
-        }
-        Model::from_store(config, params)
+        Model::new_as(config, seed, WeightDtype::F32)
     }
 
     /// Exact load (resume): every tensor present with the right shape, nothing extra.
     pub fn from_checkpoint(ckpt: &ModelCheckpoint) -> Result<Model, ModelError> {
-        let config = ckpt.config.clone();
-        config.validate()?;
-        let specs = config.param_specs();
-        ckpt.check_exact(&specs)?;
-        let mut params = ParamStore::new();
-        for spec in &specs {
-            let t = &ckpt.tensors[&spec.name];
-            params.add(&spec.name, &spec.shape, t.data.clone(), !spec.decays())?;
-        }
-        Model::from_store(config, params)
+        Model::from_checkpoint_as(ckpt, WeightDtype::F32)
     }
 
     /// Continued pre-training: a fresh `config` model from `seed`, then every tensor the
@@ -211,7 +198,7 @@ impl Model {
     }
 
     /// Builds the handles from a store filled in param_specs order.
-    fn from_store(config: Config, params: ParamStore) -> Result<Model, ModelError> {
+    pub(crate) fn from_store(config: Config, params: ParamStore) -> Result<Model, ModelError> {
         let id = |name: String| {
             params
                 .id(&name)
@@ -259,11 +246,14 @@ impl Model {
             config,
             params,
             composed_ffn: false,
+            half: HalfStore::default(),
         })
     }
 
-    /// Named tensors in param_specs order, for [`crate::checkpoint::save_model`].
+    /// Named tensors in param_specs order, for [`crate::checkpoint::save_model`] (of an f32
+    /// model: a bf16 model's matrices are not in `params`).
     pub fn tensor_refs(&self) -> Vec<TensorRef<'_>> {
+        debug_assert!(self.half.is_empty(), "tensor_refs of a bf16 model");
         self.params
             .iter()
             .map(|(_, p)| TensorRef { name: p.name(), shape: p.shape(), data: p.data() })
@@ -309,8 +299,7 @@ impl Model {
     ) -> TrunkOut {
         let cfg = &self.config;
         let positions: Vec<usize> = (0..batch * seq).map(|i| i % seq).collect();
-        let wte = tape.param(&self.params, self.wte);
-        let mut x = tape.embedding(&wte, inputs);
+        let mut x = self.weight(tape, self.wte).embedding(tape, inputs);
         let mut balance = Vec::new();
         let mut routing = Routing::default();
         let mut agreement = Vec::with_capacity(self.layers.len());
@@ -340,10 +329,12 @@ impl Model {
     }
 
     /// One layer's parameters on `tape`, with its FFN packed for the fused kernels (unless the
-    /// composed path is forced).
+    /// composed path is forced, or a bf16 model's products run on bf16 arithmetic). A bf16
+    /// model's FFN matrices are widened for packing, into buffers that live with the layer.
     fn load_layer(&self, tape: &mut Tape, ids: &LayerIds) -> LayerWeights {
-        let mut w = ids.load(tape, &self.params);
-        if !self.composed_ffn {
+        let mut w = ids.load_with(tape, &self.params, &self.half);
+        if !self.composed_ffn && self.half.packs_ffn() {
+            w.widen_ffn();
             w.fused = crate::fused::pack_layer(tape, &self.config, &w);
         }
         w
@@ -395,11 +386,10 @@ impl Model {
 
     /// Final RMSNorm and the untied LM head.
     // x [B·T, d] -> logits [B·T, V]
-    fn head(&self, tape: &mut Tape, x: &Tensor) -> Tensor {
+    pub(crate) fn head(&self, tape: &mut Tape, x: &Tensor) -> Tensor {
         let ln_f = tape.param(&self.params, self.ln_f);
-        let head = tape.param(&self.params, self.head);
         let h = tape.rms_norm(x, &ln_f, self.config.norm_eps);
-        tape.linear(&h, &head)
+        self.weight(tape, self.head).linear(tape, &h)
     }
 
     /// Training forward: builds the graph on `tape`; loss = mean CE + balance_loss_coef·Σ
@@ -491,11 +481,12 @@ impl Model {
         // finishes its groups early steals the nested work of the others. Every output row
         // depends only on its own sequence (row-wise kernels, per-sequence attention, GEMM rows
         // summed in the same order for any row count), so the result is bitwise the single
-        // pass's for any grouping or thread count. Weights are loaded and packed once.
-        let layers: Vec<LayerWeights> = {
+        // pass's for any grouping or thread count. Weights are loaded and packed once (bf16
+        // models: per group and layer, so that only one layer is ever widened per group).
+        let layers: Option<Vec<LayerWeights>> = self.half.is_empty().then(|| {
             let mut tape = Tape::no_grad();
             self.layers.iter().map(|ids| self.load_layer(&mut tape, ids)).collect()
-        };
+        });
         let per = batch.div_ceil(groups);
         let parts: Vec<(Tensor, Routing)> = (0..batch.div_ceil(per))
             .into_par_iter()
@@ -504,7 +495,7 @@ impl Model {
                 let (b0, nb) = (g * per, per.min(batch - g * per));
                 let mut tape = Tape::no_grad();
                 let part = &inputs[b0 * seq..(b0 + nb) * seq];
-                let trunk = self.trunk(&mut tape, part, nb, seq, Mode::Infer, Some(&layers));
+                let trunk = self.trunk(&mut tape, part, nb, seq, Mode::Infer, layers.as_deref());
                 (self.head(&mut tape, &trunk.x), trunk.routing)
             })
             .collect();
@@ -541,10 +532,17 @@ impl Model {
         Decoder::new(self, max_len)
     }
 
-    /// Inference FFN part of layer `layer` on rows `x` (used by the decoder).
-    // x [N, d] -> [N, d]
-    pub(crate) fn infer_ffn_part(&self, tape: &mut Tape, w: &LayerWeights, x: &Tensor) -> Tensor {
-        self.ffn_part(tape, w, x, None, None).out
+    /// Inference FFN part of layer `layer` on rows `x` (used by the decoder), with the chosen
+    /// loop count of each row (empty without a depth router).
+    // x [N, d] -> ([N, d], depth [N] or empty)
+    pub(crate) fn infer_ffn_part(
+        &self,
+        tape: &mut Tape,
+        w: &LayerWeights,
+        x: &Tensor,
+    ) -> (Tensor, Vec<u8>) {
+        let part = self.ffn_part(tape, w, x, None, None);
+        (part.out, part.depth)
     }
 }
 

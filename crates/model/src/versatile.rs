@@ -20,12 +20,13 @@
 //! equals the noise-free argmax that inference uses, and the top-1/top-2 logit margin.
 
 use vffn_autograd::{Rng, Tape, Tensor};
-use vffn_kernels::gemm::{gemm, MatMut, MatRef};
+use vffn_kernels::gemm::{MatMut, MatRef};
 
 use crate::balance::{balance_term, BalanceTerm};
 use crate::blocks::{ffn_loops, ffn_step, matmul_nn, route_top_k, routed_sum, LayerWeights};
 use crate::config::{Config, DepthNoise, Fusion, Paths};
 use crate::fused;
+use crate::weights::Weight;
 
 /// What a versatile layer decided, per token.
 pub(crate) struct VersatileRouting {
@@ -102,7 +103,7 @@ pub(crate) fn width_path(
 ) -> (Tensor, Tensor, Vec<u32>) {
     let (h, s) = (cfg.hidden, cfg.expert_width());
     let gate = w.expert_gate.as_ref().expect("versatile layer has expert_gate");
-    let logits = tape.linear(x, gate); // [N, E]
+    let logits = gate.linear(tape, x); // [N, E]
     let route = route_top_k(tape, &logits, cfg.top_k);
     if let Some(f) = &w.fused {
         let routed = fused::width_routed(
@@ -117,11 +118,11 @@ pub(crate) fn width_path(
         let base = residual_base(tape, cfg, w, x);
         return (tape.add(&base, &routed), logits, route.experts);
     }
-    if !tape.wants_grad(&[z, &w.ff_proj, &w.ff_out]) {
+    if !(tape.wants_grad(&[z]) || w.ff_proj.wants_grad(tape) || w.ff_out.wants_grad(tape)) {
         // Inference (e.g. decoding one token): each expert reads its slices of the weights in
         // place, so a step reads only the chosen experts' weights, once.
         let routed = routed_sum(tape, z, &route, |tape, e, z_e| {
-            expert_in_place(tape, z_e, w.ff_proj.data(), w.ff_out.data(), h, s, e)
+            expert_in_place(tape, z_e, &w.ff_proj, &w.ff_out, h, s, e)
         });
         let base = residual_base(tape, cfg, w, x);
         return (tape.add(&base, &routed), logits, route.experts);
@@ -158,8 +159,8 @@ fn residual_base(tape: &mut Tape, cfg: &Config, w: &LayerWeights, x: &Tensor) ->
 fn expert_in_place(
     tape: &mut Tape,
     z: &Tensor,
-    proj: &[f32],
-    out: &[f32],
+    proj: &Weight,
+    out: &Weight,
     h: usize,
     s: usize,
     e: usize,
@@ -168,15 +169,14 @@ fn expert_in_place(
     let zv = MatRef::new(z.data(), m, d);
     let mut u = vec![0.0f32; m * 2 * s];
     for (half, first_row) in [(0, e * s), (1, h + e * s)] {
-        let rows = MatRef::new(&proj[first_row * d..(first_row + s) * d], s, d);
         let dst = MatMut::strided(&mut u[half * s..], m, s, 2 * s, 1);
-        gemm(1.0, zv, rows.t(), 0.0, dst);
+        proj.block(first_row, s, 0, d).linear_into(zv, dst);
     }
     let u = Tensor::from_vec(&[m, 2 * s], u).expect("[M, 2s]");
     let a = tape.swiglu(&u); // [M, s]
     let mut y = vec![0.0f32; m * d];
-    let cols = MatRef::strided(&out[e * s..], d, s, h, 1); // ff_out[:, e·s..e·s+s]
-    gemm(1.0, MatRef::new(a.data(), m, s), cols.t(), 0.0, MatMut::new(&mut y, m, d));
+    let cols = out.block(0, d, e * s, s); // ff_out[:, e·s..e·s+s]
+    cols.linear_into(MatRef::new(a.data(), m, s), MatMut::new(&mut y, m, d));
     Tensor::from_vec(&[m, d], y).expect("[M, d]")
 }
 
@@ -322,7 +322,7 @@ pub(crate) fn versatile_infer(
     }
     // Router decisions for every token (cheap, and recorded); experts only where λ > 0.
     let gate = w.expert_gate.as_ref().expect("versatile layer has expert_gate");
-    let logits = tape.linear(x, gate);
+    let logits = gate.linear(tape, x);
     let (_, experts) = tape.top_k(&logits, k);
     let lambda: Vec<f32> =
         depth.iter().map(|&c| cfg.fusion.lambda(c as f32, depth_max as f32)).collect();
@@ -349,7 +349,7 @@ pub(crate) fn versatile_infer(
 // x [N, d] -> [N]
 fn argmax_depth(tape: &mut Tape, w: &LayerWeights, x: &Tensor) -> Vec<u8> {
     let predictor = w.depth_predictor.as_ref().expect("versatile layer has depth_predictor");
-    let logits = tape.linear(x, predictor); // [N, D]
+    let logits = predictor.linear(tape, x); // [N, D]
     let (_, best) = tape.top_k(&logits, 1);
     best.iter().map(|&i| i as u8 + 1).collect()
 }

@@ -17,6 +17,7 @@ use vffn_kernels::{gemm, MatMut, MatRef};
 
 use crate::config::{Config, ConfigError, RunConfig};
 use crate::data::{Batch, Batcher, DataError, Dataset, BUILTIN_TRAIN_BYTES, BUILTIN_VAL_BYTES};
+use crate::dtype::WeightDtype;
 use crate::flops::{causal_mean_context, dense_ffn_flops, training_flops};
 use crate::model::{InferOutput, Model, ModelError};
 use crate::train_step::{TrainError, Training};
@@ -315,7 +316,17 @@ pub struct ForwardCase {
 
 impl ForwardCase {
     pub fn new(config: Config, dataset: &Dataset, seed: u64) -> Result<Self> {
-        let model = Model::new(config.clone(), seed)?;
+        ForwardCase::new_as(config, dataset, seed, WeightDtype::F32)
+    }
+
+    /// [`ForwardCase::new`] with the model's matrices held as `weights` (f32 or bf16).
+    pub fn new_as(
+        config: Config,
+        dataset: &Dataset,
+        seed: u64,
+        weights: WeightDtype,
+    ) -> Result<Self> {
+        let model = Model::new_as(config.clone(), seed, weights)?;
         let mut batcher =
             Batcher::new(dataset.val.clone(), config.seq_len, config.batch_size, seed)?;
         let batch = batcher.next_batch();

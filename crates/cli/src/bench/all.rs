@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use vffn_model::workloads::{
     preset_config, AttentionCase, FfnCase, GemmCase, BLOCKS, GEMM_SHAPES, PRESETS,
 };
-use vffn_model::{Config, Dataset};
+use vffn_model::{Config, Dataset, WeightDtype};
 
 use super::forward::{measure_forward, ModelTiming};
 use super::train::measure_train;
@@ -229,7 +229,13 @@ pub fn run(args: AllArgs) -> Result<()> {
                         min_sample: Duration::ZERO,
                     };
                     let timing = if matches!(w, Work::Forward { .. }) {
-                        measure_forward(&run.model, dataset, args.seed, &sampling)?
+                        measure_forward(
+                            &run.model,
+                            dataset,
+                            args.seed,
+                            WeightDtype::F32,
+                            &sampling,
+                        )?
                     } else {
                         measure_train(&run, dataset, args.seed, &sampling)?
                     };

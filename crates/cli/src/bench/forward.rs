@@ -7,10 +7,10 @@
 use anyhow::{ensure, Result};
 use clap::Args;
 use vffn_model::workloads::ForwardCase;
-use vffn_model::{Config, Dataset};
+use vffn_model::{Config, Dataset, WeightDtype};
 
 use super::{block_name, median, peak_rss_mb, sample, ModelChoice, Sampling};
-use crate::common::{in_pool, load_dataset};
+use crate::common::{in_pool, load_dataset, WeightsArg};
 
 #[derive(Args, Debug)]
 pub struct ForwardBenchArgs {
@@ -19,6 +19,8 @@ pub struct ForwardBenchArgs {
     /// Timed forwards (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    #[command(flatten)]
+    weights: WeightsArg,
 }
 
 /// A model-level measurement: median milliseconds per batch (forward) or step (training).
@@ -41,15 +43,16 @@ impl ModelTiming {
     }
 }
 
-/// Times the inference forward of a fresh `config` model (seed `seed`) over one validation
-/// batch of `dataset`, in the current thread pool.
+/// Times the inference forward of a fresh `config` model (seed `seed`, matrices held as
+/// `weights`) over one validation batch of `dataset`, in the current thread pool.
 pub(crate) fn measure_forward(
     config: &Config,
     dataset: &Dataset,
     seed: u64,
+    weights: WeightDtype,
     sampling: &Sampling,
 ) -> Result<ModelTiming> {
-    let case = ForwardCase::new(config.clone(), dataset, seed)?;
+    let case = ForwardCase::new_as(config.clone(), dataset, seed, weights)?;
     let mut output = None;
     let times = sample(sampling, || {
         output = Some(case.run()?);
@@ -66,11 +69,12 @@ pub(crate) fn measure_forward(
 
 pub fn run(args: ForwardBenchArgs) -> Result<()> {
     ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    let weights = args.weights.dtype()?;
     let config = args.model.run_config()?.model;
     let (dataset, _) = load_dataset(None, config.seq_len)?;
     let sampling = Sampling::fixed(1, args.repeats);
     let (timing, threads) = in_pool(args.model.threads, || {
-        let timing = measure_forward(&config, &dataset, args.model.seed, &sampling)?;
+        let timing = measure_forward(&config, &dataset, args.model.seed, weights, &sampling)?;
         Ok((timing, rayon::current_num_threads()))
     })?;
     let (ms, tokens_per_s, gflops) = (timing.ms, timing.tokens_per_s(), timing.gflops());
@@ -82,6 +86,7 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
             "ms": ms,
             "preset": name,
             "block": block,
+            "weights": weights.name(),
             "threads": threads,
             "batch_tokens": timing.tokens as u64,
             "realized_flops_per_token": flops_per_token,
@@ -92,7 +97,8 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
         outln!("{line}");
     } else {
         outln!(
-            "forward {name}/{block}, {threads} threads, {}×{} tokens, median of {} runs",
+            "forward {name}/{block}, {weights} weights, {threads} threads, {}×{} tokens, median \
+             of {} runs",
             config.batch_size,
             config.seq_len,
             args.repeats

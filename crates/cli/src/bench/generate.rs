@@ -1,18 +1,19 @@
 //! `vffn bench generate [--preset P | --config F] [--block B] [--threads N] [--tokens N] [--json]`
 //!
 //! Tokens/s of greedy decoding with the KV cache (`Decoder::push`, one token at a time) of a
-//! freshly initialized model. The realized FLOPs come from one untimed inference forward over
-//! the decoded sequence, which routes every token exactly as the decoder did.
+//! freshly initialized model. The realized FLOPs come from the loop counts the decoder chose
+//! (as the full forward routes every token), so the process holds one model and its KV cache.
+//! `--weights bf16` holds the matrices as bf16 bits.
 
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use vffn_autograd::Rng;
-use vffn_model::{causal_mean_context, Model};
+use vffn_model::{causal_mean_context, realized_inference_flops, Model};
 
 use super::{block_name, ModelChoice};
-use crate::common::{check_buffers, checked_size, in_pool, sample_token};
+use crate::common::{check_buffers, checked_size, in_pool, sample_token, WeightsArg};
 
 /// The first token fed to the decoder (a newline byte).
 const START_TOKEN: u32 = b'\n' as u32;
@@ -24,45 +25,42 @@ pub struct GenerateBenchArgs {
     /// Tokens decoded (timed); default: the model's seq_len.
     #[arg(long)]
     tokens: Option<usize>,
+    #[command(flatten)]
+    weights: WeightsArg,
 }
 
 pub fn run(args: GenerateBenchArgs) -> Result<()> {
+    let weights = args.weights.dtype()?;
     let config = args.model.run_config()?.model;
     let tokens = args.tokens.unwrap_or(config.seq_len);
     ensure!(tokens >= 1, "--tokens must be at least 1");
-    // The KV cache (keys and values of every layer), and the routing forward over the whole
-    // sequence: activations, attention scores of every head, logits.
-    let (d, h, layers) = (config.d_model, config.hidden, config.n_layers);
-    let floats = checked_size(&[
-        &[2, layers, tokens, d],
-        &[layers, tokens, 8 * d + 6 * h],
-        &[layers, config.n_heads, tokens, tokens],
-        &[2, tokens, config.vocab_size],
-    ]);
+    // The KV cache: keys and values of every layer.
+    let (d, layers) = (config.d_model, config.n_layers);
+    let floats = checked_size(&[&[2, layers, tokens, d]]);
     check_buffers("--tokens", floats)?;
     let seed = args.model.seed;
-    let (seconds, sequence, threads) = in_pool(args.model.threads, || {
-        let model = Model::new(config.clone(), seed)?;
+    let (seconds, flops, threads) = in_pool(args.model.threads, || {
+        let model = Model::new_as(config.clone(), seed, weights)?;
         // Untimed warm-up push on a separate decoder (allocator, caches, thread pool).
         model.decoder(1).push(START_TOKEN).context("decoding")?;
         let mut decoder = model.decoder(tokens);
         // Greedy: the RNG is never consulted at temperature 0.
         let mut rng = Rng::new(seed);
-        let mut sequence = Vec::with_capacity(tokens);
         let mut next = START_TOKEN;
+        let mut depths: Vec<Vec<usize>> = vec![Vec::new(); config.n_layers];
         let start = Instant::now();
         for _ in 0..tokens {
-            sequence.push(next);
             let logits = decoder.push(next).context("decoding")?;
+            for (layer, depth) in depths.iter_mut().zip(decoder.depths()) {
+                layer.extend(depth.map(usize::from));
+            }
             next = sample_token(&logits, 0.0, 0, &mut rng);
         }
         let seconds = start.elapsed().as_secs_f64();
-        Ok((seconds, sequence, rayon::current_num_threads()))
+        let flops = realized_inference_flops(&config, causal_mean_context(tokens), &depths)?;
+        Ok((seconds, flops, rayon::current_num_threads()))
     })?;
     let tokens_per_s = tokens as f64 / seconds;
-    let model = Model::new(config.clone(), seed)?;
-    let routed = model.infer(&sequence, 1, sequence.len())?;
-    let flops = routed.realized_flops(&config, causal_mean_context(sequence.len()))?;
     let gflops = flops.total * tokens_per_s / 1e9;
     let (name, block) = (args.model.model_name(), block_name(&config));
     if args.model.json {
@@ -72,6 +70,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
             "tokens": tokens,
             "preset": name,
             "block": block,
+            "weights": weights.name(),
             "threads": threads,
             "realized_flops_per_token": flops.total,
             "gflops": gflops,
@@ -79,7 +78,10 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
         });
         outln!("{line}");
     } else {
-        outln!("generate {name}/{block}, {threads} threads, {tokens} tokens greedy with KV cache");
+        outln!(
+            "generate {name}/{block}, {weights} weights, {threads} threads, {tokens} tokens \
+             greedy with KV cache"
+        );
         outln!("  per token   {:10.3} ms", seconds * 1e3 / tokens as f64);
         outln!("  throughput  {tokens_per_s:10.0} tokens/s");
         outln!(
