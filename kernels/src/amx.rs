@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::bf16::Bf16Rows;
+use crate::bf16::types::Bf16Rows;
 use crate::gemm::{MatRef, OutView};
 use crate::microkernel::NR;
 use crate::pack::{pack_a_words, with_scratch, BOperand, RowSource, Scratch};

@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 
-use crate::bf16::{bf16_bits, Bf16Rows};
+use crate::bf16::types::{bf16_bits, Bf16Rows};
 use crate::mat::MatRef;
 use crate::microkernel::NR;
 
