@@ -5,6 +5,7 @@
 use vffn_autograd::{Tape, Tensor};
 use vffn_kernels::attention::attention_decode;
 
+use crate::fused::ComposedReason;
 use crate::model::{Model, ModelError};
 
 /// A KV-cache decoder over a [`Model`] (see [`Model::decoder`]).
@@ -78,7 +79,7 @@ impl<'a> Decoder<'a> {
         let mut x = model.weight(&mut tape, model.wte).embedding(&mut tape, &[token]); // [1, d]
         for (layer, ids) in model.layers.iter().enumerate() {
             // Not packed: one token's products read each weight once, in place (bf16 or f32).
-            let w = ids.load_with(&mut tape, &model.params, &model.half);
+            let w = ids.load_with(&mut tape, &model.params, &model.half, ComposedReason::Decoding);
             let h = tape.rms_norm(&x, &w.attn_norm, cfg.norm_eps);
             let qkv = w.att_proj.linear(&mut tape, &h); // [1, 3d]
             let qkv = tape.rope(&qkv, &[0, d], cfg.n_heads, cfg.head_dim(), &[pos], cfg.rope_theta);

@@ -17,12 +17,13 @@ use thiserror::Error;
 use vffn_autograd::{ParamId, ParamStore, Rng, Tape, Tensor};
 
 use crate::balance::{self, balance_term, whole_batch_shares, BalanceTerm};
-use crate::blocks::{attention, looped_part, moe_part, LayerIds, LayerWeights};
+use crate::blocks::{attention, looped_part, moe_part};
 use crate::checkpoint::{CheckpointError, LoadPlan, ModelCheckpoint, TensorRef};
 use crate::config::{BlockKind, Config, ConfigError};
 use crate::data::Batch;
 use crate::decode::Decoder;
 use crate::flops::{realized_inference_flops, FlopsBreakdown, FlopsError};
+use crate::layer::{FfnPath, LayerIds, LayerWeights};
 use crate::versatile::{versatile_infer, versatile_train, DepthAgreement};
 use crate::weights::HalfStore;
 use crate::WeightDtype;
@@ -328,16 +329,20 @@ impl Model {
         TrunkOut { x, balance, routing, agreement }
     }
 
-    /// One layer's parameters on `tape`, with its FFN packed for the fused kernels (unless the
-    /// composed path is forced, or a bf16 model's products run on bf16 arithmetic). A bf16
-    /// model's FFN matrices are widened for packing, into buffers that live with the layer.
+    /// One layer's parameters on `tape`, its FFN path chosen (see `LayerIds::load_for_forward`).
     fn load_layer(&self, tape: &mut Tape, ids: &LayerIds) -> LayerWeights {
-        let mut w = ids.load_with(tape, &self.params, &self.half);
-        if !self.composed_ffn && self.half.packs_ffn() {
-            w.widen_ffn();
-            w.fused = crate::fused::pack_layer(tape, &self.config, &w);
+        ids.load_for_forward(tape, &self.config, &self.params, &self.half, self.composed_ffn)
+    }
+
+    /// How a batched inference forward runs the FFN of every layer (the same choice for all:
+    /// it depends on the config and the weights' dtype), e.g. `composed: expert width 20 is
+    /// not a multiple of 16`.
+    pub fn ffn_path(&self) -> FfnPath {
+        let mut tape = Tape::no_grad();
+        match self.layers.first() {
+            Some(ids) => self.load_layer(&mut tape, ids).ffn_path(),
+            None => FfnPath::Packed,
         }
-        w
     }
 
     /// The FFN part of one block. `temperature: None` = inference mode.

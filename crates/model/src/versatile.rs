@@ -11,7 +11,7 @@
 //!
 //! Training computes every loop for every token ([`versatile_train`]); inference
 //! ([`versatile_infer`]) runs each token exactly its argmax loop count and the width path only
-//! for tokens with λ > 0. When the layer's weights are packed (`LayerWeights::fused`, see
+//! for tokens with λ > 0. When the layer's weights are packed (`LayerWeights::ffn`, see
 //! [`crate::fused`]) the width routed sum and the depth loops each run as one fused custom op
 //! over the FFN kernels (the shared expert as a one-loop depth op over the same packing);
 //! otherwise (expert widths the kernels refuse) the composed ops below.
@@ -23,9 +23,10 @@ use vffn_autograd::{Rng, Tape, Tensor};
 use vffn_kernels::gemm::{MatMut, MatRef};
 
 use crate::balance::{balance_term, BalanceTerm};
-use crate::blocks::{ffn_loops, ffn_step, matmul_nn, route_top_k, routed_sum, LayerWeights};
+use crate::blocks::{ffn_loops, ffn_step, matmul_nn, route_top_k, routed_sum};
 use crate::config::{Config, DepthNoise, Fusion, Paths};
 use crate::fused;
+use crate::layer::LayerWeights;
 use crate::weights::Weight;
 
 /// What a versatile layer decided, per token.
@@ -105,7 +106,7 @@ pub(crate) fn width_path(
     let gate = w.expert_gate.as_ref().expect("versatile layer has expert_gate");
     let logits = gate.linear(tape, x); // [N, E]
     let route = route_top_k(tape, &logits, cfg.top_k);
-    if let Some(f) = &w.fused {
+    if let Some(f) = w.packed() {
         let routed = fused::width_routed(
             tape,
             &f.shared,
@@ -204,7 +205,7 @@ pub(crate) fn depth_path(
     }; // one-hot [N, D]
     let depth = one_hot_choices(&probs);
     let agreement = DepthAgreement::measure(&logits, &depth);
-    if let Some(f) = &w.fused {
+    if let Some(f) = w.packed() {
         let (loops, eps) = (cfg.max_depth, cfg.norm_eps);
         let states =
             fused::depth_states(tape, &f.shared, x, &w.ff_norm, &w.ff_proj, &w.ff_out, eps, loops);
@@ -364,7 +365,7 @@ pub(crate) fn depth_path_early_exit(
     x: &Tensor,
     depth: &[u8],
 ) -> Tensor {
-    if let Some(f) = &w.fused {
+    if let Some(f) = w.packed() {
         return fused::depth_infer(&f.shared, x, &w.ff_norm, cfg.norm_eps, depth, cfg.max_depth);
     }
     let (n, d) = (x.rows(), x.cols());
@@ -534,7 +535,7 @@ mod tests {
         let x0 = tape.watch(&Tensor::from_vec(&[n, d], x.to_vec()).unwrap());
         let mut w = model.layers[0].load(&mut tape, &model.params);
         // Fused kernels when they accept the widths (as in `Model`), else the composed path.
-        w.fused = crate::fused::pack_layer(&tape, cfg, &w);
+        w.pack(&tape, cfg);
         let positions: Vec<usize> = (0..n).collect();
         let a = attention(&mut tape, cfg, &w, &x0, 1, n, &positions);
         let xa = tape.add(&x0, &a);
@@ -690,7 +691,7 @@ mod tests {
             let model = Model::new(cfg.clone(), 4).unwrap();
             let mut tape = Tape::no_grad();
             let mut w = model.layers[0].load(&mut tape, &model.params);
-            w.fused = crate::fused::pack_layer(&tape, &cfg, &w);
+            w.pack(&tape, &cfg);
             let x = Tensor::randn(&[24, cfg.d_model], 1.0, &mut Rng::new(6));
             let z = tape.rms_norm(&x, &w.ff_norm, cfg.norm_eps);
             let (got, logits, experts) = width_path(&mut tape, &cfg, &w, &x, &z);
@@ -746,8 +747,9 @@ mod tests {
         let cfg = Config { d_model: 16, hidden: 64, init_std: 0.25, ..tiny(block, paths) };
         let model = Model::new(cfg.clone(), 12).unwrap();
         let mut tape = Tape::new();
-        let w = model.layers[0].load(&mut tape, &model.params);
-        assert!(crate::fused::pack_layer(&tape, &cfg, &w).is_some(), "fused path not taken");
+        let mut w = model.layers[0].load(&mut tape, &model.params);
+        w.pack(&tape, &cfg);
+        assert!(w.packed().is_some(), "fused path not taken");
         cfg
     }
 
