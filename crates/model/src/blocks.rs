@@ -22,13 +22,41 @@ pub(crate) fn attention(
     seq: usize,
     positions: &[usize],
 ) -> Tensor {
+    let shape = AttnShape { batch, seq, heads: cfg.n_heads, head_dim: cfg.head_dim() };
+    attention_with(tape, cfg, w, x, positions, |tape, qkv| tape.attention(qkv, shape))
+}
+
+/// The attention sublayer around `attend`, which maps the rotated q | k | v rows to the
+/// attended values: the whole sequence at once ([`attention`]) or one token against a KV
+/// cache (the decoder).
+// x [N, d], positions [N] -> attn_out(attend(rope(att_proj(attn_norm x)))) [N, d]
+pub(crate) fn attention_with(
+    tape: &mut Tape,
+    cfg: &Config,
+    w: &LayerWeights,
+    x: &Tensor,
+    positions: &[usize],
+    attend: impl FnOnce(&mut Tape, &Tensor) -> Tensor,
+) -> Tensor {
     let d = cfg.d_model;
     let h = tape.rms_norm(x, &w.attn_norm, cfg.norm_eps);
-    let qkv = w.att_proj.linear(tape, &h); // [B·T, 3d] = q | k | v
+    let qkv = w.att_proj.linear(tape, &h); // [N, 3d] = q | k | v
     let qkv = tape.rope(&qkv, &[0, d], cfg.n_heads, cfg.head_dim(), positions, cfg.rope_theta);
-    let shape = AttnShape { batch, seq, heads: cfg.n_heads, head_dim: cfg.head_dim() };
-    let a = tape.attention(&qkv, shape);
+    let a = attend(tape, &qkv); // [N, d]
     w.attn_out.linear(tape, &a)
+}
+
+/// Final RMSNorm and the untied LM head.
+// x [N, d], ln_f [d], head [V, d] -> logits [N, V]
+pub(crate) fn lm_head(
+    tape: &mut Tape,
+    cfg: &Config,
+    ln_f: &Tensor,
+    head: &Weight,
+    x: &Tensor,
+) -> Tensor {
+    let h = tape.rms_norm(x, ln_f, cfg.norm_eps);
+    head.linear(tape, &h)
 }
 
 /// SwiGLU on an already-normalized input: out · (value(z) · silu(gate(z))).

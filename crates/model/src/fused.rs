@@ -368,8 +368,12 @@ pub(crate) fn moe_ffn(
     })
 }
 
+/// The tolerance the fused-vs-composed comparisons use (the bf16 tests share it).
 #[cfg(test)]
-pub(crate) mod tests {
+pub(crate) use tests::assert_close;
+
+#[cfg(test)]
+mod tests {
     //! The fused ops against the composed autograd path on configs the kernels accept (expert
     //! widths multiple of 16): training loss, logits and every parameter gradient, and the
     //! inference logits, for every block kind, path set and fusion.
