@@ -15,8 +15,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use vffn_model::{
     causal_mean_context, inference_flops, realized_inference_flops_from_counts, training_flops,
-    validation_batches, BlockKind, Config, DepthRouting, Difficulty, FlopsBreakdown, Model,
-    Routing, WeightDtype,
+    validation_batches, BlockKind, Config, DepthRouting, Difficulty, FfnPath, FlopsBreakdown,
+    Model, Routing, WeightDtype,
 };
 
 use crate::ckpt_io;
@@ -241,7 +241,8 @@ fn run_in_pool(args: InspectArgs) -> Result<()> {
         }
         outln!("{}", serde_json::to_string(&line).context("inspect result")?);
     } else {
-        out!("{}", report(&config, &stats, &dir, &source, model.weights())?);
+        let weights = (model.weights(), model.ffn_path());
+        out!("{}", report(&config, &stats, &dir, &source, weights)?);
         if let Some((weights, agreement)) = &agreement {
             out!("{}", agreement_report(&stats, *weights, agreement));
         }
@@ -348,6 +349,7 @@ fn json_report(model: &Model, stats: &RoutingStats) -> Result<serde_json::Value>
     Ok(serde_json::json!({
         "block": config.block,
         "weights": model.weights().name(),
+        "ffn_path": model.ffn_path().to_string(),
         "params": config.num_params(),
         "tokens": stats.tokens,
         "mean_context": context,
@@ -369,7 +371,7 @@ fn report(
     stats: &RoutingStats,
     dir: &Path,
     source: &str,
-    weights: WeightDtype,
+    (weights, ffn_path): (WeightDtype, FfnPath),
 ) -> Result<String> {
     let mut out = String::new();
     let _ = writeln!(
@@ -386,6 +388,7 @@ fn report(
         config.max_depth,
         stats.tokens
     );
+    let _ = writeln!(out, "ffn path: {ffn_path}");
     for layer in 0..config.n_layers {
         let _ = write!(out, "layer {layer}:");
         match stats.mean_depth(layer) {

@@ -167,6 +167,9 @@ fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
         assert!(text.contains(needle), "`{needle}` in {text}");
     }
     assert!(text.contains("mean depth by target difficulty: easy"), "{text}");
+    // h 64 over E 8 experts: width 8, which the fused kernels refuse, and inspect says so.
+    let composed = "composed: expert width 8 is not a multiple of 16";
+    assert!(text.contains(&format!("ffn path: {composed}\n")), "{text}");
     for file in ["loss-curves.svg", "depth-histograms.svg", "expert-load.svg", "routing.svg"] {
         let body = fs::read_to_string(svg.join(file)).unwrap();
         assert!(body.starts_with("<svg") || body.starts_with("<?xml"), "{file}");
@@ -176,6 +179,7 @@ fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["ffn_path"], composed);
     let layers = json["layers"].as_array().unwrap();
     let tokens = json["tokens"].as_u64().unwrap();
     assert!(tokens > 0 && !layers.is_empty());

@@ -1,86 +1,15 @@
-//! The pieces every block kind shares: parameter handles per layer, attention, the SwiGLU FFN,
+//! The pieces every block kind shares (on a layer's [`LayerWeights`]): attention, the SwiGLU FFN,
 //! top-k routing (its load-balancing loss is in [`crate::balance`]), and the dense / kloop / moe
 //! FFN parts.
 //!
 //! Every function takes a [`Tape`]; with `Tape::no_grad()` the same code is the inference path.
 
-use vffn_autograd::{AttnShape, ParamId, ParamStore, Tape, Tensor, Trans};
+use vffn_autograd::{AttnShape, Tape, Tensor, Trans};
 
 use crate::config::{BlockKind, Config};
-use crate::fused::{self, FusedFfn};
-use crate::weights::{HalfStore, Weight};
-
-/// Parameter handles of one transformer layer (names as in [`Config::param_specs`]).
-#[derive(Clone, Debug)]
-pub(crate) struct LayerIds {
-    pub attn_norm: ParamId,
-    pub att_proj: ParamId,
-    pub attn_out: ParamId,
-    pub ff_norm: ParamId,
-    pub ff_proj: ParamId,
-    pub ff_out: ParamId,
-    /// moe and versatile.
-    pub expert_gate: Option<ParamId>,
-    /// versatile only.
-    pub depth_predictor: Option<ParamId>,
-    /// moe only: (ff_proj [2s,d], ff_out [d,s]) of each expert.
-    pub experts: Vec<(ParamId, ParamId)>,
-}
-
-/// The tensors of one layer for one forward (leaves of `tape`, sharing the parameters' storage;
-/// a bf16 model's matrices as its bf16 bits, see [`crate::weights`]).
-pub(crate) struct LayerWeights {
-    pub attn_norm: Tensor,
-    pub att_proj: Weight,
-    pub attn_out: Weight,
-    pub ff_norm: Tensor,
-    pub ff_proj: Weight,
-    pub ff_out: Weight,
-    pub expert_gate: Option<Weight>,
-    pub depth_predictor: Option<Weight>,
-    pub experts: Vec<(Weight, Weight)>,
-    /// The FFN weights packed for the fused kernels (see [`crate::fused`]); `None` = the
-    /// composed autograd path (widths the kernels refuse, the decoder, or forced for tests).
-    pub fused: Option<FusedFfn>,
-}
-
-impl LayerIds {
-    /// Brings the layer's parameters onto `tape` (no copy).
-    #[cfg(test)]
-    pub fn load(&self, tape: &mut Tape, store: &ParamStore) -> LayerWeights {
-        self.load_with(tape, store, &HalfStore::default())
-    }
-
-    /// [`LayerIds::load`] with the matrices `half` holds in bf16 taken from there (no copy).
-    pub fn load_with(&self, tape: &mut Tape, store: &ParamStore, half: &HalfStore) -> LayerWeights {
-        let mut p = |id: ParamId| half.weight(tape, store, id);
-        let norm = |w: Weight| Tensor::clone(&w); // norms are never held in bf16
-        LayerWeights {
-            attn_norm: norm(p(self.attn_norm)),
-            att_proj: p(self.att_proj),
-            attn_out: p(self.attn_out),
-            ff_norm: norm(p(self.ff_norm)),
-            ff_proj: p(self.ff_proj),
-            ff_out: p(self.ff_out),
-            expert_gate: self.expert_gate.map(&mut p),
-            depth_predictor: self.depth_predictor.map(&mut p),
-            experts: self.experts.iter().map(|&(a, b)| (p(a), p(b))).collect(),
-            fused: None,
-        }
-    }
-}
-
-impl LayerWeights {
-    /// The FFN matrices (shared FFN and moe experts) in f32 for packing (see
-    /// [`crate::fused::pack_layer`]): bf16 ones widened into copies that live with the layer.
-    pub fn widen_ffn(&mut self) {
-        self.ff_proj = self.ff_proj.widened();
-        self.ff_out = self.ff_out.widened();
-        for (proj, out) in &mut self.experts {
-            (*proj, *out) = (proj.widened(), out.widened());
-        }
-    }
-}
+use crate::fused;
+use crate::layer::LayerWeights;
+use crate::weights::Weight;
 
 /// Causal self-attention of the pre-normed residual (RoPE on q and k), before the residual add.
 // x [B·T, d], positions [B·T] (t of each row) -> attn_out(attention(rope(qkv))) [B·T, d]
@@ -93,13 +22,41 @@ pub(crate) fn attention(
     seq: usize,
     positions: &[usize],
 ) -> Tensor {
+    let shape = AttnShape { batch, seq, heads: cfg.n_heads, head_dim: cfg.head_dim() };
+    attention_with(tape, cfg, w, x, positions, |tape, qkv| tape.attention(qkv, shape))
+}
+
+/// The attention sublayer around `attend`, which maps the rotated q | k | v rows to the
+/// attended values: the whole sequence at once ([`attention`]) or one token against a KV
+/// cache (the decoder).
+// x [N, d], positions [N] -> attn_out(attend(rope(att_proj(attn_norm x)))) [N, d]
+pub(crate) fn attention_with(
+    tape: &mut Tape,
+    cfg: &Config,
+    w: &LayerWeights,
+    x: &Tensor,
+    positions: &[usize],
+    attend: impl FnOnce(&mut Tape, &Tensor) -> Tensor,
+) -> Tensor {
     let d = cfg.d_model;
     let h = tape.rms_norm(x, &w.attn_norm, cfg.norm_eps);
-    let qkv = w.att_proj.linear(tape, &h); // [B·T, 3d] = q | k | v
+    let qkv = w.att_proj.linear(tape, &h); // [N, 3d] = q | k | v
     let qkv = tape.rope(&qkv, &[0, d], cfg.n_heads, cfg.head_dim(), positions, cfg.rope_theta);
-    let shape = AttnShape { batch, seq, heads: cfg.n_heads, head_dim: cfg.head_dim() };
-    let a = tape.attention(&qkv, shape);
+    let a = attend(tape, &qkv); // [N, d]
     w.attn_out.linear(tape, &a)
+}
+
+/// Final RMSNorm and the untied LM head.
+// x [N, d], ln_f [d], head [V, d] -> logits [N, V]
+pub(crate) fn lm_head(
+    tape: &mut Tape,
+    cfg: &Config,
+    ln_f: &Tensor,
+    head: &Weight,
+    x: &Tensor,
+) -> Tensor {
+    let h = tape.rms_norm(x, ln_f, cfg.norm_eps);
+    head.linear(tape, &h)
 }
 
 /// SwiGLU on an already-normalized input: out · (value(z) · silu(gate(z))).
@@ -201,11 +158,11 @@ pub(crate) fn moe_part(
     x: &Tensor,
 ) -> (Tensor, Tensor, Vec<u32>) {
     let z = tape.rms_norm(x, &w.ff_norm, cfg.norm_eps);
-    if let Some(f) = &w.fused {
+    if let Some(f) = w.packed() {
         let gate = w.expert_gate.as_ref().expect("moe layer has expert_gate");
         let logits = gate.linear(tape, &z); // [N, E]
         let route = route_top_k(tape, &logits, cfg.top_k);
-        let ffn = fused::moe_ffn(tape, f, w, &z, &route.gates, &route.experts);
+        let ffn = fused::moe_ffn(tape, f, w.ffn_tensors(), &z, &route.gates, &route.experts);
         return (tape.add(x, &ffn), logits, route.experts);
     }
     let shared = swiglu_ffn(tape, &z, &w.ff_proj, &w.ff_out);
@@ -237,7 +194,7 @@ pub(crate) fn ffn_loops(
     x: &Tensor,
     loops: usize,
 ) -> Tensor {
-    if let Some(f) = &w.fused {
+    if let Some(f) = w.packed() {
         let (n, eps) = (x.rows(), cfg.norm_eps);
         if !tape.wants_grad(&[x, &w.ff_norm, &w.ff_proj, &w.ff_out]) {
             let depth = vec![loops as u8; n];

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{Config, ConfigError, ParamSpec, TrainConfig};
-use crate::dtype::WeightDtype;
+use crate::dtype::{DtypeError, WeightDtype};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -91,6 +91,17 @@ fn missing_hint(key: &str) -> &'static str {
          --dtype f32 --out NEW.safetensors --unverified`)"
     } else {
         ""
+    }
+}
+
+impl From<DtypeError> for CheckpointError {
+    fn from(err: DtypeError) -> Self {
+        match err {
+            DtypeError::WrongDtype { name, found } => CheckpointError::WrongDtype { name, found },
+            DtypeError::NonFinite { name, index, value } => {
+                CheckpointError::NonFinite { name, index, value }
+            }
+        }
     }
 }
 

@@ -5,7 +5,16 @@
 use vffn_autograd::{Tape, Tensor};
 use vffn_kernels::attention::attention_decode;
 
+use crate::blocks::attention_with;
+use crate::fused::ComposedReason;
 use crate::model::{Model, ModelError};
+
+impl Model {
+    /// Incremental decoding with a KV cache of up to `max_len` tokens.
+    pub fn decoder(&self, max_len: usize) -> Decoder<'_> {
+        Decoder::new(self, max_len)
+    }
+}
 
 /// A KV-cache decoder over a [`Model`] (see [`Model::decoder`]).
 pub struct Decoder<'a> {
@@ -21,7 +30,7 @@ pub struct Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
-    pub(crate) fn new(model: &'a Model, max_len: usize) -> Decoder<'a> {
+    fn new(model: &'a Model, max_len: usize) -> Decoder<'a> {
         let size = max_len * model.config.d_model;
         let layers = model.config.n_layers;
         Decoder {
@@ -75,28 +84,27 @@ impl<'a> Decoder<'a> {
         }
         let (d, pos) = (cfg.d_model, self.len);
         let mut tape = Tape::no_grad();
-        let mut x = model.weight(&mut tape, model.wte).embedding(&mut tape, &[token]); // [1, d]
-        for (layer, ids) in model.layers.iter().enumerate() {
+        let mut x = model.embed(&mut tape, &[token]); // [1, d]
+        for layer in 0..cfg.n_layers {
             // Not packed: one token's products read each weight once, in place (bf16 or f32).
-            let w = ids.load_with(&mut tape, &model.params, &model.half);
-            let h = tape.rms_norm(&x, &w.attn_norm, cfg.norm_eps);
-            let qkv = w.att_proj.linear(&mut tape, &h); // [1, 3d]
-            let qkv = tape.rope(&qkv, &[0, d], cfg.n_heads, cfg.head_dim(), &[pos], cfg.rope_theta);
-            let qkv = qkv.data();
-            self.keys[layer][pos * d..(pos + 1) * d].copy_from_slice(&qkv[d..2 * d]);
-            self.values[layer][pos * d..(pos + 1) * d].copy_from_slice(&qkv[2 * d..3 * d]);
-            let mut attended = vec![0.0f32; d];
-            attention_decode(
-                cfg.n_heads,
-                cfg.head_dim(),
-                &qkv[..d],
-                &self.keys[layer],
-                &self.values[layer],
-                pos + 1,
-                &mut attended,
-            );
-            let attended = Tensor::from_vec(&[1, d], attended)?;
-            let a = w.attn_out.linear(&mut tape, &attended);
+            let w = model.load_layer_composed(&mut tape, layer, ComposedReason::Decoding);
+            let (keys, values) = (&mut self.keys[layer], &mut self.values[layer]);
+            let a = attention_with(&mut tape, cfg, &w, &x, &[pos], |_, qkv| {
+                let qkv = qkv.data();
+                keys[pos * d..(pos + 1) * d].copy_from_slice(&qkv[d..2 * d]);
+                values[pos * d..(pos + 1) * d].copy_from_slice(&qkv[2 * d..3 * d]);
+                let mut attended = vec![0.0f32; d];
+                attention_decode(
+                    cfg.n_heads,
+                    cfg.head_dim(),
+                    &qkv[..d],
+                    keys,
+                    values,
+                    pos + 1,
+                    &mut attended,
+                );
+                Tensor::from_vec(&[1, d], attended).expect("[1, d]")
+            });
             let x_attn = tape.add(&x, &a);
             let (out, depth) = model.infer_ffn_part(&mut tape, &w, &x_attn);
             self.depths[layer] = depth.first().copied();

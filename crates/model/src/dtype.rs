@@ -13,8 +13,19 @@ use std::str::FromStr;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 use safetensors::tensor::Dtype;
+use thiserror::Error;
 
-use crate::checkpoint::CheckpointError;
+/// A tensor that cannot be converted, named; checkpoint loading turns it into the
+/// `CheckpointError` variant of the same name and message.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum DtypeError {
+    /// Stored in a dtype a model file may not use.
+    #[error("tensor `{name}`: dtype {found}, expected F32, BF16 or F16")]
+    WrongDtype { name: String, found: String },
+    /// A half-precision value that is (or would round to) NaN or an infinity.
+    #[error("tensor `{name}`: value {value} at index {index} is not finite")]
+    NonFinite { name: String, index: usize, value: f32 },
+}
 
 /// The storage dtype of a model file's tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -83,22 +94,19 @@ fn words(bytes: &[u8]) -> Vec<u16> {
 }
 
 /// Refuses a half-precision tensor with a NaN or an infinity.
-fn check_finite(name: &str, _dtype: WeightDtype, values: &[f32]) -> Result<(), CheckpointError> {
+fn check_finite(name: &str, _dtype: WeightDtype, values: &[f32]) -> Result<(), DtypeError> {
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => {
-            Err(CheckpointError::NonFinite { name: name.to_string(), index, value: values[index] })
+            Err(DtypeError::NonFinite { name: name.to_string(), index, value: values[index] })
         }
         None => Ok(()),
     }
 }
 
 /// One stored tensor's little-endian bytes widened to f32 (exact). `name` is for errors.
-pub(crate) fn decode(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, CheckpointError> {
+pub(crate) fn decode(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, DtypeError> {
     let Some(kind) = WeightDtype::from_safetensors(dtype) else {
-        return Err(CheckpointError::WrongDtype {
-            name: name.to_string(),
-            found: format!("{dtype:?}"),
-        });
+        return Err(DtypeError::WrongDtype { name: name.to_string(), found: format!("{dtype:?}") });
     };
     let mut out = vec![0.0f32; bytes.len() / kind.size()];
     match kind {
@@ -117,11 +125,7 @@ pub(crate) fn decode(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>,
 
 /// f32 values narrowed to `dtype` (round-to-nearest-even) as little-endian bytes. A value that
 /// is, or rounds to, NaN or an infinity in a half-precision dtype is refused naming `name`.
-pub(crate) fn encode(
-    name: &str,
-    data: &[f32],
-    dtype: WeightDtype,
-) -> Result<Vec<u8>, CheckpointError> {
+pub(crate) fn encode(name: &str, data: &[f32], dtype: WeightDtype) -> Result<Vec<u8>, DtypeError> {
     let mut bits = vec![0u16; data.len()];
     match dtype {
         WeightDtype::F32 => return Ok(data.iter().flat_map(|x| x.to_le_bytes()).collect()),
@@ -204,7 +208,7 @@ mod tests {
         for (dtype, bytes) in [(Dtype::BF16, inf_bf16), (Dtype::F16, nan_f16)] {
             let err = decode("blocks.0.ff_out.weight", dtype, &[0, 0, bytes[0], bytes[1]]);
             match err {
-                Err(CheckpointError::NonFinite { name, index, .. }) => {
+                Err(DtypeError::NonFinite { name, index, .. }) => {
                     assert_eq!((name.as_str(), index), ("blocks.0.ff_out.weight", 1));
                 }
                 other => panic!("{dtype:?}: expected NonFinite, got {other:?}"),
@@ -226,6 +230,6 @@ mod tests {
         }
         assert!("f64".parse::<WeightDtype>().is_err());
         let err = decode("x", Dtype::F64, &[0; 8]).unwrap_err();
-        assert!(matches!(err, CheckpointError::WrongDtype { .. }), "{err}");
+        assert!(matches!(err, DtypeError::WrongDtype { .. }), "{err}");
     }
 }

@@ -11,6 +11,7 @@
 //! kernels accumulate the k experts of a token in slot order, the composed path per expert), so
 //! results agree to f32 rounding, not bitwise. Both are deterministic for a fixed thread count.
 
+use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
@@ -18,11 +19,11 @@ use vffn_autograd::{Buffer, GradSlot, Tape, Tensor};
 use vffn_kernels::ffn::{
     dense_backward, dense_forward_train, depth_backward, depth_forward, depth_forward_train,
     moe_backward, moe_forward, moe_forward_train, width_backward, width_forward,
-    width_forward_train, DepthSaved, PackedFfn, WidthSaved,
+    width_forward_train, DepthSaved, FfnError, PackedFfn, WidthSaved,
 };
 
-use crate::blocks::LayerWeights;
 use crate::config::{BlockKind, Config, Paths};
+use crate::weights::Weight;
 
 // ---------------------------------------------------------------------------------------------
 // Recycled saved state: what a training forward keeps for its backward is large (D·T·(d+1+2h)
@@ -83,11 +84,58 @@ pub(crate) struct FusedFfn {
     pub experts: Option<Arc<Vec<PackedFfn>>>,
 }
 
+/// Why a forward runs a layer's FFN composed (many small autograd ops) instead of packed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ComposedReason {
+    /// Forced (tests comparing the two paths).
+    Forced,
+    /// A bf16 model whose products run on bf16 arithmetic (faster composed, see
+    /// docs/benchmarks.md §5).
+    Bf16Arithmetic,
+    /// One token's products read each weight once, in place.
+    Decoding,
+    /// The kernels need expert widths that are multiples of 16.
+    ExpertWidth { width: usize },
+    /// The kernels refused the weights otherwise (their message).
+    Refused(String),
+}
+
+impl fmt::Display for ComposedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ComposedReason::Forced => f.write_str("forced"),
+            ComposedReason::Bf16Arithmetic => {
+                f.write_str("bf16 products run on bf16 arithmetic (faster composed)")
+            }
+            ComposedReason::Decoding => f.write_str("decoding reads each weight in place"),
+            ComposedReason::ExpertWidth { width } => {
+                write!(f, "expert width {width} is not a multiple of 16")
+            }
+            ComposedReason::Refused(message) => f.write_str(message),
+        }
+    }
+}
+
+/// The FFN matrices of one layer that the fused kernels pack (f32).
+#[derive(Clone, Copy)]
+pub(crate) struct FfnTensors<'a> {
+    /// [2h, d] value | gate rows.
+    pub ff_proj: &'a Weight,
+    /// [d, h].
+    pub ff_out: &'a Weight,
+    /// moe only: (ff_proj [2s, d], ff_out [d, s]) of each expert.
+    pub experts: &'a [(Weight, Weight)],
+}
+
 /// Packs the layer's FFN weights (with the backward operands iff `tape` will record them), or
-/// `None` when the kernels refuse the widths (the caller keeps the composed path).
-pub(crate) fn pack_layer(tape: &Tape, cfg: &Config, w: &LayerWeights) -> Option<FusedFfn> {
+/// why not: the kernels refuse the widths (the caller keeps the composed path).
+pub(crate) fn pack_layer(
+    tape: &Tape,
+    cfg: &Config,
+    w: FfnTensors<'_>,
+) -> Result<FusedFfn, ComposedReason> {
     let (d, h) = (cfg.d_model, cfg.hidden);
-    let mut weights: Vec<&Tensor> = vec![&w.ff_proj, &w.ff_out];
+    let mut weights: Vec<&Tensor> = vec![w.ff_proj, w.ff_out];
     weights.extend(w.experts.iter().flat_map(|(p, o)| [&**p, &**o]));
     let backward = tape.wants_grad(&weights);
     let virtual_experts = match (cfg.block, cfg.paths) {
@@ -95,18 +143,23 @@ pub(crate) fn pack_layer(tape: &Tape, cfg: &Config, w: &LayerWeights) -> Option<
         _ => 1,
     };
     let pack = |w1: &Tensor, w2: &Tensor, hidden: usize, experts: usize| {
-        PackedFfn::pack(w1.data(), w2.data(), d, hidden, experts, backward).ok()
+        PackedFfn::pack(w1.data(), w2.data(), d, hidden, experts, backward).map_err(|e| match e {
+            FfnError::ExpertWidth { hidden, experts } if experts > 0 => {
+                ComposedReason::ExpertWidth { width: hidden / experts }
+            }
+            other => ComposedReason::Refused(other.to_string()),
+        })
     };
-    let shared = Arc::new(pack(&w.ff_proj, &w.ff_out, h, virtual_experts)?);
+    let shared = Arc::new(pack(w.ff_proj, w.ff_out, h, virtual_experts)?);
     let experts = if cfg.block == BlockKind::Moe {
         let s = cfg.expert_width();
-        let packed: Option<Vec<PackedFfn>> =
+        let packed: Result<Vec<PackedFfn>, ComposedReason> =
             w.experts.iter().map(|(p, o)| pack(p, o, s, 1)).collect();
         Some(Arc::new(packed?))
     } else {
         None
     };
-    Some(FusedFfn { shared, experts })
+    Ok(FusedFfn { shared, experts })
 }
 
 /// The gradient range of a slot made an accumulator (zeroed if fresh), or a zeroed scratch
@@ -249,14 +302,14 @@ pub(crate) fn width_routed(
 pub(crate) fn moe_ffn(
     tape: &mut Tape,
     fused: &FusedFfn,
-    w: &LayerWeights,
+    w: FfnTensors<'_>,
     z: &Tensor,
     gates: &Tensor,
     experts: &[u32],
 ) -> Tensor {
     let (n, d, k) = (z.rows(), z.cols(), gates.cols());
     let packed_experts = fused.experts.as_ref().expect("moe layer packs its experts");
-    let mut inputs: Vec<&Tensor> = vec![z, gates, &w.ff_proj, &w.ff_out];
+    let mut inputs: Vec<&Tensor> = vec![z, gates, w.ff_proj, w.ff_out];
     inputs.extend(w.experts.iter().flat_map(|(p, o)| [&**p, &**o]));
     let mut buf = Buffer::zeros(n * d);
     if !tape.wants_grad(&inputs) {
@@ -315,8 +368,12 @@ pub(crate) fn moe_ffn(
     })
 }
 
+/// The tolerance the fused-vs-composed comparisons use (the bf16 tests share it).
 #[cfg(test)]
-pub(crate) mod tests {
+pub(crate) use tests::assert_close;
+
+#[cfg(test)]
+mod tests {
     //! The fused ops against the composed autograd path on configs the kernels accept (expert
     //! widths multiple of 16): training loss, logits and every parameter gradient, and the
     //! inference logits, for every block kind, path set and fusion.
@@ -402,8 +459,10 @@ pub(crate) mod tests {
         // The fused path is really taken for this config.
         let mut tape = Tape::new();
         let w = fused.layers[0].load(&mut tape, &fused.params);
-        let packed = pack_layer(&tape, &cfg, &w).expect("widths are multiples of 16");
+        let packed = pack_layer(&tape, &cfg, w.ffn_tensors()).expect("widths are multiples of 16");
         assert!(packed.shared.has_backward());
+        assert_eq!(fused.ffn_path(), crate::layer::FfnPath::Packed);
+        assert_eq!(composed.ffn_path().to_string(), "composed: forced");
         assert_eq!(packed.experts.is_some(), cfg.block == BlockKind::Moe);
 
         let b = batch(&cfg);
@@ -486,8 +545,11 @@ pub(crate) mod tests {
         let c = Config { hidden: 32, ..cfg(BlockKind::Versatile, Paths::Both, Fusion::Gated) };
         let model = Model::new(c.clone(), 3).unwrap();
         let mut tape = Tape::new();
-        let w = model.layers[0].load(&mut tape, &model.params);
-        assert!(pack_layer(&tape, &c, &w).is_none());
+        let mut w = model.layers[0].load(&mut tape, &model.params);
+        w.pack(&tape, &c);
+        let reason = ComposedReason::ExpertWidth { width: 8 };
+        assert_eq!(w.ffn_path(), crate::layer::FfnPath::Composed(reason));
+        assert_eq!(w.ffn_path().to_string(), "composed: expert width 8 is not a multiple of 16");
         let b = batch(&c);
         let (loss, ..) = train(&model, &b);
         assert!(loss.is_finite());

@@ -31,6 +31,7 @@ pub mod decode;
 pub mod dtype;
 pub mod flops;
 pub(crate) mod fused;
+pub(crate) mod layer;
 pub mod model;
 pub mod schedule;
 pub mod train_step;
@@ -59,6 +60,8 @@ pub use flops::{
     causal_mean_context, dense_ffn_flops, inference_flops, realized_inference_flops,
     realized_inference_flops_from_counts, training_flops, DepthRouting, FlopsBreakdown, FlopsError,
 };
+pub use fused::ComposedReason;
+pub use layer::FfnPath;
 pub use model::{InferOutput, Model, ModelError, Routing, StepGrads, TrainOutput, TRAIN_GROUPS};
 pub use train_step::{adamw_config, StepReport, TrainError, Training, DATA_SALT, NOISE_SALT};
 pub use versatile::DepthAgreement;

@@ -7,7 +7,7 @@
 //! - [`Model::new`], [`Model::from_checkpoint`], [`Model::init_from`], [`Model::tensor_refs`];
 //! - [`Model::train_forward`] (graph on a [`Tape`]; loss = mean CE + coef·Σ balance);
 //! - [`Model::infer`] (no tape, argmax depth, per-token early exit), [`Model::eval_loss`];
-//! - [`Model::decoder`] (KV-cache generation, see [`crate::decode::Decoder`]).
+//! - `Model::decoder` (KV-cache generation, in [`crate::decode`]).
 //!
 //! How a training step's batch is run (sequence groups in parallel, [`Model::train_step_grads`])
 //! is in `model/train_groups.rs`.
@@ -17,16 +17,18 @@ use thiserror::Error;
 use vffn_autograd::{ParamId, ParamStore, Rng, Tape, Tensor};
 
 use crate::balance::{self, balance_term, whole_batch_shares, BalanceTerm};
-use crate::blocks::{attention, looped_part, moe_part, LayerIds, LayerWeights};
+use crate::blocks::{attention, lm_head, looped_part, moe_part};
 use crate::checkpoint::{CheckpointError, LoadPlan, ModelCheckpoint, TensorRef};
 use crate::config::{BlockKind, Config, ConfigError};
 use crate::data::Batch;
-use crate::decode::Decoder;
 use crate::flops::{realized_inference_flops, FlopsBreakdown, FlopsError};
+use crate::fused::ComposedReason;
+use crate::layer::{FfnPath, LayerIds, LayerWeights};
 use crate::versatile::{versatile_infer, versatile_train, DepthAgreement};
 use crate::weights::HalfStore;
 use crate::WeightDtype;
 
+mod build;
 mod train_groups;
 
 pub use train_groups::{StepGrads, TRAIN_GROUPS};
@@ -299,7 +301,7 @@ impl Model {
     ) -> TrunkOut {
         let cfg = &self.config;
         let positions: Vec<usize> = (0..batch * seq).map(|i| i % seq).collect();
-        let mut x = self.weight(tape, self.wte).embedding(tape, inputs);
+        let mut x = self.embed(tape, inputs);
         let mut balance = Vec::new();
         let mut routing = Routing::default();
         let mut agreement = Vec::with_capacity(self.layers.len());
@@ -328,16 +330,20 @@ impl Model {
         TrunkOut { x, balance, routing, agreement }
     }
 
-    /// One layer's parameters on `tape`, with its FFN packed for the fused kernels (unless the
-    /// composed path is forced, or a bf16 model's products run on bf16 arithmetic). A bf16
-    /// model's FFN matrices are widened for packing, into buffers that live with the layer.
+    /// One layer's parameters on `tape`, its FFN path chosen (see `LayerIds::load_for_forward`).
     fn load_layer(&self, tape: &mut Tape, ids: &LayerIds) -> LayerWeights {
-        let mut w = ids.load_with(tape, &self.params, &self.half);
-        if !self.composed_ffn && self.half.packs_ffn() {
-            w.widen_ffn();
-            w.fused = crate::fused::pack_layer(tape, &self.config, &w);
+        ids.load_for_forward(tape, &self.config, &self.params, &self.half, self.composed_ffn)
+    }
+
+    /// How a batched inference forward runs the FFN of every layer (the same choice for all:
+    /// it depends on the config and the weights' dtype), e.g. `composed: expert width 20 is
+    /// not a multiple of 16`.
+    pub fn ffn_path(&self) -> FfnPath {
+        let mut tape = Tape::no_grad();
+        match self.layers.first() {
+            Some(ids) => self.load_layer(&mut tape, ids).ffn_path(),
+            None => FfnPath::Packed,
         }
-        w
     }
 
     /// The FFN part of one block. `temperature: None` = inference mode.
@@ -388,8 +394,24 @@ impl Model {
     // x [B·T, d] -> logits [B·T, V]
     pub(crate) fn head(&self, tape: &mut Tape, x: &Tensor) -> Tensor {
         let ln_f = tape.param(&self.params, self.ln_f);
-        let h = tape.rms_norm(x, &ln_f, self.config.norm_eps);
-        self.weight(tape, self.head).linear(tape, &h)
+        let head = self.weight(tape, self.head);
+        lm_head(tape, &self.config, &ln_f, &head, x)
+    }
+
+    /// The byte embedding of `tokens`.
+    // tokens [N] -> [N, d]
+    pub(crate) fn embed(&self, tape: &mut Tape, tokens: &[u32]) -> Tensor {
+        self.weight(tape, self.wte).embedding(tape, tokens)
+    }
+
+    /// Layer `layer`'s parameters on `tape` with its FFN composed for `reason` (the decoder).
+    pub(crate) fn load_layer_composed(
+        &self,
+        tape: &mut Tape,
+        layer: usize,
+        reason: ComposedReason,
+    ) -> LayerWeights {
+        self.layers[layer].load_with(tape, &self.params, &self.half, reason)
     }
 
     /// Training forward: builds the graph on `tape`; loss = mean CE + balance_loss_coef·Σ
@@ -525,11 +547,6 @@ impl Model {
         let (logits, _) = self.infer_tensor(&batch.inputs, b, t)?;
         let mut tape = Tape::no_grad();
         Ok(tape.cross_entropy(&logits, &batch.targets).item())
-    }
-
-    /// Incremental decoding with a KV cache of up to `max_len` tokens.
-    pub fn decoder(&self, max_len: usize) -> Decoder<'_> {
-        Decoder::new(self, max_len)
     }
 
     /// Inference FFN part of layer `layer` on rows `x` (used by the decoder), with the chosen

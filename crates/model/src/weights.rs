@@ -9,8 +9,9 @@
 //! - [`Weight`]: a matrix as one forward sees it, an f32 tensor (training, f32 inference) or a
 //!   [`HalfMatrix`]; [`Weight::linear`] is x·Wᵀ for both, [`Weight::block`] a strided block
 //!   of it (the width path's expert slices).
-//! - [`Model::new_as`] / [`Model::from_checkpoint_as`]: a model with f32 or bf16 matrices,
-//!   built one tensor at a time, so a bf16 model never holds an f32 copy of itself.
+//! - [`HalfMatrix::from_chunks`] / [`HalfStore::push`]: what `Model::new_as` and
+//!   `Model::from_checkpoint_as` (in `model/build.rs`) build a bf16 model from, one tensor at
+//!   a time, so a bf16 model never holds an f32 copy of itself.
 //!
 //! Decoding reads the bits in every product. A batched forward widens one layer's FFN matrices
 //! at a time into a transient f32 buffer to pack them for the fused FFN kernels (see
@@ -25,15 +26,10 @@ use std::sync::Arc;
 
 use half::bf16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-use vffn_autograd::{Buffer, ParamId, ParamStore, Rng, Tape, Tensor};
-use vffn_kernels::bf16::{linear_bf16_with, selected_bf16_path, Bf16Path, Bf16Rows};
+use vffn_autograd::{Buffer, ParamId, ParamStore, Tape, Tensor};
+use vffn_kernels::bf16::{linear_bf16_with, Bf16Path, Bf16Rows};
 use vffn_kernels::gemm::{gemm, MatMut, MatRef};
 use vffn_kernels::microkernel::isa;
-
-use crate::checkpoint::ModelCheckpoint;
-use crate::config::{Config, ParamKind, ParamSpec};
-use crate::dtype::WeightDtype;
-use crate::model::{Model, ModelError};
 
 /// One matrix [rows, cols] as bf16 bits, row-major (rounded to nearest even from f32 with
 /// `half`'s slice conversion), and the kernel path its products with several rows take.
@@ -219,93 +215,36 @@ impl WeightRows<'_> {
     }
 }
 
-impl Model {
-    /// A fresh model ([`Model::new`]: same draws, same order) whose matrices are held as
-    /// `weights`: each drawn in f32, then rounded, one tensor at a time.
-    pub fn new_as(config: Config, seed: u64, weights: WeightDtype) -> Result<Model, ModelError> {
-        config.validate()?;
-        let mut rng = Rng::new(seed);
-        let init_std = config.init_std;
-        build(config, weights, |spec, _, chunk| match spec.kind {
-            ParamKind::Matrix => chunk.iter_mut().for_each(|v| *v = rng.truncated_normal(init_std)),
-            ParamKind::Norm => chunk.fill(1.0),
-        })
-    }
-
-    /// The checkpoint's model (as [`Model::from_checkpoint`]) with its matrices held as
-    /// `weights` (bf16: rounded to nearest even; exact for a file stored in bf16).
-    pub fn from_checkpoint_as(
-        ckpt: &ModelCheckpoint,
-        weights: WeightDtype,
-    ) -> Result<Model, ModelError> {
-        let config = ckpt.config.clone();
-        config.validate()?;
-        ckpt.check_exact(&config.param_specs())?;
-        build(config, weights, |spec, offset, chunk| {
-            chunk.copy_from_slice(&ckpt.tensors[&spec.name].data[offset..offset + chunk.len()]);
-        })
-    }
-
-    /// How the model holds its matrices: f32 or bf16.
-    pub fn weights(&self) -> WeightDtype {
-        if self.half.is_empty() {
-            WeightDtype::F32
-        } else {
-            WeightDtype::Bf16
+impl HalfMatrix {
+    /// A matrix [rows, cols] whose f32 values `fill(offset, chunk)` writes front to back in
+    /// chunks (`offset`: the index of `chunk[0]`), each rounded to bf16 (nearest even) as it
+    /// comes, so that building never holds more than one chunk of it in f32.
+    pub fn from_chunks(
+        rows: usize,
+        cols: usize,
+        path: Bf16Path,
+        mut fill: impl FnMut(usize, &mut [f32]),
+    ) -> HalfMatrix {
+        let numel = rows * cols;
+        let mut bits = vec![0u16; numel];
+        let mut chunk = vec![0.0f32; BUILD_CHUNK.min(numel)];
+        for (i, out) in bits.chunks_mut(BUILD_CHUNK).enumerate() {
+            let chunk = &mut chunk[..out.len()];
+            fill(i * BUILD_CHUNK, chunk);
+            out.reinterpret_cast_mut::<bf16>().convert_from_f32_slice(chunk);
         }
-    }
-
-    /// Parameter `id` as a [`Weight`] on `tape`.
-    pub(crate) fn weight(&self, tape: &mut Tape, id: ParamId) -> Weight {
-        self.half.weight(tape, &self.params, id)
+        HalfMatrix { bits: Arc::new(bits), rows, cols, path }
     }
 }
 
 /// Values of a bf16 matrix converted at a time while building (1 MiB of f32).
 const BUILD_CHUNK: usize = 1 << 18;
 
-/// A model of `config` whose tensors `fill(spec, offset, chunk)` writes in param_specs order,
-/// each front to back in chunks (`offset`: the index of `chunk[0]` in the tensor); its matrices
-/// held as `weights`. A bf16 matrix is converted chunk by chunk, so building it never holds
-/// more than one chunk of it in f32.
-fn build(
-    config: Config,
-    weights: WeightDtype,
-    mut fill: impl FnMut(&ParamSpec, usize, &mut [f32]),
-) -> Result<Model, ModelError> {
-    if weights == WeightDtype::F16 {
-        return Err(ModelError::UnsupportedWeights(weights));
+impl HalfStore {
+    /// Appends the next parameter's matrix (`None`: that parameter stays f32).
+    pub fn push(&mut self, matrix: Option<HalfMatrix>) {
+        self.matrices.push(matrix);
     }
-    // The bf16 path `VFFN_BF16` or the CPU selects (decided once per process).
-    let path = match weights {
-        WeightDtype::Bf16 => selected_bf16_path()?,
-        _ => Bf16Path::Widen,
-    };
-    let mut params = ParamStore::new();
-    let mut half = HalfStore::default();
-    for spec in config.param_specs() {
-        let numel = spec.numel();
-        if weights == WeightDtype::Bf16 && spec.kind == ParamKind::Matrix {
-            let mut bits = vec![0u16; numel];
-            let mut chunk = vec![0.0f32; BUILD_CHUNK.min(numel)];
-            for (i, out) in bits.chunks_mut(BUILD_CHUNK).enumerate() {
-                let chunk = &mut chunk[..out.len()];
-                fill(&spec, i * BUILD_CHUNK, chunk);
-                out.reinterpret_cast_mut::<bf16>().convert_from_f32_slice(chunk);
-            }
-            let (rows, cols) = (spec.shape[0], numel / spec.shape[0].max(1));
-            half.matrices.push(Some(HalfMatrix { bits: Arc::new(bits), rows, cols, path }));
-            params.add(&spec.name, &[0], Vec::new(), !spec.decays())?;
-        } else {
-            let mut data = vec![0.0f32; numel];
-            fill(&spec, 0, &mut data);
-            half.matrices.push(None);
-            params.add(&spec.name, &spec.shape, data, !spec.decays())?;
-        }
-    }
-    let mut model = Model::from_store(config, params)?;
-    model.half = half;
-    Ok(model)
 }
 
 #[cfg(test)]
@@ -320,7 +259,10 @@ mod tests {
     use super::*;
     use crate::checkpoint::{load_model, save_model, save_model_as};
     use crate::config::{BlockKind, Fusion, Paths};
-    use crate::fused::tests::assert_close;
+    use crate::config::{Config, ParamKind, ParamSpec};
+    use crate::dtype::WeightDtype;
+    use crate::fused::assert_close;
+    use crate::model::{Model, ModelError};
 
     /// d 32, E 4, D 3, 2 layers, 3 sequences of 12 tokens; `hidden` 64 gives expert width 16
     /// (the fused kernels run), 32 gives 8 (the composed path).
