@@ -639,7 +639,21 @@ pub struct PackedB {
     n: usize,
 }
 
+/// Columns `cols` (start a multiple of 16, any end) and depths `ks` (B's rows) of a [`PackedB`]:
+/// the B operand of [`crate::gemm::gemm_packed`].
+#[derive(Clone)]
+pub struct PackedPart<'a> {
+    pub b: &'a PackedB,
+    pub cols: std::ops::Range<usize>,
+    pub ks: std::ops::Range<usize>,
+}
+
 impl PackedB {
+    /// B[ks, cols], without repacking.
+    pub fn part(&self, cols: std::ops::Range<usize>, ks: std::ops::Range<usize>) -> PackedPart<'_> {
+        PackedPart { b: self, cols, ks }
+    }
+
     /// Packs all of B.
     // b [k,n] -> panels [ceil(n/16), k, 16]
     pub fn pack(b: MatRef<'_>) -> PackedB {
