@@ -24,8 +24,8 @@ use crate::microkernel::{
     run_dot_tile, run_tile, selected_kernel, KernelError, KernelKind, Tile, NR,
 };
 use crate::pack::{
-    pack_a_words, pack_b, with_scratch, AlignedBuf, BOperand, PackedB, PackedPart, RowSource,
-    Scratch,
+    pack_a_words, pack_b, with_scratch, AlignedBuf, BOperand, Block, PackedB, PackedPart,
+    RowSource, Scratch,
 };
 
 /// Widest B packed whole (all depths) when k > KC: see `packed`.
@@ -487,7 +487,8 @@ fn direct(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
     } else {
         with_scratch(Scratch::B, |buf| {
             let dst = buf.slice_mut(packed_cols.div_ceil(NR) * panel_stride);
-            pack_b(b, 0, k, direct_panels * NR, packed_cols, panel_stride, dst);
+            let blk = Block { p0: 0, kc: k, j0: direct_panels * NR, cols: packed_cols };
+            pack_b(b, blk, panel_stride, dst);
             run(dst.as_ptr());
         });
     }
@@ -559,7 +560,8 @@ fn pack_b_block(
     // Work items of PACK_GROUP adjacent panels (see BOperand::pack_panels).
     let pack = |(g, group): (usize, &mut [f32])| {
         let j = js.start + g * PACK_GROUP * NR;
-        b.pack_panels(ps.start, kc, j, (PACK_GROUP * NR).min(js.end - j), panel_stride, group);
+        let blk = Block { p0: ps.start, kc, j0: j, cols: (PACK_GROUP * NR).min(js.end - j) };
+        b.pack_panels(blk, panel_stride, group);
     };
     let group = PACK_GROUP * panel_stride;
     if panels >= min_par_panels && kc * nc >= 1 << 15 && rayon::current_num_threads() > 1 {
