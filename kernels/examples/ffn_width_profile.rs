@@ -22,17 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let w2 = values(d * h, 2, 1.0 / (h as f32).sqrt());
     let x = values(t * d, 4, 1.0);
     let mut rng = XorShift::new(0x5EED);
-    let mut ids = Vec::with_capacity(t * k);
-    for _ in 0..t {
-        let mut chosen: Vec<u32> = Vec::new();
-        while chosen.len() < k {
-            let c = rng.below(e) as u32;
-            if !chosen.contains(&c) {
-                chosen.push(c);
-            }
-        }
-        ids.extend(chosen);
-    }
+    let ids = rng.routing(t, k, e);
     let gates: Vec<f32> = (0..t * k).map(|i| 0.3 + 0.4 * ((i % 7) as f32 / 7.0)).collect();
     let packed = PackedFfn::pack(&w1, &w2, d, h, e, false)?;
     let mut out = vec![0.0f32; t * d];

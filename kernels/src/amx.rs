@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::bf16::types::Bf16Rows;
 use crate::gemm::{MatRef, OutView};
 use crate::microkernel::NR;
-use crate::pack::{pack_a_words, with_scratch, BOperand, RowSource, Scratch};
+use crate::pack::{pack_a_words, with_scratch, BOperand, Block, RowSource, Scratch};
 
 /// Rows and columns of the C block one kernel call computes (two tiles each way).
 const BLOCK: usize = 32;
@@ -111,7 +111,8 @@ pub(crate) fn linear(x: MatRef<'_>, w: Bf16Rows<'_>, c: OutView, accumulate: boo
             let pack_panel = |(q, panel): (usize, &mut [f32])| {
                 let j0 = q * NR;
                 if j0 < n {
-                    pairs.pack_panel(0, kw, j0, NR.min(n - j0), &mut panel[..kw * NR]);
+                    let blk = Block { p0: 0, kc: kw, j0, cols: NR.min(n - j0) };
+                    pairs.pack_panel(blk, &mut panel[..kw * NR]);
                     panel[kw * NR..].fill(0.0);
                 } else {
                     panel.fill(0.0);

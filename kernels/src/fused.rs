@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use crate::simd::avx::Avx2Fma;
-#[cfg(target_arch = "x86_64")]
+use crate::simd::Portable;
 use crate::vmath;
 
 /// Elements per parallel task (rows are grouped until a task has about this many).
@@ -208,46 +208,15 @@ simd_fn! {
     }
 }
 
-/// dx [R, 2h] (+)= SwiGLU gradient given dy [R, h] on the calling thread (AVX2 + FMA vector
-/// math when available).
+/// dx [R, 2h] (+)= SwiGLU gradient given dy [R, h] on the calling thread: one vector kernel
+/// ([`vmath::swiglu_backward_rows`]) on AVX2 + FMA lanes when available, else portable lanes.
 fn swiglu_backward_rows(x: &[f32], dy: &[f32], dx: &mut [f32], h: usize, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
     if let Some(l) = Avx2Fma::detect() {
         // SAFETY: the token proves AVX2 and FMA, all `swiglu_backward_rows_avx2` needs.
         return unsafe { vmath::swiglu_backward_rows_avx2(l, x, dy, dx, h, accumulate) };
     }
-    swiglu_backward_rows_scalar(x, dy, dx, h, accumulate);
-}
-
-simd_fn! {
-    fn swiglu_backward_rows_scalar(
-        x: &[f32],
-        dy: &[f32],
-        dx: &mut [f32],
-        h: usize,
-        accumulate: bool,
-    ) {
-        let rows = x.chunks_exact(2 * h).zip(dx.chunks_exact_mut(2 * h)).zip(dy.chunks_exact(h));
-        for ((xr, dxr), dyr) in rows {
-            let (value, gate) = xr.split_at(h);
-            let (dvalue, dgate) = dxr.split_at_mut(h);
-            // Zipped iterators and the branch hoisted out of the loop keep it vectorized.
-            let it = dvalue.iter_mut().zip(dgate.iter_mut()).zip(value.iter().zip(gate)).zip(dyr);
-            if accumulate {
-                for (((dv, dg), (&v, &g)), &d) in it {
-                    let s = sigmoid_f32(g);
-                    *dv += d * g * s;
-                    *dg += d * v * s * (1.0 + g * (1.0 - s));
-                }
-            } else {
-                for (((dv, dg), (&v, &g)), &d) in it {
-                    let s = sigmoid_f32(g);
-                    *dv = d * g * s;
-                    *dg = d * v * s * (1.0 + g * (1.0 - s));
-                }
-            }
-        }
-    }
+    vmath::swiglu_backward_rows(Portable, x, dy, dx, h, accumulate);
 }
 
 /// x [R, 2h] = [value | gate] -> y [R, h] = value·silu(gate).

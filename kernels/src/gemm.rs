@@ -24,7 +24,8 @@ use crate::microkernel::{
     run_dot_tile, run_tile, selected_kernel, KernelError, KernelKind, Tile, NR,
 };
 use crate::pack::{
-    pack_a_words, pack_b, with_scratch, AlignedBuf, BOperand, PackedB, RowSource, Scratch,
+    pack_a_words, pack_b, with_scratch, AlignedBuf, BOperand, Block, PackedB, PackedPart,
+    RowSource, Scratch,
 };
 
 /// Widest B packed whole (all depths) when k > KC: see `packed`.
@@ -82,23 +83,7 @@ impl From<KernelError> for GemmError {
 /// CPU cannot run (check [`selected_kernel`] first to report that as an error).
 pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
     let kind = selected_kernel().unwrap_or_else(|e| panic!("gemm: {e}"));
-    gemm_impl(kind, GemmPath::Auto, alpha, a, b, beta, c);
-}
-
-/// [`gemm`] with an explicit kernel and path (no environment lookup): lets tests run every kernel
-/// and path in one process without races.
-pub fn gemm_with(
-    kind: KernelKind,
-    path: GemmPath,
-    alpha: f32,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    beta: f32,
-    c: MatMut<'_>,
-) -> Result<(), GemmError> {
-    kind.check()?;
-    gemm_impl(kind, path, alpha, a, b, beta, c);
-    Ok(())
+    gemm_with(kind, GemmPath::Auto, alpha, a, b, beta, c).unwrap_or_else(|e| panic!("gemm: {e}"));
 }
 
 /// Whether every element of a `rows × cols` view with these strides lies inside `len` values.
@@ -136,7 +121,9 @@ fn check_no_overlap(rows: usize, cols: usize, rs: usize, cs: usize) {
     );
 }
 
-fn gemm_impl(
+/// [`gemm`] with an explicit kernel and path (no environment lookup): lets tests run every kernel
+/// and path in one process without races.
+pub fn gemm_with(
     kind: KernelKind,
     path: GemmPath,
     alpha: f32,
@@ -144,7 +131,8 @@ fn gemm_impl(
     b: MatRef<'_>,
     beta: f32,
     c: MatMut<'_>,
-) {
+) -> Result<(), GemmError> {
+    kind.check()?;
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
     assert_eq!((a.rows, b.cols), (c.rows, c.cols), "gemm: output shape mismatch");
     check_view("A", a.data.len(), a.rows, a.cols, a.row_stride, a.col_stride);
@@ -154,11 +142,11 @@ fn gemm_impl(
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let out = OutView::from_mat(c);
     if m == 0 || n == 0 {
-        return;
+        return Ok(());
     }
     if k == 0 || alpha == 0.0 {
         out.scale(beta);
-        return;
+        return Ok(());
     }
     let path = match path {
         GemmPath::Auto => choose_path(m, n, k),
@@ -169,6 +157,7 @@ fn gemm_impl(
         GemmPath::Packed => packed(kind, alpha, a, b, beta, out),
         _ => direct(kind, alpha, a, b, beta, out),
     }
+    Ok(())
 }
 
 /// Shape-only choice of algorithm (so the result never depends on the thread count).
@@ -312,8 +301,9 @@ pub(crate) fn compute(
             items.push((i0..m.min(i0 + row_block), q0..panels.min(q0 + panel_block)));
         }
     }
+    let product = Product { kind, alpha, beta, a, b, c };
     let run = |(rows, qs): (Range<usize>, Range<usize>)| {
-        block(kind, alpha, beta, a, b, ps.clone(), c, rows, qs);
+        block(product, ps.clone(), rows, qs);
     };
     if items.len() > 1 {
         items.into_par_iter().for_each(run);
@@ -322,19 +312,20 @@ pub(crate) fn compute(
     }
 }
 
-/// One output block: rows `rows` × panels `qs` of C over depths `ps`.
-#[allow(clippy::too_many_arguments)]
-fn block(
+/// What every output block of one [`compute`] shares: `C = alpha·A·B + beta·C` on this kernel.
+#[derive(Clone, Copy)]
+struct Product<'a> {
     kind: KernelKind,
     alpha: f32,
     beta: f32,
-    a: ASource<'_>,
+    a: ASource<'a>,
     b: BSource,
-    ps: Range<usize>,
     c: OutView,
-    rows: Range<usize>,
-    qs: Range<usize>,
-) {
+}
+
+/// One output block: rows `rows` × panels `qs` of C over depths `ps`.
+fn block(product: Product<'_>, ps: Range<usize>, rows: Range<usize>, qs: Range<usize>) {
+    let Product { kind, alpha, beta, a, b, c } = product;
     let (mr, kc_max) = (kind.mr(), blocking(kind).kc);
     let pair = kind.nr() / NR;
     let tiles = |abuf: Option<&mut AlignedBuf>, copy: &mut AlignedBuf| {
@@ -496,7 +487,8 @@ fn direct(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
     } else {
         with_scratch(Scratch::B, |buf| {
             let dst = buf.slice_mut(packed_cols.div_ceil(NR) * panel_stride);
-            pack_b(b, 0, k, direct_panels * NR, packed_cols, panel_stride, dst);
+            let blk = Block { p0: 0, kc: k, j0: direct_panels * NR, cols: packed_cols };
+            pack_b(b, blk, panel_stride, dst);
             run(dst.as_ptr());
         });
     }
@@ -568,7 +560,8 @@ fn pack_b_block(
     // Work items of PACK_GROUP adjacent panels (see BOperand::pack_panels).
     let pack = |(g, group): (usize, &mut [f32])| {
         let j = js.start + g * PACK_GROUP * NR;
-        b.pack_panels(ps.start, kc, j, (PACK_GROUP * NR).min(js.end - j), panel_stride, group);
+        let blk = Block { p0: ps.start, kc, j0: j, cols: (PACK_GROUP * NR).min(js.end - j) };
+        b.pack_panels(blk, panel_stride, group);
     };
     let group = PACK_GROUP * panel_stride;
     if panels >= min_par_panels && kc * nc >= 1 << 15 && rayon::current_num_threads() > 1 {
@@ -581,54 +574,34 @@ fn pack_b_block(
     src
 }
 
-/// `C = alpha·A·B[ks, cols] + beta·C` with B pre-packed: A is m × |ks|, C is m × |cols|.
-/// `cols.start` must be a multiple of 16 (any end); `ks` any sub-range of B's rows.
-#[allow(clippy::too_many_arguments)]
+/// `C = alpha·A·B[ks, cols] + beta·C` with B pre-packed (`b = packed.part(cols, ks)`): A is
+/// m × |ks|, C is m × |cols|.
 pub fn gemm_packed(
     alpha: f32,
     a: MatRef<'_>,
-    b: &PackedB,
-    cols: Range<usize>,
-    ks: Range<usize>,
+    b: PackedPart<'_>,
     beta: f32,
     c: MatMut<'_>,
 ) -> Result<(), GemmError> {
-    let kind = selected_kernel()?;
-    gemm_packed_with(kind, alpha, a, None, b, cols, ks, beta, c)
+    gemm_packed_with(selected_kernel()?, alpha, a, None, b, beta, c, true)
 }
 
-/// [`gemm_packed`] with an explicit kernel, and optionally A's rows gathered by index
-/// (`rows[r]` is the A row of C row r; C then has `rows.len()` rows).
+/// [`gemm_packed`] with an explicit kernel, optionally A's rows gathered by index (`rows[r]` is
+/// the A row of C row r; C then has `rows.len()` rows), and on the calling thread alone when
+/// `parallel` is false (for callers that already split independent rows over threads). The
+/// result is the same either way.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_packed_with(
     kind: KernelKind,
     alpha: f32,
     a: MatRef<'_>,
     rows: Option<&[usize]>,
-    b: &PackedB,
-    cols: Range<usize>,
-    ks: Range<usize>,
-    beta: f32,
-    c: MatMut<'_>,
-) -> Result<(), GemmError> {
-    gemm_packed_par(kind, alpha, a, rows, b, cols, ks, beta, c, true)
-}
-
-/// [`gemm_packed_with`] that runs on the calling thread alone when `parallel` is false (for
-/// callers that already split independent rows over threads). The result is the same either way.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_packed_par(
-    kind: KernelKind,
-    alpha: f32,
-    a: MatRef<'_>,
-    rows: Option<&[usize]>,
-    b: &PackedB,
-    cols: Range<usize>,
-    ks: Range<usize>,
+    b: PackedPart<'_>,
     beta: f32,
     c: MatMut<'_>,
     parallel: bool,
 ) -> Result<(), GemmError> {
+    let PackedPart { b, cols, ks } = b;
     kind.check()?;
     let shape = |s: String| Err(GemmError::Shape(s));
     if cols.start > cols.end || cols.end > b.cols() || !cols.start.is_multiple_of(NR) {

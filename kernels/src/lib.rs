@@ -24,6 +24,6 @@ mod vmath;
 
 pub use gemm::{gemm, gemm_packed, GemmError, GemmPath, MatMut, MatRef};
 pub use microkernel::{selected_kernel, KernelError, KernelKind};
-pub use pack::{PackedB, RowSource};
+pub use pack::{PackedB, PackedPart, RowSource};
 /// Re-exported so callers pick the GEMM thread count (`ThreadPool::install`) with the same rayon.
 pub use rayon;

@@ -10,32 +10,52 @@ fn check_bounds(what: &str, len: usize, rows: usize, cols: usize, rs: usize, cs:
     }
 }
 
-/// A read-only strided matrix view: element (i, j) lives at `data[i*row_stride + j*col_stride]`.
-#[derive(Clone, Copy, Debug)]
-pub struct MatRef<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
+/// A strided matrix view over `&'a [f32]` or (with `mut`) `&'a mut [f32]`: element (i, j) lives
+/// at `data[i*row_stride + j*col_stride]`; its constructors check that every element is inside.
+macro_rules! strided_view {
+    ($(#[$m:meta])* $view:ident $($mutability:tt)?) => {
+        $(#[$m])*
+        pub struct $view<'a> {
+            pub data: &'a $($mutability)? [f32],
+            pub rows: usize,
+            pub cols: usize,
+            pub row_stride: usize,
+            pub col_stride: usize,
+        }
+
+        impl<'a> $view<'a> {
+            /// Row-major contiguous `rows × cols` view.
+            pub fn new(data: &'a $($mutability)? [f32], rows: usize, cols: usize) -> Self {
+                Self::strided(data, rows, cols, cols, 1)
+            }
+            /// View with arbitrary strides (panics if an element would fall outside `data`).
+            pub fn strided(
+                data: &'a $($mutability)? [f32],
+                rows: usize,
+                cols: usize,
+                row_stride: usize,
+                col_stride: usize,
+            ) -> Self {
+                check_bounds(stringify!($view), data.len(), rows, cols, row_stride, col_stride);
+                $view { data, rows, cols, row_stride, col_stride }
+            }
+        }
+    };
 }
 
-impl<'a> MatRef<'a> {
-    /// Row-major contiguous `rows × cols` view.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self::strided(data, rows, cols, cols, 1)
-    }
-    /// View with arbitrary strides (panics if an element would fall outside `data`).
-    pub fn strided(
-        data: &'a [f32],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-        col_stride: usize,
-    ) -> Self {
-        check_bounds("MatRef", data.len(), rows, cols, row_stride, col_stride);
-        MatRef { data, rows, cols, row_stride, col_stride }
-    }
+strided_view! {
+    /// A read-only strided matrix view: element (i, j) lives at `data[i*row_stride + j*col_stride]`.
+    #[derive(Clone, Copy, Debug)]
+    MatRef
+}
+
+strided_view! {
+    /// A mutable strided matrix view.
+    #[derive(Debug)]
+    MatMut mut
+}
+
+impl MatRef<'_> {
     /// The transpose, at no cost (strides swap).
     pub fn t(self) -> Self {
         MatRef {
@@ -49,32 +69,6 @@ impl<'a> MatRef<'a> {
     #[inline]
     pub fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.row_stride + j * self.col_stride]
-    }
-}
-
-/// A mutable strided matrix view.
-#[derive(Debug)]
-pub struct MatMut<'a> {
-    pub data: &'a mut [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
-
-impl<'a> MatMut<'a> {
-    pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        Self::strided(data, rows, cols, cols, 1)
-    }
-    pub fn strided(
-        data: &'a mut [f32],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-        col_stride: usize,
-    ) -> Self {
-        check_bounds("MatMut", data.len(), rows, cols, row_stride, col_stride);
-        MatMut { data, rows, cols, row_stride, col_stride }
     }
 }
 

@@ -231,33 +231,32 @@ fn pack_a_cols<const M: usize>(data: &[f32], s0: usize, cs: usize, live: usize, 
     }
 }
 
-/// Packs rows `p0 .. p0+kc` and columns `j0 .. j0+cols` of B into 16-wide panels; panel q starts
-/// at `q·panel_stride` and holds its kc rows of 16 values contiguously.
+/// The part of B a packing call reads: depth steps (rows of B; pairs for bf16 k-pairs)
+/// `p0 .. p0+kc` and columns `j0 .. j0+cols`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Block {
+    pub p0: usize,
+    pub kc: usize,
+    pub j0: usize,
+    pub cols: usize,
+}
+
+/// Packs block `blk` of B into 16-wide panels; panel q starts at `q·panel_stride` and holds its
+/// kc rows of 16 values contiguously.
 // b [k,n] -> dst [ceil(cols/16)·panel_stride]
-pub(crate) fn pack_b(
-    b: MatRef<'_>,
-    p0: usize,
-    kc: usize,
-    j0: usize,
-    cols: usize,
-    panel_stride: usize,
-    dst: &mut [f32],
-) {
+pub(crate) fn pack_b(b: MatRef<'_>, blk: Block, panel_stride: usize, dst: &mut [f32]) {
+    let Block { p0, kc, j0, cols } = blk;
     let panels = cols.div_ceil(NR);
     for (q, panel) in dst.chunks_mut(panel_stride).take(panels).enumerate() {
-        pack_b_panel(b, p0, kc, j0 + q * NR, NR.min(cols - q * NR), &mut panel[..kc * NR]);
+        let panel_blk = Block { p0, kc, j0: j0 + q * NR, cols: NR.min(cols - q * NR) };
+        pack_b_panel(b, panel_blk, &mut panel[..kc * NR]);
     }
 }
 
-/// One 16-wide panel: `dst[p·16 + j] = B(p0 + p, j0 + j)` for j < nr, zero beyond.
-pub(crate) fn pack_b_panel(
-    b: MatRef<'_>,
-    p0: usize,
-    kc: usize,
-    j0: usize,
-    nr: usize,
-    dst: &mut [f32],
-) {
+/// One 16-wide panel (`blk.cols = nr ≤ 16`): `dst[p·16 + j] = B(p0 + p, j0 + j)` for j < nr,
+/// zero beyond.
+pub(crate) fn pack_b_panel(b: MatRef<'_>, blk: Block, dst: &mut [f32]) {
+    let Block { p0, kc, j0, cols: nr } = blk;
     debug_assert!(dst.len() >= kc * NR && nr <= NR);
     if kc == 0 {
         return;
@@ -321,63 +320,47 @@ impl BOperand<'_> {
         }
     }
 
-    /// One 16-wide panel: depth steps `p0 .. p0+kc`, columns `j0 .. j0+nr` (zero beyond nr).
-    pub(crate) fn pack_panel(&self, p0: usize, kc: usize, j0: usize, nr: usize, dst: &mut [f32]) {
+    /// One 16-wide panel of block `blk` (`blk.cols ≤ 16`, zero beyond).
+    pub(crate) fn pack_panel(&self, blk: Block, dst: &mut [f32]) {
         match self {
-            BOperand::F32(b) => pack_b_panel(*b, p0, kc, j0, nr, dst),
-            BOperand::Bf16Widen(w) => pack_bf16_panel(w, p0, kc, j0, nr, false, dst),
-            BOperand::Bf16Pairs(w) => pack_bf16_panel(w, p0, kc, j0, nr, true, dst),
+            BOperand::F32(b) => pack_b_panel(*b, blk, dst),
+            BOperand::Bf16Widen(w) => pack_bf16_panel(w, blk, false, dst),
+            BOperand::Bf16Pairs(w) => pack_bf16_panel(w, blk, true, dst),
         }
     }
 
     /// Adjacent panels `dst[h·panel_stride..]` for columns `j0 + 16h ..` up to `j0 + cols`.
     /// Full panels of a row-major f32 B are copied row by row across the group: each row of B
     /// is then one contiguous read (a page touched once per group, not once per panel row).
-    pub(crate) fn pack_panels(
-        &self,
-        p0: usize,
-        kc: usize,
-        j0: usize,
-        cols: usize,
-        panel_stride: usize,
-        dst: &mut [f32],
-    ) {
+    pub(crate) fn pack_panels(&self, blk: Block, panel_stride: usize, dst: &mut [f32]) {
+        let Block { p0, kc, j0, cols } = blk;
         let full = cols / NR;
         if let BOperand::F32(b) = self {
             if b.col_stride == 1 && full >= 2 && kc > 0 {
-                pack_b_rows(*b, p0, kc, j0, full, panel_stride, dst);
+                pack_b_rows(*b, Block { cols: full * NR, ..blk }, panel_stride, dst);
                 if cols > full * NR {
                     let last = &mut dst[full * panel_stride..];
-                    pack_b_panel(
-                        *b,
-                        p0,
-                        kc,
-                        j0 + full * NR,
-                        cols - full * NR,
-                        &mut last[..kc * NR],
-                    );
+                    let tail = Block { p0, kc, j0: j0 + full * NR, cols: cols - full * NR };
+                    pack_b_panel(*b, tail, &mut last[..kc * NR]);
                 }
                 return;
             }
         }
         for (q, panel) in dst.chunks_mut(panel_stride).take(cols.div_ceil(NR)).enumerate() {
             let j = j0 + q * NR;
-            self.pack_panel(p0, kc, j, NR.min(j0 + cols - j), &mut panel[..kc * NR]);
+            self.pack_panel(
+                Block { p0, kc, j0: j, cols: NR.min(j0 + cols - j) },
+                &mut panel[..kc * NR],
+            );
         }
     }
 }
 
-/// `panels` full 16-wide panels of a row-major B, row by row: `dst[h·panel_stride + p·16 + j]
-/// = B(p0 + p, j0 + 16h + j)`.
-fn pack_b_rows(
-    b: MatRef<'_>,
-    p0: usize,
-    kc: usize,
-    j0: usize,
-    panels: usize,
-    panel_stride: usize,
-    dst: &mut [f32],
-) {
+/// Full 16-wide panels (`blk.cols` a multiple of 16) of a row-major B, row by row:
+/// `dst[h·panel_stride + p·16 + j] = B(p0 + p, j0 + 16h + j)`.
+fn pack_b_rows(b: MatRef<'_>, blk: Block, panel_stride: usize, dst: &mut [f32]) {
+    let Block { p0, kc, j0, cols } = blk;
+    let panels = cols / NR;
     let width = panels * NR;
     assert!(b.col_stride == 1 && j0 + width <= b.cols && p0 + kc <= b.rows);
     assert!(dst.len() >= (panels - 1) * panel_stride + kc * NR);
@@ -397,15 +380,8 @@ fn pack_b_rows(
 /// the word of depth step p0 + p — W[j0+j, p0+p] widened, or the k-pair starting at 2(p0+p) —
 /// and zero for j ≥ nr. Eight rows at a time through 8 × 8 transposes of 32-bit words where
 /// AVX2 is allowed; the scalar loop covers the rest (the last, half-filled pair of an odd k).
-fn pack_bf16_panel(
-    w: &Bf16Rows<'_>,
-    p0: usize,
-    kc: usize,
-    j0: usize,
-    nr: usize,
-    pairs: bool,
-    dst: &mut [f32],
-) {
+fn pack_bf16_panel(w: &Bf16Rows<'_>, blk: Block, pairs: bool, dst: &mut [f32]) {
+    let Block { p0, kc, j0, cols: nr } = blk;
     debug_assert!(nr <= NR && j0 + nr <= w.rows);
     let words: &mut [u32] = bytemuck::cast_slice_mut(&mut dst[..kc * NR]);
     // Depth steps whose pair lies inside every row (both halves before k), counted from p0.
@@ -639,7 +615,21 @@ pub struct PackedB {
     n: usize,
 }
 
+/// Columns `cols` (start a multiple of 16, any end) and depths `ks` (B's rows) of a [`PackedB`]:
+/// the B operand of [`crate::gemm::gemm_packed`].
+#[derive(Clone)]
+pub struct PackedPart<'a> {
+    pub b: &'a PackedB,
+    pub cols: std::ops::Range<usize>,
+    pub ks: std::ops::Range<usize>,
+}
+
 impl PackedB {
+    /// B[ks, cols], without repacking.
+    pub fn part(&self, cols: std::ops::Range<usize>, ks: std::ops::Range<usize>) -> PackedPart<'_> {
+        PackedPart { b: self, cols, ks }
+    }
+
     /// Packs all of B.
     // b [k,n] -> panels [ceil(n/16), k, 16]
     pub fn pack(b: MatRef<'_>) -> PackedB {
@@ -652,10 +642,11 @@ impl PackedB {
             if panels >= 8 && k * n >= 1 << 16 {
                 use rayon::prelude::*;
                 dst.par_chunks_mut(panel_stride).enumerate().for_each(|(q, panel)| {
-                    pack_b_panel(b, 0, k, q * NR, NR.min(n - q * NR), panel);
+                    let blk = Block { p0: 0, kc: k, j0: q * NR, cols: NR.min(n - q * NR) };
+                    pack_b_panel(b, blk, panel);
                 });
             } else {
-                pack_b(b, 0, k, 0, n, panel_stride, dst);
+                pack_b(b, Block { p0: 0, kc: k, j0: 0, cols: n }, panel_stride, dst);
             }
         }
         PackedB { buf, k, n }

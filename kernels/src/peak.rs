@@ -83,46 +83,55 @@ fn portable_loop(iters: u64) -> f32 {
     acc.iter().map(|v| v.reduce_add()).sum()
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_loop(iters: u64) -> f32 {
-    use std::arch::x86_64::*;
-    let a = _mm256_set1_ps(0.999_999);
-    let b = _mm256_set1_ps(1e-7);
-    let mut acc = [_mm256_set1_ps(1.0); CHAINS];
-    for _ in 0..iters {
-        for c in acc.iter_mut() {
-            *c = _mm256_fmadd_ps(*c, a, b);
+/// One FMA-chain loop per x86 ISA: `$set1`, `$fmadd`, `$add`, `$zero` its intrinsics, `$reduce`
+/// the lane sum of `$sum`.
+macro_rules! fma_loop_x86 {
+    ($name:ident, $feature:literal, $set1:ident, $fmadd:ident, $add:ident, $zero:ident,
+     |$sum:ident| $reduce:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $name(iters: u64) -> f32 {
+            use std::arch::x86_64::*;
+            let a = $set1(0.999_999);
+            let b = $set1(1e-7);
+            let mut acc = [$set1(1.0); CHAINS];
+            for _ in 0..iters {
+                for c in acc.iter_mut() {
+                    *c = $fmadd(*c, a, b);
+                }
+            }
+            let mut $sum = $zero();
+            for c in acc {
+                $sum = $add($sum, c);
+            }
+            $reduce
         }
-    }
-    let mut sum = _mm256_setzero_ps();
-    for c in acc {
-        sum = _mm256_add_ps(sum, c);
-    }
-    let mut lanes = [0.0f32; 8];
-    // SAFETY: `lanes` holds 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
-    lanes.iter().sum()
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn avx512_loop(iters: u64) -> f32 {
-    use std::arch::x86_64::*;
-    let a = _mm512_set1_ps(0.999_999);
-    let b = _mm512_set1_ps(1e-7);
-    let mut acc = [_mm512_set1_ps(1.0); CHAINS];
-    for _ in 0..iters {
-        for c in acc.iter_mut() {
-            *c = _mm512_fmadd_ps(*c, a, b);
-        }
+fma_loop_x86!(
+    avx2_loop,
+    "avx2,fma",
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    _mm256_setzero_ps,
+    |sum| {
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+        lanes.iter().sum()
     }
-    let mut sum = _mm512_setzero_ps();
-    for c in acc {
-        sum = _mm512_add_ps(sum, c);
-    }
-    _mm512_reduce_add_ps(sum)
-}
+);
+fma_loop_x86!(
+    avx512_loop,
+    "avx512f",
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps,
+    _mm512_setzero_ps,
+    |sum| _mm512_reduce_add_ps(sum)
+);
 
 #[cfg(test)]
 mod tests {

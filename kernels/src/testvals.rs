@@ -39,6 +39,23 @@ impl XorShift {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() >> 33) as usize % n
     }
+
+    /// Top-k routing for `tokens` tokens: per token `k` distinct expert ids in 0..experts (k ≤
+    /// experts), drawn in turn with [`XorShift::below`]. Returns `[tokens, k]` row-major.
+    pub fn routing(&mut self, tokens: usize, k: usize, experts: usize) -> Vec<u32> {
+        assert!(k <= experts, "routing: {k} distinct ids out of {experts} experts");
+        let mut ids = Vec::with_capacity(tokens * k);
+        for _ in 0..tokens {
+            let chosen = ids.len();
+            while ids.len() < chosen + k {
+                let c = self.below(experts) as u32;
+                if !ids[chosen..].contains(&c) {
+                    ids.push(c);
+                }
+            }
+        }
+        ids
+    }
 }
 
 /// `len` values uniform in [-scale, scale) from `XorShift::mixed(seed)`.

@@ -1,7 +1,7 @@
 //! Vector math for the element-wise kernels, over the SIMD layer ([`crate::simd`]): e^x, σ and
-//! the SwiGLU row loops, forward and backward. Instantiated with the AVX2 + FMA token (the
-//! portable path of [`crate::fused`] keeps its scalar loops, whose results these do not match
-//! bit for bit).
+//! the SwiGLU row loops, forward and backward. Instantiated with the AVX2 + FMA token; the
+//! SwiGLU backward also with portable lanes (the portable forward paths of [`crate::fused`] keep
+//! their scalar loops, whose results these do not match bit for bit).
 //!
 //! Same Cephes polynomial and range reduction as the scalar [`crate::fused::exp_f32`], with fused
 //! multiply-adds and the polynomial in Estrin form (shorter dependency chains), and two vectors

@@ -7,19 +7,9 @@ use vffn_kernels::attention::{
     attention_forward_portable, AttnShape,
 };
 
-/// splitmix64 stream of uniforms in [-amp, amp).
+/// Uniforms in [-amp, amp) from the crate's test generator.
 fn uniform(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        })
-        .collect()
+    vffn_kernels::testvals::values(n, seed, amp)
 }
 
 struct Reference {

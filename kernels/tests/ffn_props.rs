@@ -239,6 +239,21 @@ fn depth_ref(
     (states, g)
 }
 
+/// Central differences (step 1e-6) of `loss` at `p` match `grad` within `tol` in every
+/// coordinate.
+fn assert_matches_fd(what: &str, p: &[f64], grad: &[f64], tol: f64, loss: impl Fn(&[f64]) -> f64) {
+    let eps = 1e-6;
+    for i in 0..p.len() {
+        let at = |dl: f64| {
+            let mut q = p.to_vec();
+            q[i] += dl;
+            loss(&q)
+        };
+        let num = (at(eps) - at(-eps)) / (2.0 * eps);
+        assert!((num - grad[i]).abs() < tol, "{what}[{i}] {num} vs {}", grad[i]);
+    }
+}
+
 #[test]
 fn scalar_reference_matches_finite_differences() {
     let (d, h, e, k, t, loops) = (3, 4, 2, 2, 2, 3);
@@ -253,32 +268,9 @@ fn scalar_reference_matches_finite_differences() {
         o.iter().zip(&dout).map(|(a, b)| a * b).sum::<f64>()
     };
     let (_, g) = width_ref(&w1, &w2, d, h, e, &z, &ids, &gates, k, &dout);
-    let eps = 1e-6;
-    let fd = |f: &dyn Fn(f64) -> f64| (f(eps) - f(-eps)) / (2.0 * eps);
-    for i in 0..w1.len() {
-        let num = fd(&|dl| {
-            let mut w = w1.clone();
-            w[i] += dl;
-            loss_w(&w, &w2, &z)
-        });
-        assert!((num - g.dw1[i]).abs() < 1e-6, "dw1[{i}] {num} vs {}", g.dw1[i]);
-    }
-    for i in 0..w2.len() {
-        let num = fd(&|dl| {
-            let mut w = w2.clone();
-            w[i] += dl;
-            loss_w(&w1, &w, &z)
-        });
-        assert!((num - g.dw2[i]).abs() < 1e-6, "dw2[{i}]");
-    }
-    for i in 0..z.len() {
-        let num = fd(&|dl| {
-            let mut zz = z.clone();
-            zz[i] += dl;
-            loss_w(&w1, &w2, &zz)
-        });
-        assert!((num - g.dz[i]).abs() < 1e-6, "dz[{i}]");
-    }
+    assert_matches_fd("dw1", &w1, &g.dw1, 1e-6, |w| loss_w(w, &w2, &z));
+    assert_matches_fd("dw2", &w2, &g.dw2, 1e-6, |w| loss_w(&w1, w, &z));
+    assert_matches_fd("dz", &z, &g.dz, 1e-6, |zz| loss_w(&w1, &w2, zz));
     // depth
     let x = z.clone();
     let ds = f64s(&data(loops * t * d, 6, 1.0));
@@ -287,38 +279,10 @@ fn scalar_reference_matches_finite_differences() {
         s.iter().zip(&ds).map(|(a, b)| a * b).sum::<f64>()
     };
     let (_, g) = depth_ref(&w1, &w2, d, h, &wn, 1e-6, &x, loops, &ds);
-    for i in 0..x.len() {
-        let num = fd(&|dl| {
-            let mut xx = x.clone();
-            xx[i] += dl;
-            loss_d(&w1, &w2, &wn, &xx)
-        });
-        assert!((num - g.dx[i]).abs() < 1e-5, "depth dx[{i}] {num} vs {}", g.dx[i]);
-    }
-    for i in 0..d {
-        let num = fd(&|dl| {
-            let mut w = wn.clone();
-            w[i] += dl;
-            loss_d(&w1, &w2, &w, &x)
-        });
-        assert!((num - g.dwn[i]).abs() < 1e-5, "depth dwn[{i}]");
-    }
-    for i in 0..w1.len() {
-        let num = fd(&|dl| {
-            let mut w = w1.clone();
-            w[i] += dl;
-            loss_d(&w, &w2, &wn, &x)
-        });
-        assert!((num - g.dw1[i]).abs() < 1e-5, "depth dw1[{i}]");
-    }
-    for i in 0..w2.len() {
-        let num = fd(&|dl| {
-            let mut w = w2.clone();
-            w[i] += dl;
-            loss_d(&w1, &w, &wn, &x)
-        });
-        assert!((num - g.dw2[i]).abs() < 1e-5, "depth dw2[{i}]");
-    }
+    assert_matches_fd("depth dx", &x, &g.dx, 1e-5, |xx| loss_d(&w1, &w2, &wn, xx));
+    assert_matches_fd("depth dwn", &wn, &g.dwn, 1e-5, |w| loss_d(&w1, &w2, w, &x));
+    assert_matches_fd("depth dw1", &w1, &g.dw1, 1e-5, |w| loss_d(w, &w2, &wn, &x));
+    assert_matches_fd("depth dw2", &w2, &g.dw2, 1e-5, |w| loss_d(&w1, w, &wn, &x));
 }
 
 proptest! {

@@ -214,7 +214,8 @@ proptest! {
             } else {
                 (MatRef::strided(&a_src.data, m, p1 - p0, a_src.rs, 1), None)
             };
-            gemm_packed_with(kind, 0.75, a_view, rows, &packed, j0..j1, p0..p1, beta, c.view_mut())
+            let part = packed.part(j0..j1, p0..p1);
+            gemm_packed_with(kind, 0.75, a_view, rows, part, beta, c.view_mut(), true)
                 .unwrap();
             check(&format!("{kind} packed [{p0}..{p1}]x[{j0}..{j1}]"), 0.75, &a_eff, &sub, beta, &c0, &c)?;
         }
@@ -376,11 +377,10 @@ fn packed_b_rejects_bad_ranges() {
             1.0,
             MatRef::new(&a[..3 * ak], 3, ak),
             None,
-            &packed,
-            cols,
-            ks,
+            packed.part(cols, ks),
             0.0,
             MatMut::new(&mut c[..3 * nc], 3, nc),
+            true,
         )
     };
     assert!(matches!(run(8..24, 0..40, 40), Err(GemmError::Shape(_))), "unaligned start");

@@ -3,17 +3,7 @@ use proptest::prelude::*;
 use vffn_kernels::rope::{rope_apply, rope_inv_freq};
 
 fn uniform(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
+    vffn_kernels::testvals::values(n, seed, 1.0)
 }
 
 /// Naive rotate-half in f64, with the angle formed as documented (f32 `pos * inv_freq`, as

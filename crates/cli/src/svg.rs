@@ -20,6 +20,15 @@ pub struct Series {
 const PALETTE: [&str; 8] =
     ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"];
 
+/// A 12-px text label centred at (x, y), escaped.
+fn centered_label(out: &mut String, x: f64, y: f64, text: &str) {
+    let _ = writeln!(
+        out,
+        r#"<text x="{x:.1}" y="{y:.1}" text-anchor="middle" font-size="12">{}</text>"#,
+        escape(text)
+    );
+}
+
 /// Escapes text for SVG content and attribute values.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -157,13 +166,7 @@ fn draw_axes(
         f.left, f.top
     );
     if !x_title.is_empty() {
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12">{}</text>"#,
-            f.left + f.width / 2.0,
-            bottom + 36.0,
-            escape(x_title)
-        );
+        centered_label(out, f.left + f.width / 2.0, bottom + 36.0, x_title);
     }
     if !y_title.is_empty() {
         let (x, y) = (f.left - 48.0, f.top + f.height / 2.0);
@@ -395,13 +398,7 @@ pub fn histograms_svg(title: &str, panels: &[(String, Vec<(String, f64)>)]) -> S
         let origin_y = 40.0 + row as f64 * panel_height;
         let frame =
             Frame { left: origin_x + 56.0, top: origin_y + 28.0, width: 180.0, height: 140.0 };
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12">{}</text>"#,
-            frame.left + frame.width / 2.0,
-            origin_y + 16.0,
-            escape(panel_title)
-        );
+        centered_label(&mut out, frame.left + frame.width / 2.0, origin_y + 16.0, panel_title);
         let value = |v: f64| if v.is_finite() && v > 0.0 { v } else { 0.0 };
         let max = bars.iter().map(|(_, v)| value(*v)).fold(0.0, f64::max);
         let (_, y1, y_step, y_ticks) = axis(0.0, if max > 0.0 { max } else { 1.0 }, 4);

@@ -88,9 +88,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     in_pool(args.threads, || run_in_pool(args))
 }
 
-/// The run configuration from the flags (before any checkpoint is consulted).
-fn requested_config(args: &TrainArgs) -> Result<RunConfig> {
-    let mut run = match &args.config {
+/// The run configuration of `--config FILE` or else `--preset NAME` (default tiny), with
+/// `--block` applied: what `vffn train` and `vffn bench` start from.
+pub(crate) fn flag_config(
+    config: Option<&Path>,
+    preset: Option<&str>,
+    block: Option<&str>,
+) -> Result<RunConfig> {
+    let mut run = match config {
         Some(path) => {
             let bytes = read_input_file(path, "config file")?;
             let text = String::from_utf8(bytes)
@@ -99,14 +104,21 @@ fn requested_config(args: &TrainArgs) -> Result<RunConfig> {
                 .map_err(one_line_config_error)
                 .with_context(|| format!("config file `{}`", path.display()))?
         }
-        None => {
-            let preset = args.preset.as_deref().unwrap_or("tiny");
-            RunConfig { model: Config::preset(preset)?, train: TrainConfig::default() }
-        }
+        None => RunConfig {
+            model: Config::preset(preset.unwrap_or("tiny"))?,
+            train: TrainConfig::default(),
+        },
     };
-    if let Some(block) = &args.block {
+    if let Some(block) = block {
         run.set("model.block", block)?;
     }
+    Ok(run)
+}
+
+/// The run configuration from the flags (before any checkpoint is consulted).
+fn requested_config(args: &TrainArgs) -> Result<RunConfig> {
+    let mut run =
+        flag_config(args.config.as_deref(), args.preset.as_deref(), args.block.as_deref())?;
     if let Some(seed) = args.seed {
         run.train.seed = seed;
     }

@@ -92,6 +92,22 @@ fn push(corpus: &mut Corpus, text: &[u8], label: Difficulty) {
     corpus.difficulty.extend(std::iter::repeat_n(label, text.len()));
 }
 
+/// One line "`task` `question` `separator` `answer`\n": only the answer bytes carry the
+/// answer's difficulty.
+fn task_line(
+    corpus: &mut Corpus,
+    task: &[u8],
+    question: &[u8],
+    separator: &[u8],
+    (answer, difficulty): (&[u8], Difficulty),
+) {
+    for part in [task, question, separator] {
+        push(corpus, part, Difficulty::Other);
+    }
+    push(corpus, answer, difficulty);
+    push(corpus, b"\n", Difficulty::Other);
+}
+
 /// A number with 1..=5 digits, the digit count uniform, no leading zeros.
 fn random_operand(rng: &mut Rng) -> u64 {
     let digits = 1 + rng.below(5) as u32;
@@ -102,11 +118,7 @@ fn random_operand(rng: &mut Rng) -> u64 {
 fn copy_line(rng: &mut Rng, corpus: &mut Corpus) {
     let len = 3 + rng.below(10);
     let word: Vec<u8> = (0..len).map(|_| b'a' + rng.below(26) as u8).collect();
-    push(corpus, b"copy ", Difficulty::Other);
-    push(corpus, &word, Difficulty::Other);
-    push(corpus, b" > ", Difficulty::Other);
-    push(corpus, &word, Difficulty::Easy);
-    push(corpus, b"\n", Difficulty::Other);
+    task_line(corpus, b"copy ", &word, b" > ", (&word, Difficulty::Easy));
 }
 
 fn sum_line(rng: &mut Rng, corpus: &mut Corpus) {
@@ -137,11 +149,7 @@ fn bracket_line(rng: &mut Rng, corpus: &mut Corpus) {
         prefix.push(opener);
     }
     let completion: Vec<u8> = stack.iter().rev().map(|&o| closer_of(o)).collect();
-    push(corpus, b"nest ", Difficulty::Other);
-    push(corpus, &prefix, Difficulty::Other);
-    push(corpus, b" | ", Difficulty::Other);
-    push(corpus, &completion, Difficulty::Hard);
-    push(corpus, b"\n", Difficulty::Other);
+    task_line(corpus, b"nest ", &prefix, b" | ", (&completion, Difficulty::Hard));
 }
 
 fn filler_line(rng: &mut Rng, corpus: &mut Corpus) {

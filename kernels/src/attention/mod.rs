@@ -397,16 +397,34 @@ fn check_shape(shape: AttnShape, qkv: &[f32], out_len: usize, lse_len: usize) {
     assert_eq!(lse_len, shape.batch * shape.heads * shape.seq, "attention: lse must be [b, h, t]");
 }
 
-/// Forward. `qkv` is `[batch*seq, 3d]` row-major: columns `0..d` are q, `d..2d` k, `2d..3d` v;
-/// head `h` uses columns `h*head_dim..(h+1)*head_dim` of each part (RoPE already applied to q, k).
-/// Writes `out` `[batch*seq, d]` and `lse` `[batch, heads, seq]` (natural log-sum-exp of the scaled
-/// scores of each query row, saved for backward). Scale is `1/sqrt(head_dim)`; position t attends to
-/// 0..=t of the same sequence.
-///
-/// # Panics
-/// If a slice length does not match `shape`.
-pub fn attention_forward(shape: AttnShape, qkv: &[f32], out: &mut [f32], lse: &mut [f32]) {
-    forward_impl(false, shape, qkv, out, lse)
+/// A public attention entry point and its twin forced onto the portable (non-SIMD) kernels, for
+/// testing the fallback: both call `$imp` (first argument: portable) with the same arguments.
+macro_rules! with_portable_twin {
+    ($(#[$doc:meta])* $name:ident / $portable:ident => $imp:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) {
+            $imp(false, $($arg),*)
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`] forced onto the portable (non-SIMD) kernels.")]
+        #[doc(hidden)]
+        pub fn $portable($($arg: $ty),*) {
+            $imp(true, $($arg),*)
+        }
+    };
+}
+
+with_portable_twin! {
+    /// Forward. `qkv` is `[batch*seq, 3d]` row-major: columns `0..d` are q, `d..2d` k, `2d..3d` v;
+    /// head `h` uses columns `h*head_dim..(h+1)*head_dim` of each part (RoPE already applied to q, k).
+    /// Writes `out` `[batch*seq, d]` and `lse` `[batch, heads, seq]` (natural log-sum-exp of the scaled
+    /// scores of each query row, saved for backward). Scale is `1/sqrt(head_dim)`; position t attends to
+    /// 0..=t of the same sequence.
+    ///
+    /// # Panics
+    /// If a slice length does not match `shape`.
+    attention_forward / attention_forward_portable
+        => forward_impl(shape: AttnShape, qkv: &[f32], out: &mut [f32], lse: &mut [f32])
 }
 
 fn forward_impl(portable: bool, shape: AttnShape, qkv: &[f32], out: &mut [f32], lse: &mut [f32]) {
@@ -450,20 +468,14 @@ fn forward_impl(portable: bool, shape: AttnShape, qkv: &[f32], out: &mut [f32], 
     );
 }
 
-/// Backward. Given the forward's inputs and saved `out`, `lse`, and `d_out` `[batch*seq, d]`, writes
-/// `d_qkv` `[batch*seq, 3d]` (overwritten, same layout as `qkv`).
-///
-/// # Panics
-/// If a slice length does not match `shape`.
-pub fn attention_backward(
-    shape: AttnShape,
-    qkv: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    d_out: &[f32],
-    d_qkv: &mut [f32],
-) {
-    backward_impl(false, shape, qkv, out, lse, d_out, d_qkv)
+with_portable_twin! {
+    /// Backward. Given the forward's inputs and saved `out`, `lse`, and `d_out` `[batch*seq, d]`,
+    /// writes `d_qkv` `[batch*seq, 3d]` (overwritten, same layout as `qkv`).
+    ///
+    /// # Panics
+    /// If a slice length does not match `shape`.
+    attention_backward / attention_backward_portable => backward_impl(shape: AttnShape,
+        qkv: &[f32], out: &[f32], lse: &[f32], d_out: &[f32], d_qkv: &mut [f32])
 }
 
 fn backward_impl(
@@ -516,23 +528,4 @@ fn backward_impl(
             }
         }
     });
-}
-
-/// [`attention_forward`] forced onto the portable (non-SIMD) kernels, for testing the fallback.
-#[doc(hidden)]
-pub fn attention_forward_portable(shape: AttnShape, qkv: &[f32], out: &mut [f32], lse: &mut [f32]) {
-    forward_impl(true, shape, qkv, out, lse)
-}
-
-/// [`attention_backward`] forced onto the portable (non-SIMD) kernels, for testing the fallback.
-#[doc(hidden)]
-pub fn attention_backward_portable(
-    shape: AttnShape,
-    qkv: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    d_out: &[f32],
-    d_qkv: &mut [f32],
-) {
-    backward_impl(true, shape, qkv, out, lse, d_out, d_qkv)
 }

@@ -3,7 +3,7 @@
 use super::packed::{unpermute_add, PackedFfn};
 use super::{shape_err, sized, FfnError};
 use crate::fused::{swiglu_backward, swiglu_forward, swiglu_rows};
-use crate::gemm::{gemm_packed_par, gemm_packed_with, MatMut, MatRef};
+use crate::gemm::{gemm_packed_with, MatMut, MatRef};
 use crate::pool::Buffer;
 
 /// u [n,2h] = z·W1(perm)ᵀ; a [n,h] = SwiGLU per expert segment; out = beta·out + a·W2ᵀ.
@@ -30,7 +30,7 @@ pub(super) fn dense_core_par(
     let s = w.expert_width();
     let zv = MatRef::new(z, n, d);
     let uv = MatMut::new(u, n, 2 * h);
-    gemm_packed_par(kind, 1.0, zv, None, &w.w1t, 0..2 * h, 0..d, 0.0, uv, parallel)
+    gemm_packed_with(kind, 1.0, zv, None, w.w1t.part(0..2 * h, 0..d), 0.0, uv, parallel)
         .expect("shapes checked by the caller");
     // Perm layout: each row is E segments [v_e | g_e], i.e. [n·E, 2s] SwiGLU rows.
     if parallel {
@@ -40,7 +40,7 @@ pub(super) fn dense_core_par(
     }
     let av = MatRef::new(a, n, h);
     let ov = MatMut::new(out, n, d);
-    gemm_packed_par(kind, 1.0, av, None, &w.w2t, 0..d, 0..h, beta, ov, parallel)
+    gemm_packed_with(kind, 1.0, av, None, w.w2t.part(0..d, 0..h), beta, ov, parallel)
         .expect("shapes checked by the caller");
 }
 
@@ -74,7 +74,8 @@ pub(super) fn dense_backward_core(
     let (mut da_buf, mut du_buf) = (Buffer::uninit(n * h), Buffer::uninit(n * 2 * h));
     let (da, du) = (&mut da_buf[..n * h], &mut du_buf[..n * 2 * h]);
     let dyv = MatRef::new(dy, n, d);
-    gemm_packed_with(kind, 1.0, dyv, None, w2, 0..h, 0..d, 0.0, MatMut::new(da, n, h))?;
+    let da_view = MatMut::new(da, n, h);
+    gemm_packed_with(kind, 1.0, dyv, None, w2.part(0..h, 0..d), 0.0, da_view, true)?;
     let gemm = |a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>| {
         crate::gemm::gemm_with(kind, crate::GemmPath::Auto, 1.0, a, b, 1.0, c)
     };
@@ -82,7 +83,8 @@ pub(super) fn dense_backward_core(
     swiglu_backward(u, da, du, s, false);
     let duv = MatRef::new(du, n, 2 * h);
     gemm(duv.t(), MatRef::new(z, n, d), MatMut::new(dw1p, 2 * h, d))?;
-    gemm_packed_with(kind, 1.0, duv, None, w1p, 0..d, 0..2 * h, 0.0, MatMut::new(dz, n, d))?;
+    let dz_view = MatMut::new(dz, n, d);
+    gemm_packed_with(kind, 1.0, duv, None, w1p.part(0..d, 0..2 * h), 0.0, dz_view, true)?;
     Ok(())
 }
 

@@ -61,20 +61,6 @@ impl PackedFfn {
         backward: bool,
     ) -> Result<PackedFfn, FfnError> {
         let kind = selected_kernel()?;
-        Self::pack_with(kind, w1, w2, d, h, experts, backward)
-    }
-
-    /// [`PackedFfn::pack`] with an explicit micro-kernel.
-    pub fn pack_with(
-        kind: KernelKind,
-        w1: &[f32],
-        w2: &[f32],
-        d: usize,
-        h: usize,
-        experts: usize,
-        backward: bool,
-    ) -> Result<PackedFfn, FfnError> {
-        kind.check()?;
         if experts == 0 || h == 0 || !h.is_multiple_of(experts) || !(h / experts).is_multiple_of(NR)
         {
             return Err(FfnError::ExpertWidth { hidden: h, experts });

@@ -104,55 +104,44 @@ fn routed_forward(
     Ok(())
 }
 
-/// Width path (inference): out[t] += Σ_j gates[t,j]·FFN_{experts[t,j]}(z[t]).
-// z [T,d], experts [T,k], gates [T,k] -> out [T,d] (accumulated; holds x)
-pub fn width_forward(
-    w: &PackedFfn,
-    z: &[f32],
-    experts: &[u32],
-    gates: &[f32],
-    k: usize,
-    out: &mut [f32],
-) -> Result<(), FfnError> {
-    routed_forward(Experts::Virtual(w), z, experts, gates, k, out, None)
+/// One public routed forward: its experts (`Virtual` slices of one packed FFN or `Real` packed
+/// experts) and, with a `saved` argument, the training variant. All four share one signature.
+macro_rules! routed_entry {
+    ($(#[$doc:meta])* $name:ident($w:ident: $wt:ty) => $variant:ident $(, $saved:ident)?) => {
+        $(#[$doc])*
+        pub fn $name(
+            $w: $wt,
+            z: &[f32],
+            experts: &[u32],
+            gates: &[f32],
+            k: usize,
+            out: &mut [f32],
+            $($saved: &mut WidthSaved)?
+        ) -> Result<(), FfnError> {
+            let saved = routed_entry!(@saved $($saved)?);
+            routed_forward(Experts::$variant($w), z, experts, gates, k, out, saved)
+        }
+    };
+    (@saved) => { None };
+    (@saved $s:ident) => { Some($s) };
 }
 
-/// Width path (training): as [`width_forward`], keeping what the backward needs in `saved`.
-pub fn width_forward_train(
-    w: &PackedFfn,
-    z: &[f32],
-    experts: &[u32],
-    gates: &[f32],
-    k: usize,
-    out: &mut [f32],
-    saved: &mut WidthSaved,
-) -> Result<(), FfnError> {
-    routed_forward(Experts::Virtual(w), z, experts, gates, k, out, Some(saved))
+routed_entry! {
+    /// Width path (inference): out[t] += Σ_j gates[t,j]·FFN_{experts[t,j]}(z[t]).
+    // z [T,d], experts [T,k], gates [T,k] -> out [T,d] (accumulated; holds x)
+    width_forward(w: &PackedFfn) => Virtual
 }
-
-/// MoE (real experts, `ws[e]` packed with `experts = 1`, hidden = s): same as [`width_forward`].
-pub fn moe_forward(
-    ws: &[PackedFfn],
-    z: &[f32],
-    experts: &[u32],
-    gates: &[f32],
-    k: usize,
-    out: &mut [f32],
-) -> Result<(), FfnError> {
-    routed_forward(Experts::Real(ws), z, experts, gates, k, out, None)
+routed_entry! {
+    /// Width path (training): as [`width_forward`], keeping what the backward needs in `saved`.
+    width_forward_train(w: &PackedFfn) => Virtual, saved
 }
-
-/// MoE training forward (see [`width_forward_train`]).
-pub fn moe_forward_train(
-    ws: &[PackedFfn],
-    z: &[f32],
-    experts: &[u32],
-    gates: &[f32],
-    k: usize,
-    out: &mut [f32],
-    saved: &mut WidthSaved,
-) -> Result<(), FfnError> {
-    routed_forward(Experts::Real(ws), z, experts, gates, k, out, Some(saved))
+routed_entry! {
+    /// MoE (real experts, `ws[e]` packed with `experts = 1`, hidden = s): same as [`width_forward`].
+    moe_forward(ws: &[PackedFfn]) => Real
+}
+routed_entry! {
+    /// MoE training forward (see [`width_forward_train`]).
+    moe_forward_train(ws: &[PackedFfn]) => Real, saved
 }
 
 /// Gradient targets of a routed backward (accumulated into).
@@ -163,18 +152,23 @@ enum RoutedGrads<'a> {
     PerExpert(&'a mut [(&'a mut [f32], &'a mut [f32])]),
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The inputs and outputs every routed backward shares (see [`width_backward`]).
+struct BackwardArgs<'a> {
+    saved: &'a WidthSaved,
+    z: &'a [f32],
+    gates: &'a [f32],
+    k: usize,
+    d_out: &'a [f32],
+    dz: &'a mut [f32],
+    dgates: &'a mut [f32],
+}
+
 fn routed_backward(
     ex: Experts<'_>,
-    saved: &WidthSaved,
-    z: &[f32],
-    gates: &[f32],
-    k: usize,
-    d_out: &[f32],
-    dz: &mut [f32],
-    dgates: &mut [f32],
+    args: BackwardArgs<'_>,
     grads: RoutedGrads<'_>,
 ) -> Result<(), FfnError> {
+    let BackwardArgs { saved, z, gates, k, d_out, dz, dgates } = args;
     let (d, s, kind) = ex.check(true)?;
     if k == 0 {
         return Err(FfnError::Routing("top-k must be at least 1".to_string()));
@@ -239,86 +233,37 @@ fn routed_backward(
         let dy_view = MatRef::new(dy, m, d);
         // da [m,s] = dy · W2[:, k0..k0+s]
         let da = &mut da_e[..m * s];
-        let cols = p.k0..p.k0 + s;
-        gemm_packed_with(
-            kind,
-            1.0,
-            dy_view,
-            None,
-            w2_packed,
-            cols,
-            0..d,
-            0.0,
-            MatMut::new(da, m, s),
-        )?;
-        // dW2[:, expert cols] += dyᵀ · a
+        let w2_cols = w2_packed.part(p.k0..p.k0 + s, 0..d);
+        gemm_packed_with(kind, 1.0, dy_view, None, w2_cols, 0.0, MatMut::new(da, m, s), true)?;
         let a_e = MatRef::new(&saved.a[rows.start * s..rows.end * s], m, s);
         let u_e = &saved.u[rows.start * 2 * s..rows.end * 2 * s];
         let du = &mut du_e[..m * 2 * s];
         swiglu_backward(u_e, da, du, s, false);
         let du_view = MatRef::new(du, m, 2 * s);
-        let ze_view = MatRef::new(ze, m, d);
-        match &mut grads {
+        // This expert's block of dW2 [d,s] and dW1 [2s,d] (permuted), wherever they live.
+        let (dw2_e, dw1_e) = match &mut grads {
             RoutedGrads::Shared { dw2, .. } => {
-                let dst = MatMut::strided(&mut dw2[p.k0..], d, s, h_shared, 1);
-                crate::gemm::gemm_with(
-                    kind,
-                    crate::GemmPath::Auto,
-                    1.0,
-                    dy_view.t(),
-                    a_e,
-                    1.0,
-                    dst,
-                )?;
                 let dw1p = dw1p.as_mut().expect("shared perm gradient");
-                let dst = MatMut::new(&mut dw1p[p.col * d..(p.col + 2 * s) * d], 2 * s, d);
-                crate::gemm::gemm_with(
-                    kind,
-                    crate::GemmPath::Auto,
-                    1.0,
-                    du_view.t(),
-                    ze_view,
-                    1.0,
-                    dst,
-                )?;
+                (
+                    MatMut::strided(&mut dw2[p.k0..], d, s, h_shared, 1),
+                    MatMut::new(&mut dw1p[p.col * d..(p.col + 2 * s) * d], 2 * s, d),
+                )
             }
             RoutedGrads::PerExpert(list) => {
                 let (dw1_e, dw2_e) = &mut list[e];
-                let dst = MatMut::new(dw2_e, d, s);
-                crate::gemm::gemm_with(
-                    kind,
-                    crate::GemmPath::Auto,
-                    1.0,
-                    dy_view.t(),
-                    a_e,
-                    1.0,
-                    dst,
-                )?;
-                let dst = MatMut::new(dw1_e, 2 * s, d);
-                crate::gemm::gemm_with(
-                    kind,
-                    crate::GemmPath::Auto,
-                    1.0,
-                    du_view.t(),
-                    ze_view,
-                    1.0,
-                    dst,
-                )?;
+                (MatMut::new(dw2_e, d, s), MatMut::new(dw1_e, 2 * s, d))
             }
-        }
+        };
+        // dW2_e += dyᵀ · a, dW1_e += duᵀ · z
+        let gemm = |a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>| {
+            crate::gemm::gemm_with(kind, crate::GemmPath::Auto, 1.0, a, b, 1.0, c)
+        };
+        gemm(dy_view.t(), a_e, dw2_e)?;
+        gemm(du_view.t(), MatRef::new(ze, m, d), dw1_e)?;
         // dz rows [m,d] = du · W1(perm)[col..col+2s, :]
         let dst = MatMut::new(&mut dz_rows[rows.start * d..rows.end * d], m, d);
-        gemm_packed_with(
-            kind,
-            1.0,
-            du_view,
-            None,
-            w1p_packed,
-            0..d,
-            p.col..p.col + 2 * s,
-            0.0,
-            dst,
-        )?;
+        let w1_rows = w1p_packed.part(0..d, p.col..p.col + 2 * s);
+        gemm_packed_with(kind, 1.0, du_view, None, w1_rows, 0.0, dst, true)?;
     }
     scatter_weighted(&dz_rows[..n * d], g, None, k, d, dz);
     if let (Some(v), RoutedGrads::Shared { dw1, .. }) = (dw1p.take(), &mut grads) {
@@ -327,50 +272,54 @@ fn routed_backward(
     Ok(())
 }
 
-/// Width path backward. Given d_out [T,d] (gradient of the width output), accumulates dz [T,d]
-/// (width input z), dW1 [2h,d], dW2 [d,h]; overwrites dgates [T,k]. `w` packed with backward.
-#[allow(clippy::too_many_arguments)]
-pub fn width_backward(
-    w: &PackedFfn,
-    saved: &WidthSaved,
-    z: &[f32],
-    gates: &[f32],
-    k: usize,
-    d_out: &[f32],
-    dz: &mut [f32],
-    dgates: &mut [f32],
-    dw1: &mut [f32],
-    dw2: &mut [f32],
-) -> Result<(), FfnError> {
-    if dw1.len() != 2 * w.h * w.d || dw2.len() != w.d * w.h {
-        return shape_err("dW1 must be [2h,d] and dW2 [d,h]".to_string());
-    }
-    let grads = RoutedGrads::Shared { dw1, dw2 };
-    routed_backward(Experts::Virtual(w), saved, z, gates, k, d_out, dz, dgates, grads)
+/// One public routed backward: the arguments all share, then its own gradient targets, which
+/// `$check` validates and turns into the experts and [`RoutedGrads`].
+macro_rules! routed_backward_entry {
+    ($(#[$doc:meta])* $name:ident$(<$lt:lifetime>)?($w:ident: $wt:ty, $($g:ident: $gt:ty),+)
+        $check:block) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name$(<$lt>)?(
+            $w: $wt,
+            saved: &WidthSaved,
+            z: &[f32],
+            gates: &[f32],
+            k: usize,
+            d_out: &[f32],
+            dz: &mut [f32],
+            dgates: &mut [f32],
+            $($g: $gt),+
+        ) -> Result<(), FfnError> {
+            let (ex, grads) = $check;
+            routed_backward(ex, BackwardArgs { saved, z, gates, k, d_out, dz, dgates }, grads)
+        }
+    };
 }
 
-/// MoE backward: as [`width_backward`], with per-expert gradients `grads[e] = (dW1_e [2s,d],
-/// dW2_e [d,s])` (accumulated).
-#[allow(clippy::too_many_arguments)]
-pub fn moe_backward<'a>(
-    ws: &[PackedFfn],
-    saved: &WidthSaved,
-    z: &[f32],
-    gates: &[f32],
-    k: usize,
-    d_out: &[f32],
-    dz: &mut [f32],
-    dgates: &mut [f32],
-    grads: &'a mut [(&'a mut [f32], &'a mut [f32])],
-) -> Result<(), FfnError> {
-    if grads.len() != ws.len() {
-        return shape_err(format!("{} gradient pairs for {} experts", grads.len(), ws.len()));
-    }
-    for (w, (g1, g2)) in ws.iter().zip(grads.iter()) {
-        if g1.len() != 2 * w.h * w.d || g2.len() != w.d * w.h {
-            return shape_err("moe expert gradients must be [2s,d] and [d,s]".to_string());
+routed_backward_entry! {
+    /// Width path backward. Given d_out [T,d] (gradient of the width output), accumulates dz
+    /// [T,d] (width input z), dW1 [2h,d], dW2 [d,h]; overwrites dgates [T,k]. `w` packed with
+    /// backward.
+    width_backward(w: &PackedFfn, dw1: &mut [f32], dw2: &mut [f32]) {
+        if dw1.len() != 2 * w.h * w.d || dw2.len() != w.d * w.h {
+            return shape_err("dW1 must be [2h,d] and dW2 [d,h]".to_string());
         }
+        (Experts::Virtual(w), RoutedGrads::Shared { dw1, dw2 })
     }
-    let grads = RoutedGrads::PerExpert(grads);
-    routed_backward(Experts::Real(ws), saved, z, gates, k, d_out, dz, dgates, grads)
+}
+
+routed_backward_entry! {
+    /// MoE backward: as [`width_backward`], with per-expert gradients `grads[e] = (dW1_e [2s,d],
+    /// dW2_e [d,s])` (accumulated).
+    moe_backward<'a>(ws: &[PackedFfn], grads: &'a mut [(&'a mut [f32], &'a mut [f32])]) {
+        if grads.len() != ws.len() {
+            return shape_err(format!("{} gradient pairs for {} experts", grads.len(), ws.len()));
+        }
+        for (w, (g1, g2)) in ws.iter().zip(grads.iter()) {
+            if g1.len() != 2 * w.h * w.d || g2.len() != w.d * w.h {
+                return shape_err("moe expert gradients must be [2s,d] and [d,s]".to_string());
+            }
+        }
+        (Experts::Real(ws), RoutedGrads::PerExpert(grads))
+    }
 }

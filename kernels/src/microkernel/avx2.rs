@@ -12,21 +12,31 @@ pub(crate) const MR: usize = 6;
 /// # Safety
 /// AVX2 and FMA must be available; `t` must describe valid memory (see `run_tile`).
 pub(crate) unsafe fn tile(a_packed: bool, t: &Tile) {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        if a_packed {
+            tile_of_height::<true>(t)
+        } else {
+            tile_of_height::<false>(t)
+        }
+    }
+}
+
+/// [`tile`] for one A layout.
+///
+/// # Safety
+/// As [`tile`].
+#[inline(always)]
+unsafe fn tile_of_height<const PACKED: bool>(t: &Tile) {
     // SAFETY (all arms): forwarded caller contract.
     unsafe {
-        match (a_packed, t.mr) {
-            (true, 6) => tile_6::<true>(t),
-            (false, 6) => tile_6::<false>(t),
-            (true, 5) => tile_5::<true>(t),
-            (false, 5) => tile_5::<false>(t),
-            (true, 4) => tile_4::<true>(t),
-            (false, 4) => tile_4::<false>(t),
-            (true, 3) => tile_3::<true>(t),
-            (false, 3) => tile_3::<false>(t),
-            (true, 2) => tile_2::<true>(t),
-            (false, 2) => tile_2::<false>(t),
-            (true, 1) => tile_1::<true>(t),
-            (false, 1) => tile_1::<false>(t),
+        match t.mr {
+            6 => tile_6::<PACKED>(t),
+            5 => tile_5::<PACKED>(t),
+            4 => tile_4::<PACKED>(t),
+            3 => tile_3::<PACKED>(t),
+            2 => tile_2::<PACKED>(t),
+            1 => tile_1::<PACKED>(t),
             _ => unreachable!("tile height out of range"),
         }
     }

@@ -20,6 +20,14 @@ fn dot64(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
+/// Operands of a binary op from `seed`: a [r, c] and b [r, c], or b [c] (broadcast) when `bcast`.
+fn binary_operands(r: usize, c: usize, bcast: bool, seed: u64) -> [Tensor; 2] {
+    let mut rng = Rng::new(seed);
+    let a = uniform(&[r, c], &mut rng);
+    let b = if bcast { uniform(&[c], &mut rng) } else { uniform(&[r, c], &mut rng) };
+    [a, b]
+}
+
 /// Compares tape gradients of `f` at `inputs` with central finite differences.
 fn check<F>(inputs: &[Tensor], seed: u64, h: f32, tol: f64, f: F) -> Result<(), TestCaseError>
 where
@@ -118,26 +126,17 @@ proptest! {
 
     #[test]
     fn grad_add(r in 1usize..5, c in 1usize..6, bcast: bool, seed in any::<u64>()) {
-        let mut rng = Rng::new(seed);
-        let a = uniform(&[r, c], &mut rng);
-        let b = if bcast { uniform(&[c], &mut rng) } else { uniform(&[r, c], &mut rng) };
-        check(&[a, b], seed, H, TOL, |t, x| t.add(&x[0], &x[1]))?;
+        check(&binary_operands(r, c, bcast, seed), seed, H, TOL, |t, x| t.add(&x[0], &x[1]))?;
     }
 
     #[test]
     fn grad_sub(r in 1usize..5, c in 1usize..6, bcast: bool, seed in any::<u64>()) {
-        let mut rng = Rng::new(seed);
-        let a = uniform(&[r, c], &mut rng);
-        let b = if bcast { uniform(&[c], &mut rng) } else { uniform(&[r, c], &mut rng) };
-        check(&[a, b], seed, H, TOL, |t, x| t.sub(&x[0], &x[1]))?;
+        check(&binary_operands(r, c, bcast, seed), seed, H, TOL, |t, x| t.sub(&x[0], &x[1]))?;
     }
 
     #[test]
     fn grad_mul(r in 1usize..5, c in 1usize..6, bcast: bool, seed in any::<u64>()) {
-        let mut rng = Rng::new(seed);
-        let a = uniform(&[r, c], &mut rng);
-        let b = if bcast { uniform(&[c], &mut rng) } else { uniform(&[r, c], &mut rng) };
-        check(&[a, b], seed, H, TOL, |t, x| t.mul(&x[0], &x[1]))?;
+        check(&binary_operands(r, c, bcast, seed), seed, H, TOL, |t, x| t.mul(&x[0], &x[1]))?;
     }
 
     #[test]

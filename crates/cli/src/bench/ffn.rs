@@ -70,17 +70,7 @@ pub fn run(args: FfnArgs) -> anyhow::Result<()> {
     let w_norm: Vec<f32> = values(d, 3, 0.1).iter().map(|v| 1.0 + v).collect();
     let x = values(t * d, 4, 1.0);
     let mut rng = XorShift::new(0x5EED);
-    let mut ids = Vec::with_capacity(t * k);
-    for _ in 0..t {
-        let mut chosen = Vec::with_capacity(k);
-        while chosen.len() < k {
-            let c = rng.below(e) as u32;
-            if !chosen.contains(&c) {
-                chosen.push(c);
-            }
-        }
-        ids.extend(chosen);
-    }
+    let ids = rng.routing(t, k, e);
     let gates: Vec<f32> = (0..t * k).map(|i| 0.3 + 0.4 * ((i % 7) as f32 / 7.0)).collect();
     let depth: Vec<u8> = (0..t).map(|_| 1 + rng.below(depth_max) as u8).collect();
     let mean_depth = depth.iter().map(|&c| c as f64).sum::<f64>() / t as f64;

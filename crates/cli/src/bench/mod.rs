@@ -3,11 +3,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
-use vffn_model::{Config, RunConfig, TrainConfig};
-
-use crate::common::read_input_file;
+use vffn_model::{Config, RunConfig};
 
 mod all;
 mod ffn;
@@ -80,22 +78,11 @@ pub struct ModelChoice {
 impl ModelChoice {
     /// The run configuration these flags select (default: the tiny preset, versatile block).
     fn run_config(&self) -> Result<RunConfig> {
-        let mut run = match &self.config {
-            Some(path) => {
-                let bytes = read_input_file(path, "config file")?;
-                let text = String::from_utf8(bytes)
-                    .with_context(|| format!("config file `{}` is not UTF-8", path.display()))?;
-                RunConfig::from_toml(&text)
-                    .with_context(|| format!("config file `{}`", path.display()))?
-            }
-            None => {
-                let preset = self.preset.as_deref().unwrap_or("tiny");
-                RunConfig { model: Config::preset(preset)?, train: TrainConfig::default() }
-            }
-        };
-        if let Some(block) = &self.block {
-            run.set("model.block", block)?;
-        }
+        let run = crate::train::flag_config(
+            self.config.as_deref(),
+            self.preset.as_deref(),
+            self.block.as_deref(),
+        )?;
         run.validate()?;
         Ok(run)
     }
