@@ -79,5 +79,6 @@ for crate in CRATES:
     for comp in cycles(graph(crate)):
         found = True
         print(f"{crate}: {' <-> '.join(comp)}")
-print("no module cycles" if not found else "", end="" if found else "\n")
+if not found:
+    print("no module cycles")
 sys.exit(1 if found else 0)

@@ -245,12 +245,7 @@ pub(crate) struct Block {
 /// kc rows of 16 values contiguously.
 // b [k,n] -> dst [ceil(cols/16)·panel_stride]
 pub(crate) fn pack_b(b: MatRef<'_>, blk: Block, panel_stride: usize, dst: &mut [f32]) {
-    let Block { p0, kc, j0, cols } = blk;
-    let panels = cols.div_ceil(NR);
-    for (q, panel) in dst.chunks_mut(panel_stride).take(panels).enumerate() {
-        let panel_blk = Block { p0, kc, j0: j0 + q * NR, cols: NR.min(cols - q * NR) };
-        pack_b_panel(b, panel_blk, &mut panel[..kc * NR]);
-    }
+    BOperand::F32(b).pack_panels(blk, panel_stride, dst);
 }
 
 /// One 16-wide panel (`blk.cols = nr ≤ 16`): `dst[p·16 + j] = B(p0 + p, j0 + j)` for j < nr,
