@@ -238,6 +238,7 @@ impl Model {
                     None
                 },
                 experts,
+                ffn: (),
             });
         }
         Ok(Model {
