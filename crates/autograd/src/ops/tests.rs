@@ -21,6 +21,12 @@ fn random_ids(n: usize, below: usize, rng: &mut Rng) -> Vec<u32> {
     (0..n).map(|_| rng.below(below) as u32).collect()
 }
 
+/// A uniform [rows, d] table and `n` ids of its rows.
+fn table_and_ids(rows: usize, d: usize, n: usize, rng: &mut Rng) -> (Tensor, Vec<u32>) {
+    let table = uniform(&[rows, d], rng);
+    (table, random_ids(n, rows, rng))
+}
+
 fn dot64(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
@@ -211,16 +217,14 @@ proptest! {
     #[test]
     fn grad_embedding(vocab in 1usize..8, d in 1usize..6, n in 1usize..10, seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
-        let table = uniform(&[vocab, d], &mut rng);
-        let ids = random_ids(n, vocab, &mut rng);
+        let (table, ids) = table_and_ids(vocab, d, n, &mut rng);
         check(&[table], seed, H, TOL, |t, v| t.embedding(&v[0], &ids))?;
     }
 
     #[test]
     fn grad_gather(rows in 1usize..8, d in 1usize..6, m in 0usize..10, seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
-        let x = uniform(&[rows, d], &mut rng);
-        let idx = random_ids(m, rows, &mut rng);
+        let (x, idx) = table_and_ids(rows, d, m, &mut rng);
         // Multiply by a second tracked input so an empty gather still yields a tracked output.
         let s = uniform(&[m, d], &mut rng);
         check(&[x, s], seed, H, TOL, |t, v| {
