@@ -12,9 +12,9 @@ use crate::config::Config;
 use crate::fused::{pack_layer, ComposedReason, FfnTensors, FusedFfn};
 use crate::weights::{HalfStore, Weight};
 
-/// One transformer layer's parameters by role (names as in [`Config::param_specs`]): the norm
-/// weights as `N`, the matrices as `M`, beside them `F`: as [`LayerIds`] the handles, as
-/// [`LayerWeights`] the tensors of one forward.
+/// One transformer layer's parameters by role (names as in [`Config::param_specs`]), the norm
+/// weights as `N` and the matrices as `M`, with `F` beside them: [`LayerIds`] holds the
+/// handles, [`LayerWeights`] the tensors of one forward and its FFN path.
 #[derive(Clone, Debug)]
 pub(crate) struct LayerParams<N, M, F> {
     pub attn_norm: N,

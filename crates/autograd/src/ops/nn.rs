@@ -4,7 +4,6 @@
 use vffn_kernels::fused;
 
 use super::Saved;
-
 use crate::pool::Buffer;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
