@@ -496,47 +496,26 @@ mod tests {
         }
     }
 
+    /// Each block kind and each versatile variant: the fused path matches the composed one.
     #[test]
-    fn fused_dense_matches_composed() {
-        check(cfg(BlockKind::Dense, Paths::Both, Fusion::Gated));
-    }
-
-    #[test]
-    fn fused_kloop_matches_composed() {
-        check(cfg(BlockKind::Kloop, Paths::Both, Fusion::Gated));
-    }
-
-    #[test]
-    fn fused_moe_matches_composed() {
-        check(cfg(BlockKind::Moe, Paths::Both, Fusion::Gated));
-    }
-
-    #[test]
-    fn fused_versatile_both_gated_matches_composed() {
-        check(cfg(BlockKind::Versatile, Paths::Both, Fusion::Gated));
-    }
-
-    #[test]
-    fn fused_versatile_both_average_matches_composed() {
-        check(cfg(BlockKind::Versatile, Paths::Both, Fusion::Average));
-    }
-
-    #[test]
-    fn fused_versatile_width_matches_composed() {
-        let c = cfg(BlockKind::Versatile, Paths::Width, Fusion::Gated);
-        check(Config { shared_expert: Some(false), ..c });
-    }
-
-    #[test]
-    fn fused_versatile_width_with_shared_expert_matches_composed() {
-        let c = cfg(BlockKind::Versatile, Paths::Width, Fusion::Gated);
-        assert!(c.has_shared_expert(), "on by default for width-only");
-        check(c);
-    }
-
-    #[test]
-    fn fused_versatile_depth_matches_composed() {
-        check(cfg(BlockKind::Versatile, Paths::Depth, Fusion::Gated));
+    fn fused_matches_composed_for_every_block_and_variant() {
+        let versatile = |paths, fusion| cfg(BlockKind::Versatile, paths, fusion);
+        let width = versatile(Paths::Width, Fusion::Gated);
+        assert!(width.has_shared_expert(), "on by default for width-only");
+        let cases = [
+            ("dense", cfg(BlockKind::Dense, Paths::Both, Fusion::Gated)),
+            ("kloop", cfg(BlockKind::Kloop, Paths::Both, Fusion::Gated)),
+            ("moe", cfg(BlockKind::Moe, Paths::Both, Fusion::Gated)),
+            ("versatile, both paths, gated", versatile(Paths::Both, Fusion::Gated)),
+            ("versatile, both paths, average", versatile(Paths::Both, Fusion::Average)),
+            ("versatile, width", Config { shared_expert: Some(false), ..width.clone() }),
+            ("versatile, width with the shared expert", width),
+            ("versatile, depth", versatile(Paths::Depth, Fusion::Gated)),
+        ];
+        for (case, c) in cases {
+            eprintln!("case: {case}"); // shown with the failure of the case it precedes
+            check(c);
+        }
     }
 
     /// Widths the kernels refuse (s = 8) keep the composed path instead of failing.

@@ -12,22 +12,29 @@ use crate::config::Config;
 use crate::fused::{pack_layer, ComposedReason, FfnTensors, FusedFfn};
 use crate::weights::{HalfStore, Weight};
 
-/// Parameter handles of one transformer layer (names as in [`Config::param_specs`]).
+/// One transformer layer's parameters by role (names as in [`Config::param_specs`]), the norm
+/// weights as `N` and the matrices as `M`, with `F` beside them: [`LayerIds`] holds the
+/// handles, [`LayerWeights`] the tensors of one forward and its FFN path.
 #[derive(Clone, Debug)]
-pub(crate) struct LayerIds {
-    pub attn_norm: ParamId,
-    pub att_proj: ParamId,
-    pub attn_out: ParamId,
-    pub ff_norm: ParamId,
-    pub ff_proj: ParamId,
-    pub ff_out: ParamId,
+pub(crate) struct LayerParams<N, M, F> {
+    pub attn_norm: N,
+    pub att_proj: M,
+    pub attn_out: M,
+    pub ff_norm: N,
+    pub ff_proj: M,
+    pub ff_out: M,
     /// moe and versatile.
-    pub expert_gate: Option<ParamId>,
+    pub expert_gate: Option<M>,
     /// versatile only.
-    pub depth_predictor: Option<ParamId>,
+    pub depth_predictor: Option<M>,
     /// moe only: (ff_proj [2s,d], ff_out [d,s]) of each expert.
-    pub experts: Vec<(ParamId, ParamId)>,
+    pub experts: Vec<(M, M)>,
+    /// How a forward runs the FFN (nothing for the handles).
+    pub ffn: F,
 }
+
+/// Parameter handles of one transformer layer.
+pub(crate) type LayerIds = LayerParams<ParamId, ParamId, ()>;
 
 /// How one forward runs a layer's FFN.
 pub(crate) enum Ffn {
@@ -55,20 +62,9 @@ impl fmt::Display for FfnPath {
 }
 
 /// The tensors of one layer for one forward (leaves of `tape`, sharing the parameters' storage;
-/// a bf16 model's matrices as its bf16 bits, see [`crate::weights`]).
-pub(crate) struct LayerWeights {
-    pub attn_norm: Tensor,
-    pub att_proj: Weight,
-    pub attn_out: Weight,
-    pub ff_norm: Tensor,
-    pub ff_proj: Weight,
-    pub ff_out: Weight,
-    pub expert_gate: Option<Weight>,
-    pub depth_predictor: Option<Weight>,
-    pub experts: Vec<(Weight, Weight)>,
-    /// How this forward runs the FFN.
-    pub ffn: Ffn,
-}
+/// a bf16 model's matrices as its bf16 bits, see [`crate::weights`]), and how that forward runs
+/// the FFN.
+pub(crate) type LayerWeights = LayerParams<Tensor, Weight, Ffn>;
 
 impl LayerIds {
     /// Brings the layer's parameters onto `tape` (no copy), the FFN composed.

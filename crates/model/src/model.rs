@@ -24,7 +24,7 @@ use crate::data::Batch;
 use crate::flops::{realized_inference_flops, FlopsBreakdown, FlopsError};
 use crate::fused::ComposedReason;
 use crate::layer::{FfnPath, LayerIds, LayerWeights};
-use crate::versatile::{versatile_infer, versatile_train, DepthAgreement};
+use crate::versatile::{versatile_infer, versatile_train, DepthAgreement, GumbelPick};
 use crate::weights::HalfStore;
 use crate::WeightDtype;
 
@@ -238,6 +238,7 @@ impl Model {
                     None
                 },
                 experts,
+                ffn: (),
             });
         }
         Ok(Model {
@@ -373,7 +374,9 @@ impl Model {
             }
             BlockKind::Versatile => {
                 let (out, balance, r) = match temperature {
-                    Some(t) => versatile_train(tape, cfg, w, x, t, noise),
+                    Some(temperature) => {
+                        versatile_train(tape, cfg, w, x, GumbelPick { temperature, noise })
+                    }
                     None => {
                         let (out, r) = versatile_infer(tape, cfg, w, x);
                         (out, None, r)

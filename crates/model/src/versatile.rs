@@ -181,28 +181,43 @@ fn expert_in_place(
     Tensor::from_vec(&[m, d], y).expect("[M, d]")
 }
 
-/// Depth path (training): all D loops for every token, mixed by the hard Gumbel-softmax
-/// one-hot p over loop counts (straight-through gradient at temperature τ); the pick is
-/// argmax(logits + g), or argmax(logits + τ·g) with `depth_noise = "scaled"`.
+/// How the depth router picks in a training forward: the hard Gumbel-softmax at temperature τ
+/// (straight-through gradient), with Gumbel noise drawn from `noise` (None: no noise).
+pub(crate) struct GumbelPick<'a> {
+    pub temperature: f32,
+    pub noise: Option<&'a mut Rng>,
+}
+
+impl GumbelPick<'_> {
+    /// The one-hot pick over each row of `logits`: argmax(logits + g), or argmax(logits + τ·g)
+    /// with `depth_noise = "scaled"`.
+    // logits [N, D] -> one-hot [N, D]
+    fn one_hot(self, tape: &mut Tape, depth_noise: DepthNoise, logits: &Tensor) -> Tensor {
+        let tau = self.temperature;
+        match (depth_noise, self.noise) {
+            (DepthNoise::Scaled, Some(rng)) => {
+                // Drawn in the same order as the unit-noise op draws, then scaled by τ.
+                let g: Vec<f32> = (0..logits.numel()).map(|_| tau * rng.gumbel()).collect();
+                tape.gumbel_softmax_hard_with_noise(logits, tau, &g)
+            }
+            (_, noise) => tape.gumbel_softmax_hard(logits, tau, noise),
+        }
+    }
+}
+
+/// Depth path (training): all D loops for every token, mixed by the one-hot p over loop counts
+/// that `pick` draws.
 // x [N, d] -> (out_d [N, d], p [N, D], chosen loop count per token [N], agreement)
 pub(crate) fn depth_path(
     tape: &mut Tape,
     cfg: &Config,
     w: &LayerWeights,
     x: &Tensor,
-    temperature: f32,
-    noise: Option<&mut Rng>,
+    pick: GumbelPick<'_>,
 ) -> (Tensor, Tensor, Vec<u8>, DepthAgreement) {
     let predictor = w.depth_predictor.as_ref().expect("versatile layer has depth_predictor");
     let logits = tape.linear(x, predictor); // [N, D]
-    let probs = match (cfg.depth_noise, noise) {
-        (DepthNoise::Scaled, Some(rng)) => {
-            // Drawn in the same order as the unit-noise op draws, then scaled by τ.
-            let g: Vec<f32> = (0..logits.numel()).map(|_| temperature * rng.gumbel()).collect();
-            tape.gumbel_softmax_hard_with_noise(&logits, temperature, &g)
-        }
-        (_, noise) => tape.gumbel_softmax_hard(&logits, temperature, noise),
-    }; // one-hot [N, D]
+    let probs = pick.one_hot(tape, cfg.depth_noise, &logits); // one-hot [N, D]
     let depth = one_hot_choices(&probs);
     let agreement = DepthAgreement::measure(&logits, &depth);
     if let Some(f) = w.packed() {
@@ -269,8 +284,7 @@ pub(crate) fn versatile_train(
     cfg: &Config,
     w: &LayerWeights,
     x: &Tensor,
-    temperature: f32,
-    noise: Option<&mut Rng>,
+    pick: GumbelPick<'_>,
 ) -> (Tensor, Option<BalanceTerm>, VersatileRouting) {
     let width = |tape: &mut Tape| {
         let z = tape.rms_norm(x, &w.ff_norm, cfg.norm_eps);
@@ -285,14 +299,14 @@ pub(crate) fn versatile_train(
             (out_w, Some(balance), routing)
         }
         Paths::Depth => {
-            let (out_d, _, depth, agreement) = depth_path(tape, cfg, w, x, temperature, noise);
+            let (out_d, _, depth, agreement) = depth_path(tape, cfg, w, x, pick);
             let routing =
                 VersatileRouting { depth, experts: Vec::new(), agreement: Some(agreement) };
             (out_d, None, routing)
         }
         Paths::Both => {
             let (out_w, balance, experts) = width(tape);
-            let (out_d, probs, depth, agreement) = depth_path(tape, cfg, w, x, temperature, noise);
+            let (out_d, probs, depth, agreement) = depth_path(tape, cfg, w, x, pick);
             let out = fuse(tape, cfg, &out_d, &out_w, &probs);
             (out, Some(balance), VersatileRouting { depth, experts, agreement: Some(agreement) })
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use vffn_autograd::{Rng, Tape};
 use vffn_model::{
     load_model, realized_inference_flops, save_model, Batch, BlockKind, CheckpointError, Config,
-    Model, ModelError, TensorData,
+    InferOutput, Model, ModelError, TensorData, TrainOutput,
 };
 
 const KINDS: [BlockKind; 4] =
@@ -131,6 +131,18 @@ fn varied_versatile() -> (Config, Model, Batch) {
     (config, model, batch)
 }
 
+/// A training forward with zero noise and the inference of the same batch, checked to agree:
+/// the same logits (within 1e-5) and the same routing. Returns both, with the training tape.
+fn train_and_infer(model: &Model, batch: &Batch, what: &str) -> (Tape, TrainOutput, InferOutput) {
+    let mut tape = Tape::new();
+    let train = model.train_forward(&mut tape, batch, 0.7, None).unwrap();
+    let infer = model.infer(&batch.inputs, batch.batch_size, batch.seq_len).unwrap();
+    let err = max_abs_diff(train.logits.data(), &infer.logits);
+    assert!(err <= 1e-5, "{what}: train vs infer logits differ by {err:.2e}");
+    assert_eq!(train.routing, infer.routing, "{what}");
+    (tape, train, infer)
+}
+
 #[test]
 fn training_with_zero_noise_equals_inference() {
     for kind in KINDS {
@@ -140,12 +152,7 @@ fn training_with_zero_noise_equals_inference() {
             let c = Config { init_std: 0.3, ..small_config(kind) };
             (c.clone(), Model::new(c.clone(), 5).unwrap(), random_batch(&c, 4))
         };
-        let mut tape = Tape::new();
-        let train = model.train_forward(&mut tape, &batch, 0.7, None).unwrap();
-        let infer = model.infer(&batch.inputs, batch.batch_size, batch.seq_len).unwrap();
-        let err = max_abs_diff(train.logits.data(), &infer.logits);
-        assert!(err <= 1e-5, "{kind:?}: train vs infer logits differ by {err:.2e}");
-        assert_eq!(train.routing, infer.routing, "{kind:?}");
+        let (_, train, infer) = train_and_infer(&model, &batch, &format!("{kind:?}"));
         if kind == BlockKind::Versatile {
             for (layer, depth) in infer.routing.depth.iter().enumerate() {
                 let distinct: std::collections::BTreeSet<u8> = depth.iter().copied().collect();
@@ -175,12 +182,8 @@ fn ablation_variants_train_equals_infer() {
     for (paths, fusion, shared_expert) in variants {
         let config = Config { paths, fusion, shared_expert, ..base.clone() };
         let model = Model::new(config.clone(), 5).unwrap();
-        let mut tape = Tape::new();
-        let train = model.train_forward(&mut tape, &batch, 0.7, None).unwrap();
-        let infer = model.infer(&batch.inputs, batch.batch_size, batch.seq_len).unwrap();
-        let err = max_abs_diff(train.logits.data(), &infer.logits);
-        assert!(err <= 1e-5, "{paths:?}/{fusion:?}: logits differ by {err:.2e}");
-        assert_eq!(train.routing, infer.routing, "{paths:?}/{fusion:?}");
+        let what = format!("{paths:?}/{fusion:?}/{shared_expert:?}");
+        let (tape, train, _) = train_and_infer(&model, &batch, &what);
         assert_eq!(train.routing.depth[0].is_empty(), paths == Paths::Width);
         assert_eq!(train.routing.experts[0].is_empty(), paths == Paths::Depth);
         assert_eq!(train.balance > 0.0, paths != Paths::Depth);

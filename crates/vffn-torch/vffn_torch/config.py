@@ -186,10 +186,7 @@ class Config:
         """The checkpoint's JSON form. As vffn: a width-only checkpoint without `shared_expert`
         predates the key and had no shared expert, so it reads as False, not as the default."""
         data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"config: unknown key `{unknown[0]}`")
+        _refuse_unknown_keys(cls, data, "config")
         config = cls(**data)
         if "shared_expert" not in data and config.has_shared_expert:
             config.shared_expert = False
@@ -271,11 +268,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"train: unknown key `{unknown[0]}`")
+        _refuse_unknown_keys(cls, data, "train")
         return cls(**data)
+
+
+def _refuse_unknown_keys(cls, data: dict, what: str) -> None:
+    """ValueError naming the first key (in sorted order) of `data` that is no field of `cls`."""
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"{what}: unknown key `{unknown[0]}`")
 
 
 def _toml_value(value) -> str:

@@ -136,19 +136,14 @@ impl Tape {
         let mut out = Buffer::uninit(x.numel());
         scale_rows_into(x.data(), w.data(), cols, &mut out, false);
         let out = Tensor::from_parts(x.shape(), out);
-        if !self.wants_grad(&[x, w]) {
-            return out;
-        }
-        let (xs, ws) = (x.detach(), w.detach());
-        self.custom(&[x, w], out, move |g, grads| {
-            let [dx, dw] = grads else { unreachable!() };
+        self.record_binary(x, w, out, move |xs, ws, g, dx, dw| {
             if let Some(dx) = dx {
                 let acc = dx.accumulate();
-                scale_rows_into(g, ws.data(), cols, dx.data(), acc);
+                scale_rows_into(g, ws, cols, dx.data(), acc);
             }
             if let Some(dw) = dw {
                 let acc = dw.accumulate();
-                row_dots_into(g, xs.data(), cols, dw.data(), acc);
+                row_dots_into(g, xs, cols, dw.data(), acc);
             }
         })
     }

@@ -13,74 +13,76 @@ fn check_ids(op: &str, idx: &[u32], rows: usize) {
     }
 }
 
-/// out[m, :] (+)= w[m]·src[idx[m], :] (w = 1 when absent), in parallel over output rows.
-fn gather_rows_into(
-    src: &[f32],
-    idx: &[u32],
-    w: Option<&[f32]>,
+/// The rows a gather reads and a scatter writes: packed row m ↔ table row idx[m], weighted by
+/// w[m] (1 when absent), rows of width d.
+struct RowMap<'a> {
+    idx: &'a [u32],
+    w: Option<&'a [f32]>,
     d: usize,
-    out: &mut [f32],
-    accumulate: bool,
-) {
-    if d == 0 {
-        return;
-    }
-    let rpt = (TASK / d).max(1);
-    out.par_chunks_mut(rpt * d).enumerate().for_each(|(block, o)| {
-        for (k, orow) in o.chunks_exact_mut(d).enumerate() {
-            let m = block * rpt + k;
-            let s = &src[idx[m] as usize * d..][..d];
-            let wm = w.map_or(1.0, |w| w[m]);
-            let it = orow.iter_mut().zip(s);
-            match (accumulate, w.is_some()) {
-                (false, false) => orow.copy_from_slice(s),
-                (false, true) => it.for_each(|(o, &v)| *o = wm * v),
-                (true, _) => it.for_each(|(o, &v)| *o += wm * v),
-            }
-        }
-    });
 }
 
-/// dst[idx[m], :] (+)= w[m]·src[m, :] for all m; rows not hit are zeroed when `!accumulate`.
-/// Sources of each destination row are summed in increasing m, and rows run in parallel, so
-/// the result is independent of the thread count.
-fn scatter_rows_into(
-    src: &[f32],
-    idx: &[u32],
-    w: Option<&[f32]>,
-    d: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-) {
-    if d == 0 {
-        return;
+impl RowMap<'_> {
+    fn weight(&self, m: usize) -> f32 {
+        self.w.map_or(1.0, |w| w[m])
     }
-    let n = dst.len() / d;
-    // Counting sort of m by destination (stable, so each row's sources stay in m order).
-    let mut start = vec![0usize; n + 1];
-    for &i in idx {
-        start[i as usize + 1] += 1;
-    }
-    for r in 0..n {
-        start[r + 1] += start[r];
-    }
-    let mut fill = start.clone();
-    let mut order = vec![0u32; idx.len()];
-    for (m, &i) in idx.iter().enumerate() {
-        order[fill[i as usize]] = m as u32;
-        fill[i as usize] += 1;
-    }
-    dst.par_chunks_mut(d).enumerate().with_min_len(16).for_each(|(r, row)| {
-        if !accumulate {
-            row.fill(0.0);
+
+    /// packed[m, :] (+)= w[m]·table[idx[m], :], in parallel over packed rows.
+    fn gather(&self, table: &[f32], packed: &mut [f32], accumulate: bool) {
+        let d = self.d;
+        if d == 0 {
+            return;
         }
-        for &m in &order[start[r]..start[r + 1]] {
-            let m = m as usize;
-            let s = &src[m * d..][..d];
-            let wm = w.map_or(1.0, |w| w[m]);
-            row.iter_mut().zip(s).for_each(|(o, &v)| *o += wm * v);
+        let rpt = (TASK / d).max(1);
+        packed.par_chunks_mut(rpt * d).enumerate().for_each(|(block, o)| {
+            for (k, orow) in o.chunks_exact_mut(d).enumerate() {
+                let m = block * rpt + k;
+                let s = &table[self.idx[m] as usize * d..][..d];
+                let wm = self.weight(m);
+                let it = orow.iter_mut().zip(s);
+                match (accumulate, self.w.is_some()) {
+                    (false, false) => orow.copy_from_slice(s),
+                    (false, true) => it.for_each(|(o, &v)| *o = wm * v),
+                    (true, _) => it.for_each(|(o, &v)| *o += wm * v),
+                }
+            }
+        });
+    }
+
+    /// table[idx[m], :] (+)= w[m]·packed[m, :] for all m; rows not hit are zeroed when
+    /// `!accumulate`. Sources of each table row are summed in increasing m, and rows run in
+    /// parallel, so the result is independent of the thread count.
+    fn scatter(&self, packed: &[f32], table: &mut [f32], accumulate: bool) {
+        let (idx, d) = (self.idx, self.d);
+        if d == 0 {
+            return;
         }
-    });
+        let n = table.len() / d;
+        // Counting sort of m by destination (stable, so each row's sources stay in m order).
+        let mut start = vec![0usize; n + 1];
+        for &i in idx {
+            start[i as usize + 1] += 1;
+        }
+        for r in 0..n {
+            start[r + 1] += start[r];
+        }
+        let mut fill = start.clone();
+        let mut order = vec![0u32; idx.len()];
+        for (m, &i) in idx.iter().enumerate() {
+            order[fill[i as usize]] = m as u32;
+            fill[i as usize] += 1;
+        }
+        table.par_chunks_mut(d).enumerate().with_min_len(16).for_each(|(r, row)| {
+            if !accumulate {
+                row.fill(0.0);
+            }
+            for &m in &order[start[r]..start[r + 1]] {
+                let m = m as usize;
+                let s = &packed[m * d..][..d];
+                let wm = self.weight(m);
+                row.iter_mut().zip(s).for_each(|(o, &v)| *o += wm * v);
+            }
+        });
+    }
 }
 
 impl Tape {
@@ -90,7 +92,7 @@ impl Tape {
         let (n, d) = (x.rows(), x.cols());
         check_ids("gather_rows", idx, n);
         let mut out = Buffer::uninit(idx.len() * d);
-        gather_rows_into(x.data(), idx, None, d, &mut out, false);
+        RowMap { idx, w: None, d }.gather(x.data(), &mut out, false);
         let out = Tensor::from_parts(&[idx.len(), d], out);
         if !self.wants_grad(&[x]) {
             return out;
@@ -99,7 +101,7 @@ impl Tape {
         self.custom(&[x], out, move |g, grads| {
             if let Some(dx) = &mut grads[0] {
                 let acc = dx.accumulate();
-                scatter_rows_into(g, &idx, None, d, dx.data(), acc);
+                RowMap { idx: &idx, w: None, d }.scatter(g, dx.data(), acc);
             }
         })
     }
@@ -127,7 +129,7 @@ impl Tape {
         }
         check_ids("scatter_add", idx, rows);
         let mut out = Buffer::uninit(rows * d);
-        scatter_rows_into(src.data(), idx, weights.map(|w| w.data()), d, &mut out, false);
+        RowMap { idx, w: weights.map(|w| w.data()), d }.scatter(src.data(), &mut out, false);
         let out = Tensor::from_parts(&[rows, d], out);
         let inputs: Vec<&Tensor> = [Some(src), weights].into_iter().flatten().collect();
         if !self.wants_grad(&inputs) {
@@ -139,7 +141,8 @@ impl Tape {
             // dsrc[m] = w[m]·g[idx[m]]
             if let Some(ds) = &mut grads[0] {
                 let acc = ds.accumulate();
-                gather_rows_into(g, &idx, ws.as_ref().map(|w| w.data()), d, ds.data(), acc);
+                let rows = RowMap { idx: &idx, w: ws.as_ref().map(|w| w.data()), d };
+                rows.gather(g, ds.data(), acc);
             }
             // dw[m] = g[idx[m]]·src[m]
             if let Some(Some(dw)) = grads.get_mut(1) {

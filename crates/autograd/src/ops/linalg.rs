@@ -48,15 +48,10 @@ impl Tape {
             vec![m, n]
         };
         let out = Tensor::from_parts(&shape, out);
-        if !self.wants_grad(&[a, b]) {
-            return out;
-        }
-        let (sa, sb) = (a.detach(), b.detach());
-        self.custom(&[a, b], out, move |g, grads| {
-            let [da, db] = grads else { unreachable!() };
+        self.record_binary(a, b, out, move |sa, sb, g, da, db| {
             let dc = MatRef::new(g, m, n);
-            let op_a = view(sa.data(), ar, ac, ta);
-            let op_b = view(sb.data(), br, bc, tb);
+            let op_a = view(sa, ar, ac, ta);
+            let op_b = view(sb, br, bc, tb);
             if let Some(da) = da {
                 let beta = da.beta();
                 match ta {

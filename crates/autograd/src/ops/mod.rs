@@ -12,6 +12,9 @@ mod shape;
 
 use rayon::prelude::*;
 
+use crate::tape::{GradSlot, Tape};
+use crate::tensor::Tensor;
+
 pub use linalg::Trans;
 
 /// RMSNorm epsilon used by the model.
@@ -123,6 +126,55 @@ fn sum_f64(x: &[f32]) -> f64 {
     let partials: Vec<f64> =
         x.par_chunks(TASK).map(|c| c.iter().map(|&v| v as f64).sum::<f64>()).collect();
     partials.iter().sum()
+}
+
+/// Recording helpers for ops of the same shape: each skips saving anything when nothing is
+/// recorded, and hands the backward the saved data and the input gradient slots.
+impl Tape {
+    /// Records a one-input op whose output `y` was computed from `x`: its backward computes dx
+    /// (written, or added when the slot accumulates) from the saved tensor (x or y) and dy.
+    fn record_unary<B>(&mut self, x: &Tensor, y: Tensor, saved: Saved, backward: B) -> Tensor
+    where
+        B: FnOnce(&[f32], &[f32], &mut [f32], bool) + Send + 'static,
+    {
+        if !self.wants_grad(&[x]) {
+            return y;
+        }
+        let kept = match saved {
+            Saved::Input => x.detach(),
+            Saved::Output => y.clone(),
+        };
+        self.custom(&[x], y, move |dy, grads| {
+            if let Some(dx) = &mut grads[0] {
+                let acc = dx.accumulate();
+                backward(kept.data(), dy, dx.data(), acc);
+            }
+        })
+    }
+
+    /// Records a two-input op whose output `y` was computed from `a` and `b`: its backward gets
+    /// both inputs, dy and each input's gradient slot (None when that input wants none).
+    fn record_binary<B>(&mut self, a: &Tensor, b: &Tensor, y: Tensor, backward: B) -> Tensor
+    where
+        B: FnOnce(&[f32], &[f32], &[f32], Option<&mut GradSlot>, Option<&mut GradSlot>)
+            + Send
+            + 'static,
+    {
+        if !self.wants_grad(&[a, b]) {
+            return y;
+        }
+        let (sa, sb) = (a.detach(), b.detach());
+        self.custom(&[a, b], y, move |dy, grads| {
+            let [da, db] = grads else { unreachable!("two inputs") };
+            backward(sa.data(), sb.data(), dy, da.as_mut(), db.as_mut());
+        })
+    }
+}
+
+/// What a one-input op's backward reads: its input or its output.
+enum Saved {
+    Input,
+    Output,
 }
 
 #[cfg(test)]

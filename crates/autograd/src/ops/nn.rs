@@ -3,6 +3,7 @@
 
 use vffn_kernels::fused;
 
+use super::Saved;
 use crate::pool::Buffer;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
@@ -17,15 +18,10 @@ impl Tape {
         let mut rstd = Buffer::uninit(x.rows());
         fused::rms_norm_forward(x.data(), w.data(), &mut y, &mut rstd, eps);
         let y = Tensor::from_parts(x.shape(), y);
-        if !self.wants_grad(&[x, w]) {
-            return y;
-        }
-        let (xs, ws) = (x.detach(), w.detach());
-        self.custom(&[x, w], y, move |dy, grads| {
-            let [dx, dw] = grads else { unreachable!() };
-            let dx = dx.as_mut().map(|s| (s.accumulate(), s)).map(|(a, s)| (s.data(), a));
-            let dw = dw.as_mut().map(|s| (s.accumulate(), s)).map(|(a, s)| (s.data(), a));
-            fused::rms_norm_backward(xs.data(), ws.data(), &rstd, dy, dx, dw);
+        self.record_binary(x, w, y, move |xs, ws, dy, dx, dw| {
+            let dx = dx.map(|s| (s.accumulate(), s)).map(|(a, s)| (s.data(), a));
+            let dw = dw.map(|s| (s.accumulate(), s)).map(|(a, s)| (s.data(), a));
+            fused::rms_norm_backward(xs, ws, &rstd, dy, dx, dw);
         })
     }
 
@@ -67,27 +63,6 @@ impl Tape {
         })
     }
 
-    /// Records a one-input op whose output `y` was computed from `x`: its backward computes dx
-    /// (written, or added when the slot accumulates) from the saved tensor (x or y) and dy.
-    fn record_unary<B>(&mut self, x: &Tensor, y: Tensor, saved: Saved, backward: B) -> Tensor
-    where
-        B: FnOnce(&[f32], &[f32], &mut [f32], bool) + Send + 'static,
-    {
-        if !self.wants_grad(&[x]) {
-            return y;
-        }
-        let kept = match saved {
-            Saved::Input => x.detach(),
-            Saved::Output => y.clone(),
-        };
-        self.custom(&[x], y, move |dy, grads| {
-            if let Some(dx) = &mut grads[0] {
-                let acc = dx.accumulate();
-                backward(kept.data(), dy, dx.data(), acc);
-            }
-        })
-    }
-
     /// Mean cross-entropy of logits against target ids (fused, numerically stable log-softmax).
     // logits [R, V], targets [R] -> scalar; saves lse [R]
     pub fn cross_entropy(&mut self, logits: &Tensor, targets: &[u32]) -> Tensor {
@@ -110,10 +85,4 @@ impl Tape {
             }
         })
     }
-}
-
-/// What a one-input op's backward reads: its input or its output.
-enum Saved {
-    Input,
-    Output,
 }

@@ -61,16 +61,10 @@ impl Tape {
             }
         });
         let out = Tensor::from_parts(rest, out);
-        if !self.wants_grad(&[stack, w]) {
-            return out;
-        }
-        let (ss, ws) = (stack.detach(), w.detach());
-        self.custom(&[stack, w], out, move |g, grads| {
-            let [ds, dw] = grads else { unreachable!() };
+        self.record_binary(stack, w, out, move |sd, wd, g, ds, dw| {
             // ds[i, r, :] (+)= w[r, i]·g[r, :]
             if let Some(ds) = ds {
                 let acc = ds.accumulate();
-                let wd = ws.data();
                 ds.data().par_chunks_mut(c.max(1)).enumerate().with_min_len(16).for_each(
                     |(ir, drow)| {
                         let (i, r) = (ir / rows, ir % rows);
@@ -87,7 +81,6 @@ impl Tape {
             // dw[r, i] (+)= g[r, :]·stack[i, r, :]
             if let Some(dw) = dw {
                 let acc = dw.accumulate();
-                let sd = ss.data();
                 dw.data().par_iter_mut().enumerate().with_min_len(16).for_each(|(ri, o)| {
                     let (r, i) = (ri / n, ri % n);
                     let v = dot8(&g[r * c..(r + 1) * c], &sd[i * plane + r * c..][..c]);

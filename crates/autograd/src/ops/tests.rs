@@ -16,6 +16,17 @@ fn uniform(shape: &[usize], rng: &mut Rng) -> Tensor {
     Tensor::from_vec(shape, (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect()).unwrap()
 }
 
+/// `n` ids drawn uniformly below `below`.
+fn random_ids(n: usize, below: usize, rng: &mut Rng) -> Vec<u32> {
+    (0..n).map(|_| rng.below(below) as u32).collect()
+}
+
+/// A uniform [rows, d] table and `n` ids of its rows.
+fn table_and_ids(rows: usize, d: usize, n: usize, rng: &mut Rng) -> (Tensor, Vec<u32>) {
+    let table = uniform(&[rows, d], rng);
+    (table, random_ids(n, rows, rng))
+}
+
 fn dot64(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
@@ -199,23 +210,21 @@ proptest! {
     fn grad_cross_entropy(r in 1usize..6, v in 1usize..12, seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
         let x = t3(uniform(&[r, v], &mut rng));
-        let targets: Vec<u32> = (0..r).map(|_| rng.below(v) as u32).collect();
+        let targets = random_ids(r, v, &mut rng);
         check(&[x], seed, H, TOL, |t, l| t.cross_entropy(&l[0], &targets))?;
     }
 
     #[test]
     fn grad_embedding(vocab in 1usize..8, d in 1usize..6, n in 1usize..10, seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
-        let table = uniform(&[vocab, d], &mut rng);
-        let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+        let (table, ids) = table_and_ids(vocab, d, n, &mut rng);
         check(&[table], seed, H, TOL, |t, v| t.embedding(&v[0], &ids))?;
     }
 
     #[test]
     fn grad_gather(rows in 1usize..8, d in 1usize..6, m in 0usize..10, seed in any::<u64>()) {
         let mut rng = Rng::new(seed);
-        let x = uniform(&[rows, d], &mut rng);
-        let idx: Vec<u32> = (0..m).map(|_| rng.below(rows) as u32).collect();
+        let (x, idx) = table_and_ids(rows, d, m, &mut rng);
         // Multiply by a second tracked input so an empty gather still yields a tracked output.
         let s = uniform(&[m, d], &mut rng);
         check(&[x, s], seed, H, TOL, |t, v| {
@@ -230,7 +239,7 @@ proptest! {
         let mut rng = Rng::new(seed);
         let src = uniform(&[m, d], &mut rng);
         let w = uniform(&[m], &mut rng);
-        let idx: Vec<u32> = (0..m).map(|_| rng.below(rows) as u32).collect();
+        let idx = random_ids(m, rows, &mut rng);
         check(&[src, w], seed, H, TOL, |t, v| {
             if weighted {
                 t.scatter_add(&v[0], &idx, Some(&v[1]), rows)

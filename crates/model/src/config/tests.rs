@@ -150,11 +150,14 @@ fn bad_values_are_named() {
         ("preset = 3", "preset"),
         ("model = 3", "model"),
     ];
+    // (the key the error of a config text names, whether it is a broken constraint)
+    let named = |text: &str| match RunConfig::from_toml(text) {
+        Err(ConfigError::InvalidValue { key, .. }) => (key, false),
+        Err(ConfigError::Constraint { key, .. }) => (key, true),
+        other => panic!("{text}: {other:?}"),
+    };
     for (text, key) in cases {
-        match RunConfig::from_toml(text) {
-            Err(ConfigError::InvalidValue { key: named, .. }) => assert_eq!(named, key),
-            other => panic!("{text}: {other:?}"),
-        }
+        assert_eq!(named(text), (key.to_string(), false), "{text}");
     }
     let constraints = [
         ("[model]\nn_heads = 3", "model.n_heads"),
@@ -174,10 +177,7 @@ fn bad_values_are_named() {
         ("[train]\ntemperature_floor_frac = 1.5", "train.temperature_floor_frac"),
     ];
     for (text, key) in constraints {
-        match RunConfig::from_toml(text) {
-            Err(ConfigError::Constraint { key: named, .. }) => assert_eq!(named, key, "{text}"),
-            other => panic!("{text}: {other:?}"),
-        }
+        assert_eq!(named(text), (key.to_string(), true), "{text}");
     }
     // hidden need not divide by n_experts when there are no experts.
     RunConfig::from_toml("[model]\nblock = \"dense\"\nhidden = 500").unwrap();

@@ -8,16 +8,19 @@ const MAX_VOCAB: usize = 1 << 20;
 const MAX_COUNT: usize = 1 << 10;
 const MAX_SEQ: usize = 1 << 20;
 
+/// The error for `section.key = value`, which breaks a constraint for `reason`.
+fn broken(section: &str, key: &str, value: String, reason: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Constraint {
+        key: format!("{section}.{key}"),
+        value,
+        reason: reason.to_string(),
+    })
+}
+
 impl Config {
     /// Checks every constraint; the error names the first key that breaks one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |key: &str, value: String, reason: &str| {
-            Err(ConfigError::Constraint {
-                key: format!("model.{key}"),
-                value,
-                reason: reason.to_string(),
-            })
-        };
+        let fail = |key: &str, value: String, reason: &str| broken("model", key, value, reason);
         let sizes = [
             ("vocab_size", self.vocab_size, MAX_VOCAB),
             ("d_model", self.d_model, MAX_WIDTH),
@@ -107,13 +110,7 @@ impl Config {
 impl TrainConfig {
     /// Checks every constraint; the error names the first key that breaks one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |key: &str, value: String, reason: &str| {
-            Err(ConfigError::Constraint {
-                key: format!("train.{key}"),
-                value,
-                reason: reason.to_string(),
-            })
-        };
+        let fail = |key: &str, value: String, reason: &str| broken("train", key, value, reason);
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return fail("lr", self.lr.to_string(), "must be finite and positive");
         }

@@ -82,8 +82,10 @@ fn scaled_depth_noise_is_unit_noise_at_tau_one_and_the_argmax_at_small_tau() {
     let w = model.layers[0].load(&mut tape, &model.params);
     let x = Tensor::randn(&[64, unit.d_model], 1.0, &mut Rng::new(2));
     let mut run = |cfg: &Config, tau: f32| {
-        let (out, probs, depth, agreement) =
-            depth_path(&mut tape, cfg, &w, &x, tau, Some(&mut Rng::new(21)));
+        let (out, probs, depth, agreement) = {
+            let pick = GumbelPick { temperature: tau, noise: Some(&mut Rng::new(21)) };
+            depth_path(&mut tape, cfg, &w, &x, pick)
+        };
         (out.to_vec(), probs.to_vec(), depth, agreement)
     };
     let (out_u, probs_u, depth_u, agree_u) = run(&unit, 1.0);
@@ -149,8 +151,10 @@ fn block_loss(
             (out, Some(balance), experts)
         }
         _ => {
-            let (out, term, routing) =
-                versatile_train(&mut tape, cfg, &w, &xa, 0.7, Some(&mut noise));
+            let (out, term, routing) = {
+                let pick = GumbelPick { temperature: 0.7, noise: Some(&mut noise) };
+                versatile_train(&mut tape, cfg, &w, &xa, pick)
+            };
             let balance = term.map(|t| t.loss(&mut tape, &BalanceTerm::shares(&t.counts)));
             let mut sig = routing.experts;
             sig.extend(routing.depth.iter().map(|&c| u32::from(c) + 100));
