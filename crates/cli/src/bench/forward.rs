@@ -9,8 +9,8 @@ use clap::Args;
 use vffn_model::workloads::ForwardCase;
 use vffn_model::{Config, Dataset, WeightDtype};
 
-use super::{block_name, median, peak_rss_mb, sample, ModelChoice, Sampling};
-use crate::common::{in_pool, load_dataset, WeightsArg};
+use super::{batch_shape, median, peak_rss_mb, sample, ModelChoice, Rates, Sampling};
+use crate::common::WeightsArg;
 
 #[derive(Args, Debug)]
 pub struct ForwardBenchArgs {
@@ -41,6 +41,44 @@ impl ModelTiming {
     pub fn gflops(&self) -> f64 {
         self.flops_per_token * self.tokens_per_s() / 1e9
     }
+
+    /// Prints the timing of `bench forward` or `bench train` of `config` on `threads` threads:
+    /// one JSON line (`report.fields`, the batch, the peak RSS and what [`Rates`] adds) or the
+    /// text report.
+    pub fn print(
+        &self,
+        model: &ModelChoice,
+        config: &Config,
+        threads: usize,
+        report: TimingReport,
+    ) {
+        let rates = Rates { tokens_per_s: self.tokens_per_s(), gflops: self.gflops(), threads };
+        if model.json {
+            let mut fields = report.fields;
+            fields["batch_tokens"] = (self.tokens as u64).into();
+            fields["peak_rss_mb"] = peak_rss_mb().into();
+            rates.print_json(model, config, fields);
+        } else {
+            outln!("{}", report.header);
+            outln!("  {:<12}{:10.1} ms", report.median, self.ms);
+            rates.print_text(self.flops_per_token, report.flops);
+            if let Some(mb) = peak_rss_mb() {
+                outln!("  peak RSS    {mb:10.0} MB (whole process)");
+            }
+        }
+    }
+}
+
+/// What `bench forward` and `bench train` report of their own.
+pub(crate) struct TimingReport {
+    /// The text report's first line.
+    pub header: String,
+    /// What the median time is of, as the text report names it ("forward", "step").
+    pub median: &'static str,
+    /// Said of the FLOPs per token in the text report (" realized" for inference).
+    pub flops: &'static str,
+    /// JSON fields beyond the common ones.
+    pub fields: serde_json::Value,
 }
 
 /// Times the inference forward of a fresh `config` model (seed `seed`, matrices held as
@@ -71,50 +109,22 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
     ensure!(args.repeats >= 1, "--repeats must be at least 1");
     let weights = args.weights.dtype()?;
     let config = args.model.run_config()?.model;
-    let (dataset, _) = load_dataset(None, config.seq_len)?;
     let sampling = Sampling::fixed(1, args.repeats);
-    let (timing, threads) = in_pool(args.model.threads, || {
-        let timing = measure_forward(&config, &dataset, args.model.seed, weights, &sampling)?;
-        Ok((timing, rayon::current_num_threads()))
+    let (timing, threads) = args.model.time(config.seq_len, |dataset| {
+        measure_forward(&config, dataset, args.model.seed, weights, &sampling)
     })?;
-    let (ms, tokens_per_s, gflops) = (timing.ms, timing.tokens_per_s(), timing.gflops());
-    let flops_per_token = timing.flops_per_token;
-    let (name, block) = (args.model.model_name(), block_name(&config));
-    if args.model.json {
-        let line = serde_json::json!({
-            "tokens_per_s": tokens_per_s,
-            "ms": ms,
-            "preset": name,
-            "block": block,
-            "weights": weights.name(),
-            "threads": threads,
-            "batch_tokens": timing.tokens as u64,
-            "realized_flops_per_token": flops_per_token,
-            "gflops": gflops,
-            "peak_fraction": super::peak::fraction_of_peak(gflops, threads),
-            "peak_rss_mb": peak_rss_mb(),
-        });
-        outln!("{line}");
-    } else {
-        outln!(
-            "forward {name}/{block}, {weights} weights, {threads} threads, {}×{} tokens, median \
-             of {} runs",
-            config.batch_size,
-            config.seq_len,
-            args.repeats
-        );
-        outln!("  forward     {ms:10.1} ms");
-        outln!("  throughput  {tokens_per_s:10.0} tokens/s");
-        outln!(
-            "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token realized)",
-            flops_per_token / 1e6
-        );
-        if let Some(f) = super::peak::fraction_of_peak(gflops, threads) {
-            outln!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
-        }
-        if let Some(mb) = peak_rss_mb() {
-            outln!("  peak RSS    {mb:10.0} MB (whole process)");
-        }
-    }
+    let header = format!(
+        "forward {}, {weights} weights, {threads} threads, {} tokens, median of {} runs",
+        args.model.describe(&config),
+        batch_shape(&config),
+        args.repeats
+    );
+    let fields = serde_json::json!({
+        "ms": timing.ms,
+        "weights": weights.name(),
+        "realized_flops_per_token": timing.flops_per_token,
+    });
+    let report = TimingReport { header, median: "forward", flops: " realized", fields };
+    timing.print(&args.model, &config, threads, report);
     Ok(())
 }
