@@ -42,26 +42,43 @@ impl ModelTiming {
         self.flops_per_token * self.tokens_per_s() / 1e9
     }
 
-    /// Prints the timing of `bench forward` or `bench train` of `config` on `threads` threads:
-    /// one JSON line (`report.fields`, the batch, the peak RSS and what [`Rates`] adds) or the
-    /// text report.
-    pub fn print(
-        &self,
-        model: &ModelChoice,
-        config: &Config,
-        threads: usize,
-        report: TimingReport,
-    ) {
+    /// Prints the timing of `bench forward` or `bench train` (`timed`) of `config` on
+    /// `threads` threads: one JSON line (with what [`Rates`] adds) or the text report.
+    pub fn print(&self, model: &ModelChoice, config: &Config, threads: usize, timed: Timed) {
         let rates = Rates { tokens_per_s: self.tokens_per_s(), gflops: self.gflops(), threads };
+        // What the median is of (text, JSON), and what the FLOPs per token are (text, JSON).
+        let (median, median_key, flops, flops_key) = match timed {
+            Timed::Forward(_) => ("forward", "ms", " realized", "realized_flops_per_token"),
+            Timed::Train => ("step", "step_ms", "", "flops_per_token"),
+        };
         if model.json {
-            let mut fields = report.fields;
-            fields["batch_tokens"] = (self.tokens as u64).into();
-            fields["peak_rss_mb"] = peak_rss_mb().into();
+            let mut fields = serde_json::json!({
+                "batch_tokens": self.tokens as u64,
+                "peak_rss_mb": peak_rss_mb(),
+            });
+            fields[median_key] = self.ms.into();
+            fields[flops_key] = self.flops_per_token.into();
+            match timed {
+                Timed::Forward(weights) => fields["weights"] = weights.name().into(),
+                Timed::Train => fields["steps"] = self.samples.into(),
+            }
             rates.print_json(model, config, fields);
         } else {
-            outln!("{}", report.header);
-            outln!("  {:<12}{:10.1} ms", report.median, self.ms);
-            rates.print_text(self.flops_per_token, report.flops);
+            let what = match timed {
+                Timed::Forward(weights) => {
+                    format!("forward {}, {weights} weights", model.describe(config))
+                }
+                Timed::Train => format!("train {}", model.describe(config)),
+            };
+            let (per, unit) =
+                if let Timed::Train = timed { ("/step", "steps") } else { ("", "runs") };
+            let shape = batch_shape(config);
+            outln!(
+                "{what}, {threads} threads, {shape} tokens{per}, median of {} {unit}",
+                self.samples
+            );
+            outln!("  {median:<12}{:10.1} ms", self.ms);
+            rates.print_text(self.flops_per_token, flops);
             if let Some(mb) = peak_rss_mb() {
                 outln!("  peak RSS    {mb:10.0} MB (whole process)");
             }
@@ -69,16 +86,13 @@ impl ModelTiming {
     }
 }
 
-/// What `bench forward` and `bench train` report of their own.
-pub(crate) struct TimingReport {
-    /// The text report's first line.
-    pub header: String,
-    /// What the median time is of, as the text report names it ("forward", "step").
-    pub median: &'static str,
-    /// Said of the FLOPs per token in the text report (" realized" for inference).
-    pub flops: &'static str,
-    /// JSON fields beyond the common ones.
-    pub fields: serde_json::Value,
+/// Which model-level timing [`ModelTiming::print`] reports.
+#[derive(Clone, Copy)]
+pub(crate) enum Timed {
+    /// `bench forward`: the inference forward of one batch, the matrices held as this dtype.
+    Forward(WeightDtype),
+    /// `bench train`: one training step.
+    Train,
 }
 
 /// Times the inference forward of a fresh `config` model (seed `seed`, matrices held as
@@ -113,18 +127,6 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
     let (timing, threads) = args.model.time(config.seq_len, |dataset| {
         measure_forward(&config, dataset, args.model.seed, weights, &sampling)
     })?;
-    let header = format!(
-        "forward {}, {weights} weights, {threads} threads, {} tokens, median of {} runs",
-        args.model.describe(&config),
-        batch_shape(&config),
-        args.repeats
-    );
-    let fields = serde_json::json!({
-        "ms": timing.ms,
-        "weights": weights.name(),
-        "realized_flops_per_token": timing.flops_per_token,
-    });
-    let report = TimingReport { header, median: "forward", flops: " realized", fields };
-    timing.print(&args.model, &config, threads, report);
+    timing.print(&args.model, &config, threads, Timed::Forward(weights));
     Ok(())
 }

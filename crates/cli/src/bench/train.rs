@@ -9,8 +9,8 @@ use clap::Args;
 use vffn_model::workloads::TrainStep;
 use vffn_model::{Dataset, RunConfig};
 
-use super::forward::{ModelTiming, TimingReport};
-use super::{batch_shape, median, sample, ModelChoice, Sampling};
+use super::forward::{ModelTiming, Timed};
+use super::{median, sample, ModelChoice, Sampling};
 
 #[derive(Args, Debug)]
 pub struct TrainBenchArgs {
@@ -51,18 +51,6 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     let (timing, threads) = args
         .model
         .time(config.seq_len, |dataset| measure_train(&run, dataset, args.model.seed, &sampling))?;
-    let header = format!(
-        "train {}, {threads} threads, {} tokens/step, median of {} steps",
-        args.model.describe(&config),
-        batch_shape(&config),
-        args.steps
-    );
-    let fields = serde_json::json!({
-        "step_ms": timing.ms,
-        "steps": args.steps,
-        "flops_per_token": timing.flops_per_token,
-    });
-    let report = TimingReport { header, median: "step", flops: "", fields };
-    timing.print(&args.model, &config, threads, report);
+    timing.print(&args.model, &config, threads, Timed::Train);
     Ok(())
 }
