@@ -248,7 +248,7 @@ fn run_in_pool(args: InspectArgs) -> Result<()> {
         }
     }
     if let Some(svg_dir) = &args.svg {
-        write_svgs(svg_dir, &config, &stats, &run_dir_of(&args.checkpoint, &dir))?;
+        write_svgs(svg_dir, &stats, &run_dir_of(&args.checkpoint, &dir))?;
     }
     Ok(())
 }
@@ -455,7 +455,7 @@ fn report(
     Ok(out)
 }
 
-fn write_svgs(dir: &Path, config: &Config, stats: &RoutingStats, run_dir: &Path) -> Result<()> {
+fn write_svgs(dir: &Path, stats: &RoutingStats, run_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the SVG directory `{}`", dir.display()))?;
     let write = |name: &str, text: String| ckpt_io::write_atomic(&dir.join(name), text.as_bytes());
@@ -474,39 +474,32 @@ fn write_svgs(dir: &Path, config: &Config, stats: &RoutingStats, run_dir: &Path)
     } else {
         errln!("no {} next to the checkpoint: loss curves skipped", METRICS_FILE);
     }
-    let depth_panels: Vec<(String, Vec<(String, f64)>)> = (0..config.n_layers)
-        .filter(|&layer| !stats.depth_counts[layer].is_empty())
-        .map(|layer| {
-            let bars = stats.depth_counts[layer]
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| (format!("{}", i + 1), c as f64))
-                .collect();
-            (format!("layer {layer}"), bars)
-        })
-        .collect();
-    if !depth_panels.is_empty() {
-        write("depth-histograms.svg", histograms_svg("chosen loop count", &depth_panels))?;
-    }
-    let expert_panels: Vec<(String, Vec<(String, f64)>)> = (0..config.n_layers)
-        .filter(|&layer| !stats.expert_counts[layer].is_empty())
-        .map(|layer| {
-            let bars = stats.expert_counts[layer]
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| (format!("{i}"), c as f64))
-                .collect();
-            (format!("layer {layer}"), bars)
-        })
-        .collect();
-    if !expert_panels.is_empty() {
-        write("expert-load.svg", histograms_svg("expert load", &expert_panels))?;
+    // Depth bars are loop counts (from 1), expert bars expert indices (from 0).
+    let histograms = [
+        ("depth-histograms.svg", "chosen loop count", &stats.depth_counts, 1),
+        ("expert-load.svg", "expert load", &stats.expert_counts, 0),
+    ];
+    for (file, title, counts, first) in histograms {
+        let panels = layer_panels(counts, first);
+        if !panels.is_empty() {
+            write(file, histograms_svg(title, &panels))?;
+        }
     }
     if let Some(panels) = routing_panels(&run_dir.join(METRICS_FILE))? {
         let title = "Depth router during training: Gumbel pick vs noise-free argmax";
         write("routing.svg", line_panels_svg(title, &panels))?;
     }
     Ok(())
+}
+
+/// One histogram panel per layer that has counts (`layer L`), its bars labelled `first`,
+/// `first + 1`, ….
+fn layer_panels(counts: &[Vec<u64>], first: usize) -> Vec<(String, Vec<(String, f64)>)> {
+    let panel = |(layer, counts): (usize, &Vec<u64>)| {
+        let bars = counts.iter().enumerate().map(|(i, &c)| ((first + i).to_string(), c as f64));
+        (format!("layer {layer}"), bars.collect())
+    };
+    counts.iter().enumerate().filter(|(_, c)| !c.is_empty()).map(panel).collect()
 }
 
 /// The `depth_agree` and `depth_margin` curves of every layer from a metrics file (None when

@@ -1,20 +1,17 @@
 //! `vffn bench train|forward|generate`: each prints one JSON line with a positive finite
 //! tokens_per_s (tiny preset, few steps), and bad input is one error line.
 
-use std::process::Command;
+mod common;
 
-fn vffn(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vffn")).args(args).output().expect("cannot run vffn")
-}
+use common::{json, numbers, ok, run, scratch};
 
 /// Runs `vffn bench <args> --json` and returns its single stdout line parsed.
 fn bench_json(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["bench"];
     all.extend_from_slice(args);
     all.push("--json");
-    let out = vffn(&all);
+    let out = ok(&all);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one JSON line expected: {stdout}");
     let value: serde_json::Value = serde_json::from_str(lines[0]).expect("valid JSON");
@@ -57,7 +54,7 @@ fn model_bench_errors_are_one_line() {
         &["bench", "forward", "--threads", "0", "--json"],
         &["bench", "generate", "--tokens", "0"],
     ] {
-        let out = vffn(args);
+        let out = run(args);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(out.stdout.is_empty(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -66,19 +63,29 @@ fn model_bench_errors_are_one_line() {
     }
 }
 
-/// `vffn bench all --json --threads 2 --presets tiny` on the items matching `filter`.
-fn bench_all_tiny(budget_ms: &str, filter: &str) -> std::process::Output {
+/// `vffn bench all --json --threads 2 --presets tiny` on the items matching `filter`: its
+/// stdout, one JSON document.
+fn bench_all_tiny(budget_ms: &str, filter: &str) -> (String, serde_json::Value) {
     let args = ["bench", "all", "--json", "--threads", "2", "--budget-ms", budget_ms];
-    vffn(&[&args[..], &["--presets", "tiny", "--filter", filter]].concat())
+    let out = ok(&[&args[..], &["--presets", "tiny", "--filter", filter]].concat());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let doc = serde_json::from_str(&text).expect("one JSON document");
+    (text, doc)
+}
+
+/// The items of a `bench all` document, which must be `names` in this order.
+fn items<'a>(doc: &'a serde_json::Value, names: &[&str]) -> &'a [serde_json::Value] {
+    let items = doc["items"].as_array().unwrap();
+    let got: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(got, names);
+    items
 }
 
 /// `vffn bench all --json` with a short budget on a few items: one JSON document with the
 /// machine, the commit and each item's median and GFLOP/s; `--markdown` renders it.
 #[test]
 fn bench_all_writes_one_json_document() {
-    let out = bench_all_tiny("20", "1x1024x1024");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let (_, doc) = bench_all_tiny("20", "1x1024x1024");
     for key in ["date", "commit", "machine", "items", "elapsed_s"] {
         assert!(doc.get(key).is_some(), "missing `{key}`: {doc}");
     }
@@ -103,12 +110,8 @@ fn bench_all_writes_one_json_document() {
     assert!((64..=1024).contains(&kc) && kc.is_multiple_of(16), "{machine}");
     let peak = machine["peak_gflops"].as_f64().unwrap();
     assert!(peak.is_finite() && peak > 0.0, "{machine}");
-    let items = doc["items"].as_array().unwrap();
-    let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["gemm/B_1x1024x1024", "gemm/Wt_1x1024x1024"]);
-    for item in items {
-        let median = item["median_ms"].as_f64().unwrap();
-        let gflops = item["gflops"].as_f64().unwrap();
+    for item in items(&doc, &["gemm/B_1x1024x1024", "gemm/Wt_1x1024x1024"]) {
+        let [median, gflops] = numbers(item, ["median_ms", "gflops"]);
         assert!(median > 0.0 && median.is_finite(), "{item}");
         assert!(gflops > 0.0 && gflops.is_finite(), "{item}");
         assert_eq!(item["flops"].as_f64().unwrap(), 2.0 * 1024.0 * 1024.0);
@@ -117,20 +120,13 @@ fn bench_all_writes_one_json_document() {
     }
 
     // Model items carry tokens/s and FLOPs/token; their FLOPs per call are per batch / step.
-    let out = bench_all_tiny("1", "tiny/dense");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&text).expect("one JSON document");
-    let items = doc["items"].as_array().unwrap();
-    let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["model/tiny/dense/forward", "model/tiny/dense/train_step"]);
+    let (text, doc) = bench_all_tiny("1", "tiny/dense");
+    let items = items(&doc, &["model/tiny/dense/forward", "model/tiny/dense/train_step"]);
     for item in items {
-        let rate = item["tokens_per_s"].as_f64().unwrap();
-        let per_token = item["flops_per_token"].as_f64().unwrap();
-        let flops = item["flops"].as_f64().unwrap();
+        let keys = ["tokens_per_s", "flops_per_token", "flops", "gflops"];
+        let [rate, per_token, flops, gflops] = numbers(item, keys);
         assert!(rate > 0.0 && rate.is_finite() && per_token > 0.0, "{item}");
         assert!((flops - per_token * 2048.0).abs() <= 1e-9 * flops, "{item}");
-        let gflops = item["gflops"].as_f64().unwrap();
         assert!((gflops - per_token * rate / 1e9).abs() <= 1e-9 * gflops, "{item}");
     }
     // Training does 3× the forward's FLOPs (all loops), the forward only the routed work.
@@ -139,12 +135,10 @@ fn bench_all_writes_one_json_document() {
         (fwd["flops_per_token"].as_f64().unwrap(), train["flops_per_token"].as_f64().unwrap());
     assert!((train - 3.0 * fwd).abs() <= 1e-12 * train, "{train} vs 3 × {fwd}");
 
-    let dir = std::env::temp_dir().join(format!("vffn-bench-all-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("markdown");
     let file = dir.join("all.json");
     std::fs::write(&file, &text).unwrap();
-    let md = vffn(&["bench", "all", "--markdown", file.to_str().unwrap()]);
-    assert!(md.status.success(), "{}", String::from_utf8_lossy(&md.stderr));
+    let md = ok(&["bench", "all", "--markdown", file.to_str().unwrap()]);
     let md = String::from_utf8(md.stdout).unwrap();
     let commit = doc["commit"].as_str().unwrap();
     assert!(md.contains(&commit[..commit.len().min(12)]), "{md}");
@@ -160,13 +154,12 @@ fn bench_all_writes_one_json_document() {
         &["bench", "all", "--presets", "huge"],
         &["bench", "all", "--threads", "0", "--filter", "gemm/B_1x"],
     ] {
-        let out = vffn(args);
+        let out = run(args);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(out.stdout.is_empty(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// docs/benchmarks.md shows the table of the `vffn bench all --json` run kept in
@@ -175,8 +168,7 @@ fn bench_all_writes_one_json_document() {
 fn benchmarks_doc_matches_its_bench_all_run() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let json = root.join("benches/bench-all.json");
-    let out = vffn(&["bench", "all", "--markdown", json.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ok(&["bench", "all", "--markdown", json.to_str().unwrap()]);
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.lines().filter(|l| l.starts_with("| `")).count() >= 20, "{table}");
     let doc = std::fs::read_to_string(root.join("docs/benchmarks.md")).unwrap();
@@ -190,8 +182,7 @@ fn benchmarks_doc_matches_its_bench_all_run() {
 /// positive figure; `bench gemm --json` reports its GFLOP/s as a fraction of that peak.
 #[test]
 fn bench_peak_reports_every_isa_and_gemm_its_fraction_of_it() {
-    let out = vffn(&["bench", "peak", "--json", "--rounds", "1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ok(&["bench", "peak", "--json", "--rounds", "1"]);
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
@@ -204,10 +195,9 @@ fn bench_peak_reports_every_isa_and_gemm_its_fraction_of_it() {
         assert!(g.is_finite() && g > 0.0, "{line}");
     }
     let out =
-        vffn(&["bench", "gemm", "--m", "64", "--k", "64", "--n", "64", "--samples", "3", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let gemm: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ok(&["bench", "gemm", "--m", "64", "--k", "64", "--n", "64", "--samples", "3", "--json"]);
+    let gemm = json(&out);
     let fraction = gemm["peak_fraction"].as_f64().unwrap();
     assert!(fraction > 0.0 && fraction.is_finite(), "{gemm}");
-    assert!(vffn(&["bench", "peak", "--threads", "0"]).status.code() == Some(1));
+    assert!(run(&["bench", "peak", "--threads", "0"]).status.code() == Some(1));
 }

@@ -1,10 +1,16 @@
 //! End-to-end tests of the `vffn` binary: training on the built-in corpus, bit-exact resume,
 //! Ctrl-C, eval, generate, and one clear error line for every bad input of ours.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{
+    error_line, json, ok, path, run, setup, signal, state, stderr, train_ok, vffn, write,
+};
 
 /// A small model so that 50 steps take about a second.
 const SMALL_CONFIG: &str = "
@@ -23,48 +29,13 @@ eval_batches = 4
 log_every = 1
 ";
 
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vffn-e2e-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, text).unwrap();
-    path
-}
-
-fn vffn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vffn")).args(args).output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs and expects success.
-fn ok(args: &[&str]) -> Output {
-    let out = vffn(args);
-    assert!(out.status.success(), "vffn {args:?} failed: {}", stderr(&out));
-    out
-}
-
-/// Runs and expects failure with exactly one line on stderr, `error: ...` containing `needle`.
+/// Fails as [`common::fails_with`] checks, and only progress lines and notes come before the
+/// error (never a backtrace or a multi-line message).
 fn fails_with(args: &[&str], needle: &str) {
-    let out = vffn(args);
+    let out = run(args);
+    error_line(args, &out, needle);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "vffn {args:?}: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    let last = lines.last().copied().unwrap_or_default();
-    assert!(last.starts_with("error: "), "vffn {args:?}: {err}");
-    assert!(last.contains(needle), "vffn {args:?}: expected `{needle}` in: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    // Only progress lines and notes before the error (never a backtrace or a multi-line
-    // message).
-    for line in &lines[..lines.len() - 1] {
+    for line in err.lines().filter(|l| !l.trim().is_empty()).rev().skip(1) {
         let progress = ["training ", "step ", "note: "].iter().any(|p| line.starts_with(p));
         assert!(progress, "{err}");
     }
@@ -80,23 +51,13 @@ struct Row {
 }
 
 fn metrics(run: &Path) -> Vec<Row> {
-    fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
+    common::metrics(run)
 }
 
 #[test]
 fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
-    let dir = scratch("train");
-    let config = write(&dir, "small.toml", SMALL_CONFIG);
-    let run = dir.join("run");
-    let out = ok(&["train", "--config", path(&config), "--out", path(&run), "--threads", "2"]);
+    let (dir, config, run) = setup("train", SMALL_CONFIG);
+    let out = train_ok(&config, &run, &["--threads", "2"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("--- sample"), "the run ends with sample text: {stdout}");
     let rows = metrics(&run);
@@ -207,7 +168,6 @@ fn fifty_steps_on_the_builtin_corpus_lower_the_loss_then_eval_and_generate() {
     assert!(realized > 0.9 * dense && json["params"].as_u64().unwrap() > 0, "{json}");
     assert!(json["train_flops_per_token"].as_f64().unwrap() > realized);
     assert!(json["mean_depth_easy"].as_f64().is_some() && json["mean_depth_hard"].is_number());
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -226,16 +186,10 @@ fn resume_is_bit_exact_on_the_fused_kernel_path_too() {
 }
 
 fn resume_equals_uninterrupted(name: &str, config_text: &str) {
-    let dir = scratch(name);
-    let config = write(&dir, "small.toml", config_text);
+    let (dir, config, _) = setup(name, config_text);
     let (whole, parts) = (dir.join("whole"), dir.join("parts"));
     let common = ["--steps", "20", "--threads", "2", "--sample-bytes", "0"];
-    let train = |run: &Path, extra: &[&str]| {
-        let mut args = vec!["train", "--config", path(&config), "--out", path(run)];
-        args.extend(common);
-        args.extend(extra);
-        ok(&args)
-    };
+    let train = |run: &Path, extra: &[&str]| train_ok(&config, run, &[&common[..], extra].concat());
     train(&whole, &[]);
     let out = train(&parts, &["--stop-after", "10"]);
     assert!(stderr(&out).contains("stopped (--stop-after) at step 10/20"), "{}", stderr(&out));
@@ -254,9 +208,7 @@ fn resume_equals_uninterrupted(name: &str, config_text: &str) {
     }
     // The thread count does not change the numbers either (work splits never reorder sums).
     let one_thread = dir.join("one-thread");
-    let mut args = vec!["train", "--config", path(&config), "--out", path(&one_thread)];
-    args.extend(["--steps", "20", "--threads", "1", "--sample-bytes", "0"]);
-    ok(&args);
+    train_ok(&config, &one_thread, &["--steps", "20", "--threads", "1", "--sample-bytes", "0"]);
     let c = metrics(&one_thread);
     assert_eq!(
         a.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>(),
@@ -264,15 +216,12 @@ fn resume_equals_uninterrupted(name: &str, config_text: &str) {
     );
     let read = |run: &Path| fs::read(run.join("ckpt/model.safetensors")).unwrap();
     assert_eq!(read(&whole), read(&parts), "final weights bitwise equal");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
-    let dir = scratch("ctrlc");
-    let config = write(&dir, "small.toml", SMALL_CONFIG);
-    let run = dir.join("run");
-    let child = Command::new(env!("CARGO_BIN_EXE_vffn"))
+    let (_dir, config, run) = setup("ctrlc", SMALL_CONFIG);
+    let child = vffn()
         .args(["train", "--config", path(&config), "--out", path(&run), "--steps", "100000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -284,24 +233,19 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
         assert!(started.elapsed() < Duration::from_secs(60), "training did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    signal(child.id(), "-INT");
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("interrupted at step"), "{err}");
-    let state: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(run.join("ckpt/state.json")).unwrap()).unwrap();
-    let step = state["step"].as_u64().unwrap();
+    let step = state(&run)["step"].as_u64().unwrap();
     assert!((5..100000).contains(&step), "{step}");
     assert_eq!(metrics(&run).last().unwrap().step, step);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn every_bad_input_is_one_clear_error_line() {
-    let dir = scratch("bad");
-    let config = write(&dir, "small.toml", SMALL_CONFIG);
+    let (dir, config, _) = setup("bad", SMALL_CONFIG);
     let cfg = path(&config);
     let out = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let quick = ["--steps", "4", "--sample-bytes", "0"];
@@ -336,7 +280,7 @@ fn every_bad_input_is_one_clear_error_line() {
 
     // Command-line values clap refuses: clap's whole message (exit code 2, clap's convention).
     for args in [&["train", "--steps", "abc"][..], &["train", "--block", "mlp"], &["eval"]] {
-        let out = vffn(args);
+        let out = run(args);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.starts_with("error: ") && err.contains("--help"), "{err}");
@@ -393,21 +337,14 @@ fn every_bad_input_is_one_clear_error_line() {
     fails_with(&["generate", "--checkpoint", &run, "--prompt", ""], "prompt is empty");
     let negative = ["generate", "--checkpoint", &run, "--prompt", "a", "--temperature=-1"];
     fails_with(&negative, "--temperature");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `vffn forward` (issue 4 §7): inference writes logits and per-layer routing; `--train-mode
 /// --zero-noise` adds the loss and one gradient per parameter, and its logits give that loss.
 #[test]
 fn forward_writes_logits_routing_loss_and_gradients() {
-    let dir = scratch("forward");
-    let config = write(&dir, "small.toml", SMALL_CONFIG);
-    let run = dir.join("run");
-    ok(&["train", "--config", path(&config), "--block", "versatile", "--steps", "3"]
-        .iter()
-        .copied()
-        .chain(["--out", path(&run), "--threads", "1"])
-        .collect::<Vec<_>>());
+    let (dir, config, run) = setup("forward", SMALL_CONFIG);
+    train_ok(&config, &run, &["--block", "versatile", "--steps", "3", "--threads", "1"]);
     let text = "12+34=46 copy ab > ab";
     let t = text.len();
 
@@ -464,14 +401,11 @@ fn forward_writes_logits_routing_loss_and_gradients() {
 
 #[test]
 fn exported_bf16_f16_and_f32_files_are_checkpoints_of_every_reading_command() {
-    let dir = scratch("export");
-    let config = write(&dir, "small.toml", SMALL_CONFIG);
-    let run = dir.join("run");
-    let train = ["train", "--config", path(&config), "--block", "versatile", "--steps", "10"];
-    ok(&[&train[..], &["--out", path(&run), "--sample-bytes", "0"]].concat());
+    let (dir, config, run) = setup("export", SMALL_CONFIG);
+    train_ok(&config, &run, &["--block", "versatile", "--steps", "10", "--sample-bytes", "0"]);
     let eval_loss = |checkpoint: &Path| {
         let out = ok(&["eval", "--checkpoint", path(checkpoint), "--json"]);
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let json = json(&out);
         json["loss"].as_f64().unwrap()
     };
     let original = eval_loss(&run);
@@ -501,16 +435,12 @@ fn exported_bf16_f16_and_f32_files_are_checkpoints_of_every_reading_command() {
         &["export", "--checkpoint", path(&run), "--dtype", "bf16", "--out", path(&nowhere)],
         "cannot write",
     );
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn every_inference_command_runs_bf16_weights_and_refuses_other_values_in_one_line() {
-    let dir = scratch("weights");
-    let config = write(&dir, "small.toml", SMALL_CONFIG);
-    let run = dir.join("run");
-    let train = ["train", "--config", path(&config), "--block", "versatile", "--steps", "10"];
-    ok(&[&train[..], &["--out", path(&run), "--sample-bytes", "0"]].concat());
+    let (dir, config, run) = setup("weights", SMALL_CONFIG);
+    train_ok(&config, &run, &["--block", "versatile", "--steps", "10", "--sample-bytes", "0"]);
     let fwd = dir.join("forward.safetensors");
     let commands: Vec<Vec<&str>> = vec![
         vec!["eval", "--checkpoint", path(&run), "--json"],
@@ -521,7 +451,7 @@ fn every_inference_command_runs_bf16_weights_and_refuses_other_values_in_one_lin
         vec!["bench", "generate", "--config", path(&config), "--tokens", "4", "--json"],
     ];
     let loss = |out: &Output| {
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let json = json(out);
         json["loss"].as_f64().unwrap()
     };
     let mut eval_losses = Vec::new();
@@ -531,7 +461,7 @@ fn every_inference_command_runs_bf16_weights_and_refuses_other_values_in_one_lin
             match command[0] {
                 "eval" => eval_losses.push(loss(&out)),
                 "inspect" | "bench" => {
-                    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                    let json = json(&out);
                     assert_eq!(json["weights"], weights, "{command:?}");
                 }
                 _ => {}
@@ -557,7 +487,7 @@ fn every_inference_command_runs_bf16_weights_and_refuses_other_values_in_one_lin
         "--against",
         "f32",
     ]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = json(&out);
     let against = &json["against"];
     assert_eq!(against["weights"], "f32");
     assert_eq!(against["tokens"], json["tokens"]);
@@ -585,5 +515,4 @@ fn every_inference_command_runs_bf16_weights_and_refuses_other_values_in_one_lin
         .collect::<Vec<_>>(),
         "--train-mode runs the f32 model",
     );
-    fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,13 +1,19 @@
 //! Faults and bad inputs a user can cause (issue 16), each through the binary: nothing written
 //! is lost, nothing wrong is accepted silently, every command ends cleanly.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStderr, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{
+    fails_with, metrics, ok, path, run, scratch, setup, state, stderr, train_ok, vffn, write,
+    Scratch,
+};
 use proptest::prelude::*;
 use vffn_model::{load_model, read_tensors, save_model, TensorRef};
 
@@ -28,75 +34,24 @@ eval_batches = 2
 log_every = 1
 ";
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vffn-faults-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn vffn() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vffn"))
-}
-
-fn run(args: &[&str]) -> Output {
-    vffn().args(args).output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(out.status.success(), "vffn {args:?}: {}", stderr(&out));
-    out
-}
-
-/// Exit 1, no panic, and the last stderr line is `error: ...` containing `needle`.
-fn fails_with(args: &[&str], needle: &str) -> String {
-    let out = run(args);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "vffn {args:?}: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    let last = err.lines().last().unwrap_or_default().to_string();
-    assert!(last.starts_with("error: "), "vffn {args:?}: {err}");
-    assert!(last.contains(needle), "vffn {args:?}: expected `{needle}` in: {err}");
-    last
-}
-
-/// Writes the tiny config into `dir` (with `extra` lines appended to `[train]`).
-fn config(dir: &Path, extra: &str) -> PathBuf {
-    let file = dir.join("tiny.toml");
-    fs::write(&file, format!("{TINY}{extra}")).unwrap();
-    file
-}
-
-/// Trains the tiny config into `dir/run` and returns the run directory.
-fn trained(dir: &Path, extra: &[&str]) -> PathBuf {
-    let cfg = config(dir, "");
-    let out = dir.join("run");
-    let mut args = vec!["train", "--config", path(&cfg), "--out", path(&out)];
-    args.extend(["--sample-bytes", "0", "--threads", "1"]);
-    args.extend(extra);
-    ok(&args);
-    out
-}
-
-fn state(run: &Path) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(run.join("ckpt/state.json")).unwrap()).unwrap()
+/// Trains the tiny config into a scratch directory `name` and returns it with the run
+/// directory.
+fn trained(name: &str, extra: &[&str]) -> (Scratch, PathBuf) {
+    let (dir, cfg, run) = setup(name, TINY);
+    train_ok(&cfg, &run, &[&["--sample-bytes", "0", "--threads", "1"][..], extra].concat());
+    (dir, run)
 }
 
 fn metrics_steps(run: &Path) -> Vec<u64> {
-    fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
-        .collect()
+    metrics::<serde_json::Value>(run).iter().map(|row| row["step"].as_u64().unwrap()).collect()
+}
+
+/// Rewrites `file` after `edit` changed its bytes; returns the bytes written.
+fn edit_file(file: &Path, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut bytes = fs::read(file).unwrap();
+    edit(&mut bytes);
+    fs::write(file, &bytes).unwrap();
+    bytes
 }
 
 /// Rewrites the model file of `run` after `edit` changed its tensors (valid checksums).
@@ -120,92 +75,92 @@ fn edit_state(run: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     fs::write(run.join("ckpt/state.json"), json.to_string()).unwrap();
 }
 
-/// Reads stderr lines of a child until one contains `needle` (panics after 60 s).
-fn wait_for_line(child: &mut Child, needle: &str) -> BufReader<std::process::ChildStderr> {
-    let mut reader = BufReader::new(child.stderr.take().unwrap());
-    let started = Instant::now();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "stderr ended before `{needle}`");
-        if line.contains(needle) {
-            return reader;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no `{needle}` line");
+/// A running `vffn train` with stdout discarded and its stderr read line by line.
+struct Training {
+    child: Child,
+    stderr: BufReader<ChildStderr>,
+}
+
+impl Training {
+    /// Starts `vffn train --config cfg --out run --threads 1 extra..`.
+    fn start(cfg: &Path, run: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["train", "--config", path(cfg), "--out", path(run), "--threads", "1"];
+        args.extend(extra);
+        let spawned = vffn().args(&args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn();
+        let mut child = spawned.unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        Training { child, stderr }
     }
-}
 
-/// Starts `vffn` with stderr piped (for [`wait_for_line`]) and stdout discarded.
-fn spawn(args: &[&str]) -> Child {
-    vffn().args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap()
-}
+    /// Reads stderr lines until one contains `needle` (panics after 60 s).
+    fn wait_for(&mut self, needle: &str) {
+        let started = Instant::now();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                self.stderr.read_line(&mut line).unwrap() > 0,
+                "stderr ended before `{needle}`"
+            );
+            if line.contains(needle) {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "no `{needle}` line");
+        }
+    }
 
-/// `vffn train --config cfg --out run --threads 1 extra..`, as [`spawn`] starts it.
-fn train_child(cfg: &Path, run: &Path, extra: &[&str]) -> Child {
-    let mut args = vec!["train", "--config", path(cfg), "--out", path(run), "--threads", "1"];
-    args.extend(extra);
-    spawn(&args)
-}
+    /// Sends the signal `name` (`-INT`, `-TERM`).
+    fn signal(&self, name: &str) {
+        common::signal(self.child.id(), name);
+    }
 
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill").args([name, &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-}
-
-fn rest(mut reader: BufReader<std::process::ChildStderr>) -> String {
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut reader, &mut text).unwrap();
-    text
+    /// Waits for the exit; returns its status and the rest of stderr.
+    fn finish(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        let mut text = String::new();
+        self.stderr.read_to_string(&mut text).unwrap();
+        (status, text)
+    }
 }
 
 // 1. Loss history.
 #[test]
 fn a_malformed_metrics_row_stops_the_resume_and_never_wipes_the_history() {
-    let dir = scratch("metrics");
-    let run = trained(&dir, &["--stop-after", "20"]);
+    let (_dir, run) = trained("metrics", &["--stop-after", "20"]);
     let file = run.join("metrics.jsonl");
-    let mut bytes = fs::read(&file).unwrap();
-    bytes[100] = 0xff;
-    fs::write(&file, &bytes).unwrap();
+    let bytes = edit_file(&file, |bytes| bytes[100] = 0xff);
     fails_with(&["train", "--resume", "--out", path(&run), "--sample-bytes", "0"], "line 1");
     assert_eq!(fs::read(&file).unwrap(), bytes, "the file is left exactly as it was");
     // A file that cannot be read is an error, not an empty history.
     fs::remove_file(&file).unwrap();
     fs::create_dir(&file).unwrap();
     fails_with(&["train", "--resume", "--out", path(&run), "--sample-bytes", "0"], "metrics");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn resume_keeps_the_rows_up_to_the_checkpoint_and_drops_a_torn_last_line() {
-    let dir = scratch("torn");
-    let run = trained(&dir, &["--stop-after", "20"]);
+    let (_dir, run) = trained("torn", &["--stop-after", "20"]);
     let file = run.join("metrics.jsonl");
-    let mut text = fs::read_to_string(&file).unwrap();
     // Rows past the checkpoint (a run killed after logging them) are dropped.
-    text.push_str("{\"step\":21,\"loss\":1.0,\"ce\":1.0,\"balance\":0.0,\"lr\":0.001,");
-    text.push_str("\"temperature\":1.0,\"tokens_per_s\":1.0,\"grad_norm\":1.0}\n");
-    fs::write(&file, text).unwrap();
+    edit_file(&file, |text| {
+        text.extend(b"{\"step\":21,\"loss\":1.0,\"ce\":1.0,\"balance\":0.0,\"lr\":0.001,");
+        text.extend(b"\"temperature\":1.0,\"tokens_per_s\":1.0,\"grad_norm\":1.0}\n");
+    });
     ok(&["train", "--resume", "--out", path(&run), "--sample-bytes", "0", "--stop-after", "25"]);
     assert_eq!(metrics_steps(&run), (1..=25).collect::<Vec<_>>());
     let loss_21 = fs::read_to_string(&file).unwrap().lines().nth(20).unwrap().to_string();
     assert!(!loss_21.contains("\"loss\":1.0,"), "the stale row 21 is gone: {loss_21}");
     // A last line cut short by a crash is dropped, with a note.
-    let mut text = fs::read_to_string(&file).unwrap();
-    text.push_str("{\"step\":26,\"lo");
-    fs::write(&file, text).unwrap();
+    edit_file(&file, |text| text.extend(b"{\"step\":26,\"lo"));
     let out = ok(&["train", "--resume", "--out", path(&run), "--sample-bytes", "0"]);
     assert!(stderr(&out).contains("incomplete last line"), "{}", stderr(&out));
     assert_eq!(metrics_steps(&run), (1..=30).collect::<Vec<_>>());
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 // 2. Output errors.
 #[test]
 fn a_closed_stderr_neither_panics_nor_loses_the_checkpoint() {
-    let dir = scratch("stderr");
-    let cfg = config(&dir, "");
-    let out = dir.join("run");
+    let (_dir, cfg, out) = setup("stderr", TINY);
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let status = vffn()
@@ -227,15 +182,12 @@ fn a_closed_stderr_neither_panics_nor_loses_the_checkpoint() {
         .unwrap();
     assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
     assert!(stderr(&result).starts_with("error: cannot write to stdout"), "{}", stderr(&result));
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 // 3. The checkpoint after a diverging update.
 #[test]
 fn a_diverged_update_never_reaches_a_checkpoint() {
-    let dir = scratch("diverge");
-    let cfg = config(&dir, "lr = 1e30\nweight_decay = 0.0\n");
-    let run = dir.join("run");
+    let (_dir, cfg, run) = setup("diverge", &format!("{TINY}lr = 1e30\nweight_decay = 0.0\n"));
     let args = ["train", "--config", path(&cfg), "--out", path(&run), "--save-every", "1"];
     let err = fails_with(&[&args[..], &["--sample-bytes", "0"]].concat(), "training stopped");
     if run.join("ckpt").exists() {
@@ -247,50 +199,41 @@ fn a_diverged_update_never_reaches_a_checkpoint() {
     } else {
         assert!(err.contains("no checkpoint was written yet"), "{err}");
     }
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 // 4. Signals.
 #[test]
 fn sigterm_finishes_the_step_saves_and_exits_143() {
-    let dir = scratch("sigterm");
-    let cfg = config(&dir, "");
-    let run = dir.join("run");
-    let mut child = train_child(&cfg, &run, &["--steps", "1000000"]);
-    let reader = wait_for_line(&mut child, "step 10:");
-    signal(&child, "-TERM");
-    let status = child.wait().unwrap();
-    let text = rest(reader);
+    let (_dir, cfg, run) = setup("sigterm", TINY);
+    let mut child = Training::start(&cfg, &run, &["--steps", "1000000"]);
+    child.wait_for("step 10:");
+    child.signal("-TERM");
+    let (status, text) = child.finish();
     assert_eq!(status.code(), Some(143), "{text}");
     assert!(text.contains("terminated (SIGTERM) at step"), "{text}");
     let step = state(&run)["step"].as_u64().unwrap();
     assert!(step >= 10, "{step}");
     assert_eq!(metrics_steps(&run).last(), Some(&step));
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn ctrl_c_during_the_final_sample_ends_the_command() {
-    let dir = scratch("sample");
-    let cfg = config(&dir, "");
-    let run = dir.join("run");
-    let mut child = train_child(&cfg, &run, &["--steps", "3", "--sample-bytes", "100000000"]);
-    let reader = wait_for_line(&mut child, "done:");
+    let (_dir, cfg, run) = setup("sample", TINY);
+    let mut child = Training::start(&cfg, &run, &["--steps", "3", "--sample-bytes", "100000000"]);
+    child.wait_for("done:");
     std::thread::sleep(Duration::from_millis(200));
-    signal(&child, "-INT");
+    child.signal("-INT");
     let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    while child.child.try_wait().unwrap().is_none() {
         if started.elapsed() > Duration::from_secs(20) {
-            child.kill().unwrap();
+            child.child.kill().unwrap();
             panic!("the sample went on after Ctrl-C");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = child.wait().unwrap();
-    let text = rest(reader);
+    let (status, text) = child.finish();
     assert_eq!(status.code(), Some(0), "{text}");
     assert!(text.contains("sample interrupted"), "{text}");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -306,20 +249,14 @@ fn ctrl_c_during_an_evaluation_stops_it_and_saves_the_step() {
         })
         .collect();
     fs::write(&data, text).unwrap();
-    let cfg = dir.join("tiny.toml");
-    fs::write(
-        &cfg,
-        TINY.replace("eval_every = 10", "eval_every = 1")
-            .replace("eval_batches = 2", "eval_batches = 0"),
-    )
-    .unwrap();
+    let every_step = TINY.replace("eval_every = 10", "eval_every = 1");
+    let cfg = write(&dir, "tiny.toml", &every_step.replace("eval_batches = 2", "eval_batches = 0"));
     let run = dir.join("run");
-    let mut child = train_child(&cfg, &run, &["--data", path(&data), "--sample-bytes", "0"]);
-    let reader = wait_for_line(&mut child, "training ");
+    let mut child = Training::start(&cfg, &run, &["--data", path(&data), "--sample-bytes", "0"]);
+    child.wait_for("training ");
     std::thread::sleep(Duration::from_millis(300));
-    signal(&child, "-INT");
-    let status = child.wait().unwrap();
-    let text = rest(reader);
+    child.signal("-INT");
+    let (status, text) = child.finish();
     assert_eq!(status.code(), Some(0), "{text}");
     assert!(text.contains("interrupted at step 1/"), "{text}");
     // The evaluation was abandoned: the step-1 row has no validation loss.
@@ -328,36 +265,31 @@ fn ctrl_c_during_an_evaluation_stops_it_and_saves_the_step() {
             .unwrap();
     assert_eq!(row["step"].as_u64(), Some(1));
     assert!(row.get("val_loss").is_none(), "{row}");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_second_ctrl_c_exits_at_once() {
     let dir = scratch("twice");
     // Steps of about a second: both signals arrive during the first one.
-    let cfg = dir.join("slow.toml");
     let slow = "[model]\nd_model = 128\nn_heads = 4\nn_layers = 2\nhidden = 512\nseq_len = 256\n\
                 batch_size = 16\n[train]\nsteps = 5\n";
-    fs::write(&cfg, slow).unwrap();
+    let cfg = write(&dir, "slow.toml", slow);
     let run = dir.join("run");
-    let mut child = train_child(&cfg, &run, &[]);
-    let reader = wait_for_line(&mut child, "training ");
+    let mut child = Training::start(&cfg, &run, &[]);
+    child.wait_for("training ");
     std::thread::sleep(Duration::from_millis(50));
-    signal(&child, "-INT");
+    child.signal("-INT");
     std::thread::sleep(Duration::from_millis(30));
-    signal(&child, "-INT");
-    let status = child.wait().unwrap();
-    let text = rest(reader);
+    child.signal("-INT");
+    let (status, text) = child.finish();
     assert_eq!(status.code(), Some(130), "the second Ctrl-C exits at once: {text}");
     assert!(!run.join("ckpt").exists(), "it did not wait for the step to save: {text}");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 // 5. Non-finite or corrupted weights.
 #[test]
 fn non_finite_weights_are_refused_naming_the_tensor() {
-    let dir = scratch("nonfinite");
-    let run = trained(&dir, &["--steps", "3"]);
+    let (_dir, run) = trained("nonfinite", &["--steps", "3"]);
     rewrite_model(&run, |tensors| {
         tensors.get_mut("transformer.wte.weight").unwrap().data[5] = f32::NAN;
     });
@@ -370,31 +302,26 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
         let err = fails_with(args, "transformer.wte.weight");
         assert!(err.contains("not finite"), "{err}");
     }
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_flipped_bit_in_tensor_data_is_refused_naming_the_tensor() {
-    let dir = scratch("bitflip");
-    let run = trained(&dir, &["--steps", "3"]);
-    let file = run.join("ckpt/model.safetensors");
-    let mut bytes = fs::read(&file).unwrap();
-    let last = bytes.len() - 3;
-    bytes[last] ^= 0x04;
-    fs::write(&file, bytes).unwrap();
+    let (_dir, run) = trained("bitflip", &["--steps", "3"]);
+    edit_file(&run.join("ckpt/model.safetensors"), |bytes| {
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x04;
+    });
     let err = fails_with(&["eval", "--checkpoint", path(&run)], "does not match its checksum");
     assert!(err.contains("tensor `transformer."), "{err}");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 // 6. --resume and flags.
 #[test]
 fn resume_applies_changed_train_values_and_refuses_another_architecture() {
-    let dir = scratch("resume-config");
-    let run = trained(&dir, &["--stop-after", "10"]);
+    let (dir, run) = trained("resume-config", &["--stop-after", "10"]);
     // A changed [train] value is applied, with a note.
-    let other = dir.join("other.toml");
-    fs::write(&other, TINY.replace("log_every = 1", "log_every = 1\nlr = 0.0005")).unwrap();
+    let other =
+        write(&dir, "other.toml", &TINY.replace("log_every = 1", "log_every = 1\nlr = 0.0005"));
     let args = ["train", "--resume", "--out", path(&run), "--config", path(&other)];
     let out = ok(&[&args[..], &["--stop-after", "12", "--sample-bytes", "0"]].concat());
     assert!(stderr(&out).contains("note: train.lr = 0.0005"), "{}", stderr(&out));
@@ -403,25 +330,21 @@ fn resume_applies_changed_train_values_and_refuses_another_architecture() {
     let args = ["train", "--resume", "--out", path(&run), "--block", "versatile"];
     ok(&[&args[..], &["--stop-after", "14", "--sample-bytes", "0"]].concat());
     // Another architecture is refused naming the key.
-    let wider = dir.join("wider.toml");
-    fs::write(&wider, TINY.replace("d_model = 32", "d_model = 48")).unwrap();
+    let wider = write(&dir, "wider.toml", &TINY.replace("d_model = 32", "d_model = 48"));
     let args = ["train", "--resume", "--out", path(&run), "--config", path(&wider)];
     fails_with(&args, "d_model");
     fails_with(&["train", "--resume", "--out", path(&run), "--block", "dense"], "block");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 // 7. --out RUN/ckpt.
 #[test]
 fn out_naming_a_checkpoint_directory_is_refused() {
-    let dir = scratch("nested");
-    let run = trained(&dir, &["--steps", "3"]);
+    let (dir, run) = trained("nested", &["--steps", "3"]);
     let inner = run.join("ckpt");
     fails_with(&["train", "--resume", "--out", path(&inner)], "give its run directory");
-    let cfg = config(&dir, "");
+    let cfg = write(&dir, "tiny.toml", TINY);
     fails_with(&["train", "--config", path(&cfg), "--out", path(&inner)], "checkpoint directory");
     assert!(!inner.join("ckpt").exists(), "no nested checkpoint");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 // 8. Command-line errors.
@@ -455,12 +378,9 @@ fn oversized_bench_sizes_are_refused_before_allocating() {
 // 10. Each cause once.
 #[test]
 fn checkpoint_errors_say_their_cause_once() {
-    let dir = scratch("cause");
-    let run = trained(&dir, &["--steps", "3"]);
+    let (_dir, run) = trained("cause", &["--steps", "3"]);
     let file = run.join("ckpt/model.safetensors");
-    let mut bytes = fs::read(&file).unwrap();
-    bytes[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
-    fs::write(&file, &bytes).unwrap();
+    edit_file(&file, |bytes| bytes[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes()));
     let err = fails_with(&["eval", "--checkpoint", path(&run)], "not a valid safetensors file");
     let cause = err.rsplit(": ").next().unwrap().to_string();
     assert_eq!(err.matches(cause.as_str()).count(), 1, "{err}");
@@ -473,31 +393,27 @@ fn checkpoint_errors_say_their_cause_once() {
     fs::write(&file, vffn_model::write_tensors(&tensors, &metadata).unwrap()).unwrap();
     let err = fails_with(&["eval", "--checkpoint", path(&run)], "d_model");
     assert_eq!(err.matches("d_model").count(), 1, "{err}");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 // 11. One process per run directory.
 #[test]
 fn a_second_process_on_a_run_directory_is_refused_naming_the_holder() {
-    let dir = scratch("lock");
-    let cfg = config(&dir, "");
-    let run = dir.join("run");
-    let mut child = train_child(&cfg, &run, &["--steps", "1000000", "--sample-bytes", "0"]);
-    let reader = wait_for_line(&mut child, "step 10:");
-    let holder = format!("pid {}", child.id());
+    let (_dir, cfg, run) = setup("lock", TINY);
+    let mut child = Training::start(&cfg, &run, &["--steps", "1000000", "--sample-bytes", "0"]);
+    child.wait_for("step 10:");
+    let holder = format!("pid {}", child.child.id());
     fails_with(&["train", "--resume", "--out", path(&run)], &holder);
-    signal(&child, "-INT");
-    assert!(child.wait().unwrap().success(), "{}", rest(reader));
+    child.signal("-INT");
+    let (status, text) = child.finish();
+    assert!(status.success(), "{text}");
     let steps = metrics_steps(&run);
     assert_eq!(steps, (1..=*steps.last().unwrap()).collect::<Vec<_>>(), "no duplicate rows");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 // 12. Smaller ones.
 #[test]
 fn a_negative_adam_second_moment_is_refused() {
-    let dir = scratch("adam");
-    let run = trained(&dir, &["--steps", "3"]);
+    let (_dir, run) = trained("adam", &["--steps", "3"]);
     let file = run.join("ckpt/optimizer.safetensors");
     let optimizer = read_tensors(&fs::read(&file).unwrap()).unwrap();
     let mut tensors = optimizer.tensors.clone();
@@ -506,76 +422,59 @@ fn a_negative_adam_second_moment_is_refused() {
         .unwrap();
     let err = fails_with(&["train", "--resume", "--out", path(&run)], "negative");
     assert!(err.contains("transformer.wte.weight.adam_v"), "{err}");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn an_all_zero_rng_state_is_refused() {
-    let dir = scratch("rng");
-    let run = trained(&dir, &["--steps", "3"]);
+    let (_dir, run) = trained("rng", &["--steps", "3"]);
     edit_state(&run, |json| json["model_rng"] = serde_json::json!(["0", "0", "0", "0"]));
     fails_with(&["train", "--resume", "--out", path(&run), "--steps", "5"], "model_rng");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn forward_refuses_to_overwrite_a_checkpoint_file() {
-    let dir = scratch("forward");
-    let run = trained(&dir, &["--steps", "3"]);
+    let (_dir, run) = trained("forward", &["--steps", "3"]);
     let model = run.join("ckpt/model.safetensors");
     let before = fs::read(&model).unwrap();
     let args = ["forward", "--checkpoint", path(&run), "--text", "ab", "--out", path(&model)];
     fails_with(&args, "would overwrite");
     assert_eq!(fs::read(&model).unwrap(), before);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn stop_after_zero_runs_no_step() {
-    let dir = scratch("stop0");
-    let run = trained(&dir, &["--stop-after", "0"]);
+    let (_dir, run) = trained("stop0", &["--stop-after", "0"]);
     assert_eq!(state(&run)["step"].as_u64(), Some(0));
     assert!(metrics_steps(&run).is_empty());
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn out_naming_a_regular_file_is_a_clear_error() {
-    let dir = scratch("outfile");
-    let file = dir.join("file");
-    fs::write(&file, "x").unwrap();
-    let cfg = config(&dir, "");
+    let (dir, cfg, _) = setup("outfile", TINY);
+    let file = write(&dir, "file", "x");
     fails_with(&["train", "--config", path(&cfg), "--out", path(&file)], "is a file, not a run");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn tokens_seen_saturates_instead_of_wrapping() {
-    let dir = scratch("tokens");
-    let run = trained(&dir, &["--stop-after", "3"]);
+    let (_dir, run) = trained("tokens", &["--stop-after", "3"]);
     edit_state(&run, |json| json["tokens_seen"] = serde_json::json!(u64::MAX - 1));
     ok(&["train", "--resume", "--out", path(&run), "--stop-after", "4", "--sample-bytes", "0"]);
     assert_eq!(state(&run)["tokens_seen"].as_u64(), Some(u64::MAX));
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The losses and validation losses of a metrics file, as bits, by step.
 fn loss_bits(run: &Path) -> Vec<(u64, u32, Option<u32>)> {
-    fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let row: serde_json::Value = serde_json::from_str(line).unwrap();
-            let bits = |v: &serde_json::Value| v.as_f64().map(|x| (x as f32).to_bits());
-            (row["step"].as_u64().unwrap(), bits(&row["loss"]).unwrap(), bits(&row["val_loss"]))
-        })
-        .collect()
+    let bits = |v: &serde_json::Value| v.as_f64().map(|x| (x as f32).to_bits());
+    let row_bits = |row: &serde_json::Value| {
+        (row["step"].as_u64().unwrap(), bits(&row["loss"]).unwrap(), bits(&row["val_loss"]))
+    };
+    metrics::<serde_json::Value>(run).iter().map(row_bits).collect()
 }
 
 #[test]
 fn sigkill_at_ten_random_moments_then_resume_matches_an_uninterrupted_run() {
-    let dir = scratch("sigkill");
-    let cfg = config(&dir, "");
+    let (dir, cfg, _) = setup("sigkill", TINY);
     let common = ["--steps", "100", "--save-every", "4", "--threads", "1", "--sample-bytes", "0"];
     let whole = dir.join("whole");
     ok(&[&["train", "--config", path(&cfg), "--out", path(&whole)][..], &common].concat());
@@ -621,13 +520,12 @@ fn sigkill_at_ten_random_moments_then_resume_matches_an_uninterrupted_run() {
     let (a, b) = (loss_bits(&whole), loss_bits(&parts));
     assert_eq!(b.iter().map(|r| r.0).collect::<Vec<_>>(), (1..=100).collect::<Vec<_>>());
     assert_eq!(a, b, "losses bit for bit ({kills} kills)");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A trained run directory shared by the property test's cases.
 fn shared_run() -> &'static PathBuf {
-    static RUN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    RUN.get_or_init(|| trained(&scratch("proptest"), &["--steps", "3"]))
+    static RUN: std::sync::OnceLock<(Scratch, PathBuf)> = std::sync::OnceLock::new();
+    &RUN.get_or_init(|| trained("proptest", &["--steps", "3"])).1
 }
 
 proptest! {
@@ -662,6 +560,5 @@ proptest! {
             prop_assert_eq!(err.lines().count(), 1, "{}", err);
             prop_assert!(err.starts_with("error: "), "{}", err);
         }
-        fs::remove_dir_all(&case).unwrap();
     }
 }

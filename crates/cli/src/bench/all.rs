@@ -54,7 +54,8 @@ pub struct AllArgs {
     seed: u64,
 }
 
-/// The machine a run was measured on.
+/// The machine a run was measured on. Documents of older runs lack the later fields: `tile`
+/// reads as empty, an absent `Option` as None (serde's rule for missing `Option` fields).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu_model: String,
@@ -72,13 +73,10 @@ pub struct Machine {
     #[serde(default)]
     pub tile: String,
     /// Data cache sizes per core in bytes, and where they were read (sysfs, cpuid, default).
-    #[serde(default)]
     pub caches: Option<Caches>,
     /// GEMM blocking derived from the caches (or `VFFN_BLOCKING`).
-    #[serde(default)]
     pub blocking: Option<BlockingInfo>,
     /// Measured f32 FMA peak of the selected ISA on `threads` threads (GFLOP/s).
-    #[serde(default)]
     pub peak_gflops: Option<f64>,
 }
 
@@ -111,11 +109,11 @@ pub struct Item {
     pub flops: f64,
     pub gflops: f64,
     /// `gflops` over the machine's measured peak (`machine.peak_gflops`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_fraction: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_s: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub flops_per_token: Option<f64>,
 }
 

@@ -9,8 +9,8 @@ use clap::Args;
 use vffn_model::workloads::ForwardCase;
 use vffn_model::{Config, Dataset, WeightDtype};
 
-use super::{block_name, median, peak_rss_mb, sample, ModelChoice, Sampling};
-use crate::common::{in_pool, load_dataset, WeightsArg};
+use super::{batch_shape, median, peak_rss_mb, sample, ModelChoice, Rates, Sampling};
+use crate::common::WeightsArg;
 
 #[derive(Args, Debug)]
 pub struct ForwardBenchArgs {
@@ -41,6 +41,58 @@ impl ModelTiming {
     pub fn gflops(&self) -> f64 {
         self.flops_per_token * self.tokens_per_s() / 1e9
     }
+
+    /// Prints the timing of `bench forward` or `bench train` (`timed`) of `config` on
+    /// `threads` threads: one JSON line (with what [`Rates`] adds) or the text report.
+    pub fn print(&self, model: &ModelChoice, config: &Config, threads: usize, timed: Timed) {
+        let rates = Rates { tokens_per_s: self.tokens_per_s(), gflops: self.gflops(), threads };
+        // What the median is of (text, JSON), and what the FLOPs per token are (text, JSON).
+        let (median, median_key, flops, flops_key) = match timed {
+            Timed::Forward(_) => ("forward", "ms", " realized", "realized_flops_per_token"),
+            Timed::Train => ("step", "step_ms", "", "flops_per_token"),
+        };
+        if model.json {
+            let mut fields = serde_json::json!({
+                "batch_tokens": self.tokens as u64,
+                "peak_rss_mb": peak_rss_mb(),
+            });
+            fields[median_key] = self.ms.into();
+            fields[flops_key] = self.flops_per_token.into();
+            match timed {
+                Timed::Forward(weights) => fields["weights"] = weights.name().into(),
+                Timed::Train => fields["steps"] = self.samples.into(),
+            }
+            rates.print_json(model, config, fields);
+        } else {
+            let what = match timed {
+                Timed::Forward(weights) => {
+                    format!("forward {}, {weights} weights", model.describe(config))
+                }
+                Timed::Train => format!("train {}", model.describe(config)),
+            };
+            let (per, unit) =
+                if let Timed::Train = timed { ("/step", "steps") } else { ("", "runs") };
+            let shape = batch_shape(config);
+            outln!(
+                "{what}, {threads} threads, {shape} tokens{per}, median of {} {unit}",
+                self.samples
+            );
+            outln!("  {median:<12}{:10.1} ms", self.ms);
+            rates.print_text(self.flops_per_token, flops);
+            if let Some(mb) = peak_rss_mb() {
+                outln!("  peak RSS    {mb:10.0} MB (whole process)");
+            }
+        }
+    }
+}
+
+/// Which model-level timing [`ModelTiming::print`] reports.
+#[derive(Clone, Copy)]
+pub(crate) enum Timed {
+    /// `bench forward`: the inference forward of one batch, the matrices held as this dtype.
+    Forward(WeightDtype),
+    /// `bench train`: one training step.
+    Train,
 }
 
 /// Times the inference forward of a fresh `config` model (seed `seed`, matrices held as
@@ -71,50 +123,10 @@ pub fn run(args: ForwardBenchArgs) -> Result<()> {
     ensure!(args.repeats >= 1, "--repeats must be at least 1");
     let weights = args.weights.dtype()?;
     let config = args.model.run_config()?.model;
-    let (dataset, _) = load_dataset(None, config.seq_len)?;
     let sampling = Sampling::fixed(1, args.repeats);
-    let (timing, threads) = in_pool(args.model.threads, || {
-        let timing = measure_forward(&config, &dataset, args.model.seed, weights, &sampling)?;
-        Ok((timing, rayon::current_num_threads()))
+    let (timing, threads) = args.model.time(config.seq_len, |dataset| {
+        measure_forward(&config, dataset, args.model.seed, weights, &sampling)
     })?;
-    let (ms, tokens_per_s, gflops) = (timing.ms, timing.tokens_per_s(), timing.gflops());
-    let flops_per_token = timing.flops_per_token;
-    let (name, block) = (args.model.model_name(), block_name(&config));
-    if args.model.json {
-        let line = serde_json::json!({
-            "tokens_per_s": tokens_per_s,
-            "ms": ms,
-            "preset": name,
-            "block": block,
-            "weights": weights.name(),
-            "threads": threads,
-            "batch_tokens": timing.tokens as u64,
-            "realized_flops_per_token": flops_per_token,
-            "gflops": gflops,
-            "peak_fraction": super::peak::fraction_of_peak(gflops, threads),
-            "peak_rss_mb": peak_rss_mb(),
-        });
-        outln!("{line}");
-    } else {
-        outln!(
-            "forward {name}/{block}, {weights} weights, {threads} threads, {}×{} tokens, median \
-             of {} runs",
-            config.batch_size,
-            config.seq_len,
-            args.repeats
-        );
-        outln!("  forward     {ms:10.1} ms");
-        outln!("  throughput  {tokens_per_s:10.0} tokens/s");
-        outln!(
-            "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token realized)",
-            flops_per_token / 1e6
-        );
-        if let Some(f) = super::peak::fraction_of_peak(gflops, threads) {
-            outln!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
-        }
-        if let Some(mb) = peak_rss_mb() {
-            outln!("  peak RSS    {mb:10.0} MB (whole process)");
-        }
-    }
+    timing.print(&args.model, &config, threads, Timed::Forward(weights));
     Ok(())
 }

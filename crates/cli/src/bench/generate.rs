@@ -12,7 +12,7 @@ use clap::Args;
 use vffn_autograd::Rng;
 use vffn_model::{causal_mean_context, realized_inference_flops, Model};
 
-use super::{block_name, ModelChoice};
+use super::{ModelChoice, Rates};
 use crate::common::{check_buffers, checked_size, in_pool, sample_token, WeightsArg};
 
 /// The first token fed to the decoder (a newline byte).
@@ -61,36 +61,23 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
         Ok((seconds, flops, rayon::current_num_threads()))
     })?;
     let tokens_per_s = tokens as f64 / seconds;
-    let gflops = flops.total * tokens_per_s / 1e9;
-    let (name, block) = (args.model.model_name(), block_name(&config));
+    let rates = Rates { tokens_per_s, gflops: flops.total * tokens_per_s / 1e9, threads };
     if args.model.json {
-        let line = serde_json::json!({
-            "tokens_per_s": tokens_per_s,
+        let fields = serde_json::json!({
             "ms_per_token": seconds * 1e3 / tokens as f64,
             "tokens": tokens,
-            "preset": name,
-            "block": block,
             "weights": weights.name(),
-            "threads": threads,
             "realized_flops_per_token": flops.total,
-            "gflops": gflops,
-            "peak_fraction": super::peak::fraction_of_peak(gflops, threads),
         });
-        outln!("{line}");
+        rates.print_json(&args.model, &config, fields);
     } else {
         outln!(
-            "generate {name}/{block}, {weights} weights, {threads} threads, {tokens} tokens \
-             greedy with KV cache"
+            "generate {}, {weights} weights, {threads} threads, {tokens} tokens greedy with KV \
+             cache",
+            args.model.describe(&config),
         );
         outln!("  per token   {:10.3} ms", seconds * 1e3 / tokens as f64);
-        outln!("  throughput  {tokens_per_s:10.0} tokens/s");
-        outln!(
-            "  compute     {gflops:10.2} GFLOP/s effective ({:.2} MFLOP/token realized)",
-            flops.total / 1e6
-        );
-        if let Some(f) = super::peak::fraction_of_peak(gflops, threads) {
-            outln!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
-        }
+        rates.print_text(flops.total, " realized");
     }
     Ok(())
 }

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use vffn_model::{Config, RunConfig};
+use vffn_model::{Config, Dataset, RunConfig};
+
+use self::forward::ModelTiming;
+use crate::common::{in_pool, load_dataset};
 
 mod all;
 mod ffn;
@@ -87,11 +90,69 @@ impl ModelChoice {
         Ok(run)
     }
 
+    /// Runs `measure` on the built-in corpus (windows of `seq_len` bytes) in the pool of
+    /// `--threads`; returns its timing and the pool's thread count.
+    fn time(
+        &self,
+        seq_len: usize,
+        measure: impl FnOnce(&Dataset) -> Result<ModelTiming> + Send,
+    ) -> Result<(ModelTiming, usize)> {
+        let (dataset, _) = load_dataset(None, seq_len)?;
+        in_pool(self.threads, || Ok((measure(&dataset)?, rayon::current_num_threads())))
+    }
+
+    /// The model and its block as the text reports name them: `tiny/versatile`.
+    fn describe(&self, config: &Config) -> String {
+        format!("{}/{}", self.model_name(), block_name(config))
+    }
+
     /// What the report calls the model: the preset name or the config file.
     fn model_name(&self) -> String {
         match (&self.config, &self.preset) {
             (Some(path), _) => path.display().to_string(),
             (None, preset) => preset.as_deref().unwrap_or("tiny").to_string(),
+        }
+    }
+}
+
+/// What every model-level bench (`train`, `forward`, `generate`) reports besides its own timing.
+pub(crate) struct Rates {
+    pub tokens_per_s: f64,
+    /// Effective GFLOP/s: the FLOPs per token times the tokens per second.
+    pub gflops: f64,
+    /// Worker threads of the pool the model ran in.
+    pub threads: usize,
+}
+
+impl Rates {
+    /// One JSON line: the rates, the model (`preset`, `block`) and the bench's own `fields`
+    /// (serde_json's default map sorts the keys).
+    fn print_json(&self, model: &ModelChoice, config: &Config, fields: serde_json::Value) {
+        let mut line = serde_json::json!({
+            "tokens_per_s": self.tokens_per_s,
+            "preset": model.model_name(),
+            "block": block_name(config),
+            "threads": self.threads,
+            "gflops": self.gflops,
+            "peak_fraction": peak::fraction_of_peak(self.gflops, self.threads),
+        });
+        if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
+            line.extend(fields);
+        }
+        outln!("{line}");
+    }
+
+    /// The text report's rate lines: tokens/s, GFLOP/s with the MFLOPs per token (`note` after
+    /// "MFLOP/token"), the fraction of the measured FMA peak when it is known.
+    fn print_text(&self, flops_per_token: f64, note: &str) {
+        outln!("  throughput  {:10.0} tokens/s", self.tokens_per_s);
+        outln!(
+            "  compute     {:10.2} GFLOP/s effective ({:.2} MFLOP/token{note})",
+            self.gflops,
+            flops_per_token / 1e6
+        );
+        if let Some(f) = peak::fraction_of_peak(self.gflops, self.threads) {
+            outln!("  roofline    {:10.1} % of the measured FMA peak", 100.0 * f);
         }
     }
 }
@@ -170,6 +231,11 @@ fn parse_vm_hwm(status: &str) -> Option<f64> {
     let mut parts = line["VmHWM:".len()..].split_whitespace();
     let kb: f64 = parts.next()?.parse().ok()?;
     (parts.next()? == "kB").then_some(kb / 1024.0)
+}
+
+/// A batch's shape as the text reports give it: `16×128` (sequences × tokens).
+fn batch_shape(config: &Config) -> String {
+    format!("{}×{}", config.batch_size, config.seq_len)
 }
 
 /// The block name as the config serializes it ("versatile", "dense", …).
