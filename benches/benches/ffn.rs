@@ -6,11 +6,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
-use vffn_kernels::ffn::{self, naive, DepthSaved, PackedFfn, WidthSaved};
-use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
+use vffn_kernels::ffn::{self, naive, PackedFfn};
 use vffn_kernels::rayon;
 use vffn_kernels::testvals::values;
-use vffn_model::workloads::FfnCase;
+use vffn_model::workloads::{FfnCase, FfnShape, FfnTrainInputs, FfnTrainStep};
 
 const T: usize = 2048;
 const D: usize = 256;
@@ -34,7 +33,8 @@ fn bench_ffn(c: &mut Criterion) {
     let packed = PackedFfn::pack(&w1, &w2, D, H, E, false).expect("pack");
     let mut out = vec![0.0f32; T * D];
     // Same shape and routing formulas as this bench: its FLOP counts apply.
-    let case = FfnCase::new(T, D, H, E, K, LOOPS).expect("ffn case");
+    let shape = FfnShape { tokens: T, d: D, h: H, experts: E, top_k: K, max_depth: LOOPS };
+    let case = FfnCase::new(shape).expect("ffn case");
     let flops = |f: f64| Throughput::Elements(f as u64);
     let mut group = c.benchmark_group("ffn");
     group.sample_size(10).warm_up_time(Duration::from_millis(500));
@@ -67,41 +67,20 @@ fn bench_ffn(c: &mut Criterion) {
             b.iter(|| naive::depth_naive(&w1, &w2, D, H, &wn, 1e-6, &x, &depth, &mut out))
         })
     });
-    let (mut z, mut rstd) = (vec![0.0f32; T * D], vec![0.0f32; T]);
-    let mut states = vec![0.0f32; LOOPS * T * D];
-    let (mut ws, mut ds) = (WidthSaved::default(), DepthSaved::default());
-    let (mut dz, mut dx, mut dg) = (vec![0.0f32; T * D], vec![0.0f32; T * D], vec![0.0; T * K]);
-    let (mut dw1, mut dw2, mut dwn) = (vec![0.0f32; 2 * H * D], vec![0.0; D * H], vec![0.0; D]);
+    let mut step = FfnTrainStep::new(shape).expect("ffn train step");
+    let inputs = FfnTrainInputs {
+        w1: &w1,
+        w2: &w2,
+        w_norm: &wn,
+        x: &x,
+        ids: &ids,
+        gates: &gates,
+        d_out: &d_out,
+        d_states: &d_states,
+    };
     group.throughput(flops(3.0 * (case.width_flops() + LOOPS as f64 * case.dense_flops())));
     group.bench_function("train_fwd_bwd", |b| {
-        pool.install(|| {
-            b.iter(|| {
-                let p = PackedFfn::pack(&w1, &w2, D, H, E, true).expect("pack");
-                rms_norm_forward(&x, &wn, &mut z, &mut rstd, 1e-6);
-                out.copy_from_slice(&x);
-                ffn::width_forward_train(&p, &z, &ids, &gates, K, &mut out, &mut ws).expect("w");
-                ffn::depth_forward_train(&p, &wn, 1e-6, &x, LOOPS, &mut states, &mut ds)
-                    .expect("d");
-                dz.fill(0.0);
-                dx.fill(0.0);
-                ffn::width_backward(
-                    &p, &ws, &z, &gates, K, &d_out, &mut dz, &mut dg, &mut dw1, &mut dw2,
-                )
-                .expect("wb");
-                ffn::depth_backward(
-                    &p, &wn, &ds, &x, &states, &d_states, &mut dx, &mut dwn, &mut dw1, &mut dw2,
-                )
-                .expect("db");
-                rms_norm_backward(
-                    &x,
-                    &wn,
-                    &rstd,
-                    &dz,
-                    Some((&mut dx, true)),
-                    Some((&mut dwn, true)),
-                );
-            })
-        })
+        pool.install(|| b.iter(|| step.run(&inputs).expect("train_fwd_bwd")))
     });
     group.finish();
 }

@@ -6,13 +6,15 @@
 //! - [`GemmCase`]: one `vffn_kernels::gemm` call, `2·m·n·k` FLOPs.
 //! - [`AttentionCase`]: the causal attention kernels at one shape.
 //! - [`FfnCase`]: the dense / width / depth FFN kernels at one shape (issue 5: T 2048, d 256,
-//!   h 1024, E 8, top-2, D 4).
+//!   h 1024, E 8, top-2, D 4); [`FfnTrainStep`]: the whole versatile FFN in training mode on
+//!   those kernels.
 //! - [`ForwardCase`], [`TrainStep`]: a model's inference forward over one batch and one full
 //!   training step: [`Training::step`], the one `vffn train` runs.
 
 use thiserror::Error;
 use vffn_kernels::attention::{attention_backward, attention_forward, AttnShape};
-use vffn_kernels::ffn::{self, FfnError, PackedFfn};
+use vffn_kernels::ffn::{self, DepthSaved, FfnError, PackedFfn, WidthSaved};
+use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
 use vffn_kernels::{gemm, MatMut, MatRef};
 
 use crate::config::{Config, ConfigError, RunConfig};
@@ -171,15 +173,38 @@ impl AttentionCase {
     }
 }
 
-/// The FFN kernels at one shape with fixed pseudo-random routing: top-k of E virtual experts
-/// per token (width path) and a loop count in 1..=D per token (depth path).
-pub struct FfnCase {
+/// The shape of an FFN workload: `tokens` tokens of width `d`, hidden width `h`, top-`top_k` of
+/// `experts` virtual experts, up to `max_depth` loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FfnShape {
     pub tokens: usize,
     pub d: usize,
     pub h: usize,
     pub experts: usize,
     pub top_k: usize,
     pub max_depth: usize,
+}
+
+impl FfnShape {
+    /// The issue-5 shape: T 2048, d 256, h 1024, E 8, top-2, D 4.
+    pub const ISSUE5: FfnShape =
+        FfnShape { tokens: 2048, d: 256, h: 1024, experts: 8, top_k: 2, max_depth: 4 };
+
+    fn check(&self) -> Result<()> {
+        if !(1..=self.experts).contains(&self.top_k) {
+            return Err(WorkloadError::Shape("top_k must be in 1..=experts"));
+        }
+        if !(1..=255).contains(&self.max_depth) {
+            return Err(WorkloadError::Shape("max_depth must be in 1..=255"));
+        }
+        Ok(())
+    }
+}
+
+/// The FFN kernels at one shape with fixed pseudo-random routing: top-k of E virtual experts
+/// per token (width path) and a loop count in 1..=D per token (depth path).
+pub struct FfnCase {
+    pub shape: FfnShape,
     packed: PackedFfn,
     w_norm: Vec<f32>,
     x: Vec<f32>,
@@ -190,25 +215,14 @@ pub struct FfnCase {
 }
 
 impl FfnCase {
-    /// The issue-5 shape: T 2048, d 256, h 1024, E 8, top-2, D 4.
+    /// The issue-5 shape ([`FfnShape::ISSUE5`]).
     pub fn issue5() -> Result<Self> {
-        FfnCase::new(2048, 256, 1024, 8, 2, 4)
+        FfnCase::new(FfnShape::ISSUE5)
     }
 
-    pub fn new(
-        tokens: usize,
-        d: usize,
-        h: usize,
-        experts: usize,
-        top_k: usize,
-        max_depth: usize,
-    ) -> Result<Self> {
-        if !(1..=experts).contains(&top_k) {
-            return Err(WorkloadError::Shape("top_k must be in 1..=experts"));
-        }
-        if !(1..=255).contains(&max_depth) {
-            return Err(WorkloadError::Shape("max_depth must be in 1..=255"));
-        }
+    pub fn new(shape: FfnShape) -> Result<Self> {
+        shape.check()?;
+        let FfnShape { tokens, d, h, experts, top_k, max_depth } = shape;
         let w1: Vec<f32> = values(2 * h * d, 1).iter().map(|v| v / (d as f32).sqrt()).collect();
         let w2: Vec<f32> = values(d * h, 2).iter().map(|v| v / (h as f32).sqrt()).collect();
         let packed = PackedFfn::pack(&w1, &w2, d, h, experts, false)?;
@@ -233,12 +247,7 @@ impl FfnCase {
             ids.extend(chosen);
         }
         Ok(FfnCase {
-            tokens,
-            d,
-            h,
-            experts,
-            top_k,
-            max_depth,
+            shape,
             packed,
             w_norm: values(d, 3).iter().map(|v| 1.0 + 0.2 * v).collect(),
             x: values(tokens * d, 4).iter().map(|v| 2.0 * v).collect(),
@@ -251,22 +260,23 @@ impl FfnCase {
 
     /// `T2048_d256_h1024`.
     pub fn label(&self) -> String {
-        format!("T{}_d{}_h{}", self.tokens, self.d, self.h)
+        let FfnShape { tokens, d, h, .. } = self.shape;
+        format!("T{tokens}_d{d}_h{h}")
     }
 
     /// F = 6·h·d, one SwiGLU FFN pass per token (vffn-model's `dense_ffn_flops`).
     fn one_pass(&self) -> f64 {
-        let config = Config { d_model: self.d, hidden: self.h, ..Config::tiny() };
+        let config = Config { d_model: self.shape.d, hidden: self.shape.h, ..Config::tiny() };
         dense_ffn_flops(&config)
     }
 
     pub fn dense_flops(&self) -> f64 {
-        self.tokens as f64 * self.one_pass()
+        self.shape.tokens as f64 * self.one_pass()
     }
 
     /// Top-k of E experts of width h/E: `(k/E)·F` per token.
     pub fn width_flops(&self) -> f64 {
-        self.dense_flops() * self.top_k as f64 / self.experts as f64
+        self.dense_flops() * self.shape.top_k as f64 / self.shape.experts as f64
     }
 
     /// Each token's own loop count × F.
@@ -282,13 +292,95 @@ impl FfnCase {
 
     pub fn width(&mut self) -> Result<()> {
         let (p, x, ids, g) = (&self.packed, &self.x, &self.ids, &self.gates);
-        ffn::width_forward(p, x, ids, g, self.top_k, &mut self.out)?;
+        ffn::width_forward(p, x, ids, g, self.shape.top_k, &mut self.out)?;
         Ok(())
     }
 
     pub fn depth(&mut self) -> Result<()> {
         let (p, wn, x, depth) = (&self.packed, &self.w_norm, &self.x, &self.depth);
-        ffn::depth_forward(p, wn, 1e-6, x, depth, self.max_depth, &mut self.out)?;
+        ffn::depth_forward(p, wn, 1e-6, x, depth, self.shape.max_depth, &mut self.out)?;
+        Ok(())
+    }
+}
+
+/// The inputs of one [`FfnTrainStep::run`]: the FFN's weights (`w1` [2h, d] value | gate,
+/// `w2` [d, h]), the norm's weights, the tokens, their routing (top-k expert ids and gates)
+/// and the incoming gradients of the width output and of every loop's state.
+pub struct FfnTrainInputs<'a> {
+    pub w1: &'a [f32],
+    pub w2: &'a [f32],
+    pub w_norm: &'a [f32],
+    pub x: &'a [f32],
+    pub ids: &'a [u32],
+    pub gates: &'a [f32],
+    pub d_out: &'a [f32],
+    pub d_states: &'a [f32],
+}
+
+/// The versatile FFN in training mode on the FFN kernels, with its buffers: pack the weights,
+/// norm, the width path (top-k) and all D loops forward, both backwards, the norm's backward —
+/// the `train_fwd_bwd` item of `vffn bench ffn` and of the criterion bench `ffn`.
+pub struct FfnTrainStep {
+    shape: FfnShape,
+    eps: f32,
+    z: Vec<f32>,
+    rstd: Vec<f32>,
+    out: Vec<f32>,
+    states: Vec<f32>,
+    width_saved: WidthSaved,
+    depth_saved: DepthSaved,
+    dz: Vec<f32>,
+    dx: Vec<f32>,
+    d_gates: Vec<f32>,
+    dw1: Vec<f32>,
+    dw2: Vec<f32>,
+    dw_norm: Vec<f32>,
+}
+
+impl FfnTrainStep {
+    /// Buffers for `shape` (the width path routes top-k, the depth path runs all D loops).
+    pub fn new(shape: FfnShape) -> Result<Self> {
+        shape.check()?;
+        let FfnShape { tokens: t, d, h, top_k: k, max_depth: loops, .. } = shape;
+        Ok(FfnTrainStep {
+            shape,
+            eps: 1e-6,
+            z: vec![0.0; t * d],
+            rstd: vec![0.0; t],
+            out: vec![0.0; t * d],
+            states: vec![0.0; loops * t * d],
+            width_saved: WidthSaved::default(),
+            depth_saved: DepthSaved::default(),
+            dz: vec![0.0; t * d],
+            dx: vec![0.0; t * d],
+            d_gates: vec![0.0; t * k],
+            dw1: vec![0.0; 2 * h * d],
+            dw2: vec![0.0; d * h],
+            dw_norm: vec![0.0; d],
+        })
+    }
+
+    /// One forward and backward (weight gradients accumulate across calls, as a bench wants).
+    pub fn run(&mut self, i: &FfnTrainInputs<'_>) -> Result<()> {
+        let FfnShape { d, h, experts: e, top_k: k, max_depth: loops, .. } = self.shape;
+        let eps = self.eps;
+        let p = PackedFfn::pack(i.w1, i.w2, d, h, e, true)?;
+        rms_norm_forward(i.x, i.w_norm, &mut self.z, &mut self.rstd, eps);
+        self.out.copy_from_slice(i.x);
+        let ws = &mut self.width_saved;
+        ffn::width_forward_train(&p, &self.z, i.ids, i.gates, k, &mut self.out, ws)?;
+        let ds = &mut self.depth_saved;
+        ffn::depth_forward_train(&p, i.w_norm, eps, i.x, loops, &mut self.states, ds)?;
+        self.dz.fill(0.0);
+        self.dx.fill(0.0);
+        let (dw1, dw2) = (&mut self.dw1, &mut self.dw2);
+        let (ws, z, dz) = (&self.width_saved, &self.z, &mut self.dz);
+        ffn::width_backward(&p, ws, z, i.gates, k, i.d_out, dz, &mut self.d_gates, dw1, dw2)?;
+        let (ds, states, dx, dwn) =
+            (&self.depth_saved, &self.states, &mut self.dx, &mut self.dw_norm);
+        ffn::depth_backward(&p, i.w_norm, ds, i.x, states, i.d_states, dx, dwn, dw1, dw2)?;
+        let (dx, dwn) = (Some((&mut self.dx[..], true)), Some((&mut self.dw_norm[..], true)));
+        rms_norm_backward(i.x, i.w_norm, &self.rstd, &self.dz, dx, dwn);
         Ok(())
     }
 }
@@ -382,5 +474,56 @@ impl TrainStep {
     pub fn run(&mut self) -> Result<()> {
         self.training.step()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shape whose top-k exceeds its experts, or whose loop count does not fit a byte, is an
+    /// error, not a panic deep in a kernel.
+    #[test]
+    fn ffn_shapes_out_of_range_are_refused() {
+        let ok = FfnShape { tokens: 4, d: 16, h: 32, experts: 2, top_k: 2, max_depth: 2 };
+        assert!(FfnTrainStep::new(ok).is_ok());
+        assert!(FfnTrainStep::new(FfnShape { top_k: 3, ..ok }).is_err());
+        assert!(FfnCase::new(FfnShape { max_depth: 256, ..ok }).is_err());
+        assert!(FfnCase::new(FfnShape { max_depth: 0, ..ok }).is_err());
+    }
+
+    /// The training step's weight gradients are finite, not all zero, and accumulate across
+    /// runs: two runs give twice one run's (up to the f32 rounding of the regrouped sums).
+    #[test]
+    fn the_ffn_train_step_accumulates_finite_gradients() {
+        let shape = FfnShape { tokens: 8, d: 16, h: 64, experts: 4, top_k: 2, max_depth: 3 };
+        let (t, d, h, k) = (shape.tokens, shape.d, shape.h, shape.top_k);
+        let (w1, w2) = (values(2 * h * d, 1), values(d * h, 2));
+        let w_norm: Vec<f32> = values(d, 3).iter().map(|v| 1.0 + v).collect();
+        let x = values(t * d, 4);
+        let ids: Vec<u32> = (0..t * k).map(|i| ((i / k + i % k) % shape.experts) as u32).collect();
+        let gates = vec![0.5f32; t * k];
+        let (d_out, d_states) = (values(t * d, 5), values(shape.max_depth * t * d, 6));
+        let inputs = FfnTrainInputs {
+            w1: &w1,
+            w2: &w2,
+            w_norm: &w_norm,
+            x: &x,
+            ids: &ids,
+            gates: &gates,
+            d_out: &d_out,
+            d_states: &d_states,
+        };
+        let mut step = FfnTrainStep::new(shape).unwrap();
+        step.run(&inputs).unwrap();
+        let once = (step.dw1.clone(), step.dw2.clone(), step.dw_norm.clone());
+        assert!(once.0.iter().chain(&once.1).chain(&once.2).all(|v| v.is_finite()));
+        assert!(once.0.iter().any(|&v| v != 0.0) && once.2.iter().any(|&v| v != 0.0));
+        step.run(&inputs).unwrap();
+        for (twice, one) in [(&step.dw1, &once.0), (&step.dw2, &once.1), (&step.dw_norm, &once.2)] {
+            for (a, b) in twice.iter().zip(one.iter()) {
+                assert!((a - 2.0 * b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs 2 × {b}");
+            }
+        }
     }
 }

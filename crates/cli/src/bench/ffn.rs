@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use vffn_kernels::ffn::{self, naive, DepthSaved, PackedFfn, WidthSaved};
-use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
+use vffn_kernels::ffn::{self, naive, PackedFfn};
 use vffn_kernels::rayon;
 use vffn_kernels::testvals::{values, XorShift};
+use vffn_model::workloads::{FfnShape, FfnTrainInputs, FfnTrainStep};
 
 use crate::common::{check_buffers, checked_size};
 
@@ -84,13 +84,21 @@ pub fn run(args: FfnArgs) -> anyhow::Result<()> {
     let times = pool.install(|| -> anyhow::Result<Vec<Vec<f64>>> {
         let packed = PackedFfn::pack(&w1, &w2, d, h, e, false)?;
         let mut out = vec![0.0f32; t * d];
-        let mut z = vec![0.0f32; t * d];
-        let mut rstd = vec![0.0f32; t];
-        let mut states = vec![0.0f32; depth_max * t * d];
-        let (mut wsaved, mut dsaved) = (WidthSaved::default(), DepthSaved::default());
+        let shape = FfnShape { tokens: t, d, h, experts: e, top_k: k, max_depth: depth_max };
+        let mut train = FfnTrainStep::new(shape)?;
+        let train_inputs = FfnTrainInputs {
+            w1: &w1,
+            w2: &w2,
+            w_norm: &w_norm,
+            x: &x,
+            ids: &ids,
+            gates: &gates,
+            d_out: &d_out,
+            d_states: &d_states,
+        };
         let mut u_dense = Vec::new();
-        let (mut dz, mut dx, mut dg) = (vec![0.0f32; t * d], vec![0.0f32; t * d], vec![0.0; t * k]);
-        let (mut dw1, mut dw2, mut dwn) = (vec![0.0f32; 2 * h * d], vec![0.0; d * h], vec![0.0; d]);
+        let mut dz = vec![0.0f32; t * d];
+        let (mut dw1, mut dw2) = (vec![0.0f32; 2 * h * d], vec![0.0; d * h]);
         let mut item = |i: usize| -> anyhow::Result<()> {
             match i {
                 0 => ffn::dense_forward(&packed, &x, &mut out)?,
@@ -98,38 +106,7 @@ pub fn run(args: FfnArgs) -> anyhow::Result<()> {
                 2 => naive::width_naive(&w1, &w2, d, h, e, &x, &ids, &gates, k, &mut out),
                 3 => ffn::depth_forward(&packed, &w_norm, eps, &x, &depth, depth_max, &mut out)?,
                 4 => naive::depth_naive(&w1, &w2, d, h, &w_norm, eps, &x, &depth, &mut out),
-                5 => {
-                    let p = PackedFfn::pack(&w1, &w2, d, h, e, true)?;
-                    rms_norm_forward(&x, &w_norm, &mut z, &mut rstd, eps);
-                    out.copy_from_slice(&x);
-                    ffn::width_forward_train(&p, &z, &ids, &gates, k, &mut out, &mut wsaved)?;
-                    ffn::depth_forward_train(
-                        &p,
-                        &w_norm,
-                        eps,
-                        &x,
-                        depth_max,
-                        &mut states,
-                        &mut dsaved,
-                    )?;
-                    dz.fill(0.0);
-                    dx.fill(0.0);
-                    ffn::width_backward(
-                        &p, &wsaved, &z, &gates, k, &d_out, &mut dz, &mut dg, &mut dw1, &mut dw2,
-                    )?;
-                    ffn::depth_backward(
-                        &p, &w_norm, &dsaved, &x, &states, &d_states, &mut dx, &mut dwn, &mut dw1,
-                        &mut dw2,
-                    )?;
-                    rms_norm_backward(
-                        &x,
-                        &w_norm,
-                        &rstd,
-                        &dz,
-                        Some((&mut dx, true)),
-                        Some((&mut dwn, true)),
-                    );
-                }
+                5 => train.run(&train_inputs)?,
                 6 => {
                     let p = PackedFfn::pack(&w1, &w2, d, h, e, true)?;
                     ffn::dense_forward_train(&p, &x, &mut out, &mut u_dense)?;
