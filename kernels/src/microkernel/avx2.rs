@@ -59,13 +59,7 @@ macro_rules! tile_kernel {
             let mut b = t.b;
             // SAFETY (whole body): the caller guarantees A, B readable for p < k, C for the tile.
             unsafe {
-                // The C tile is needed at the end; a 16-float row may straddle two lines.
-                $(
-                    _mm_prefetch::<_MM_HINT_T0>(t.c.wrapping_add($i * t.rs_c) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        t.c.wrapping_add($i * t.rs_c + 15 * t.cs_c) as *const i8,
-                    );
-                )+
+                $crate::microkernel::prefetch_c_rows::<$m>(t, NR - 1);
                 macro_rules! step {
                     ($ap:expr, $bp:expr) => {{
                         let b0 = _mm256_loadu_ps($bp);
@@ -77,22 +71,7 @@ macro_rules! tile_kernel {
                         )+
                     }};
                 }
-                let mut left = t.k;
-                while left >= 4 {
-                    step!(a, b);
-                    step!(a.add(cs_a), b.add(rs_b));
-                    step!(a.add(2 * cs_a), b.add(2 * rs_b));
-                    step!(a.add(3 * cs_a), b.add(3 * rs_b));
-                    a = a.add(4 * cs_a);
-                    b = b.add(4 * rs_b);
-                    left -= 4;
-                }
-                while left > 0 {
-                    step!(a, b);
-                    a = a.add(cs_a);
-                    b = b.add(rs_b);
-                    left -= 1;
-                }
+                depth_loop!(4: 0 1 2 3; t.k, a, b, cs_a, rs_b, step);
                 epilogue::<$m>([$([$c0, $c1]),+], t);
             }
         }

@@ -36,24 +36,6 @@ macro_rules! dispatch_tiles {
     };
 }
 
-/// Runs `$step!(a, b)` for every depth p < `$k`, two per iteration, advancing A by `$cs_a` and
-/// B by `$rs_b` per depth (shared by both tile widths; used inside their `unsafe` bodies).
-macro_rules! depth_loop {
-    ($k:expr, $a:ident, $b:ident, $cs_a:expr, $rs_b:expr, $step:ident) => {{
-        let mut left = $k;
-        while left >= 2 {
-            $step!($a, $b);
-            $step!($a.add($cs_a), $b.add($rs_b));
-            $a = $a.add(2 * $cs_a);
-            $b = $b.add(2 * $rs_b);
-            left -= 2;
-        }
-        if left > 0 {
-            $step!($a, $b);
-        }
-    }};
-}
-
 /// One 16-wide kernel per tile height, accumulators as named locals (kept in registers).
 macro_rules! tile_kernel {
     ($feat:literal, $bcast:ident, $madd:ident;
@@ -73,7 +55,7 @@ macro_rules! tile_kernel {
                         $( $c = $madd!($bcast!($ap.add($i * rs_a)), bv, $c); )+
                     }};
                 }
-                depth_loop!(t.k, a, b, cs_a, rs_b, step);
+                depth_loop!(2: 0 1; t.k, a, b, cs_a, rs_b, step);
                 epilogue::<$m>([$($c),+], t);
             }
         }
@@ -99,13 +81,7 @@ macro_rules! wide_kernel {
             // SAFETY (whole body): the caller guarantees A, both B panels readable for p < k, C
             // for the tile.
             unsafe {
-                // The C tile is needed at the end: start bringing its rows (two lines each) in.
-                $(
-                    _mm_prefetch::<_MM_HINT_T0>(t.c.wrapping_add($i * t.rs_c) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        t.c.wrapping_add($i * t.rs_c + 31 * t.cs_c) as *const i8,
-                    );
-                )+
+                $crate::microkernel::prefetch_c_rows::<$m>(t, NR_MAX - 1);
                 macro_rules! step {
                     ($ap:expr, $bp:expr) => {{
                         let b0 = _mm512_loadu_ps($bp);
@@ -117,7 +93,7 @@ macro_rules! wide_kernel {
                         )+
                     }};
                 }
-                depth_loop!(t.k, a, b, cs_a, rs_b, step);
+                depth_loop!(2: 0 1; t.k, a, b, cs_a, rs_b, step);
                 wide_epilogue::<$m>([$([$c0, $c1]),+], t);
             }
         }

@@ -12,6 +12,28 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+/// Runs `$step!(a, b)` for every depth p < `$k`, `$n` depths per iteration (the steps at
+/// offsets `$o` = 0, 1, .., n − 1) and then one at a time, advancing A by `$cs_a` and B by
+/// `$rs_b` per depth: the depth loop of every x86 tile (used inside their `unsafe` bodies).
+#[cfg(target_arch = "x86_64")]
+macro_rules! depth_loop {
+    ($n:literal: $($o:literal)+; $k:expr, $a:ident, $b:ident, $cs_a:expr, $rs_b:expr, $step:ident) => {{
+        let mut left = $k;
+        while left >= $n {
+            $( $step!($a.add($o * $cs_a), $b.add($o * $rs_b)); )+
+            $a = $a.add($n * $cs_a);
+            $b = $b.add($n * $rs_b);
+            left -= $n;
+        }
+        while left > 0 {
+            $step!($a, $b);
+            $a = $a.add($cs_a);
+            $b = $b.add($rs_b);
+            left -= 1;
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -192,6 +214,23 @@ pub(crate) struct Tile {
     pub cs_c: usize,
     pub mr: usize,
     pub nr: usize,
+}
+
+/// Starts bringing the `M` rows of `t`'s C tile in before the depth loop (C is needed only at
+/// the end): each row's first element and the one `last` columns on (a row may straddle two
+/// cache lines).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_c_rows<const M: usize>(t: &Tile, last: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for i in 0..M {
+        let row = t.c.wrapping_add(i * t.rs_c);
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(last * t.cs_c) as *const i8);
+        }
+    }
 }
 
 /// Runs one tile with `kind`. `a_packed` promises `rs_a == 1 && cs_a == kind.mr()`.
