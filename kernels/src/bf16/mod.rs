@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::gemm::{packed_loops, view_fits, MatMut, MatRef, OutView};
+use crate::gemm::{packed_loops, view_fits, Gemm, MatMut, MatRef, OutView};
 use crate::microkernel::{isa, KernelKind};
 use crate::pack::BOperand;
 
@@ -157,7 +157,8 @@ pub fn linear_bf16_with(
         }
     };
     let kind = if path == Bf16Path::Widen { kind } else { KernelKind::Avx512 };
-    packed_loops(kind, 1.0, x, b, if accumulate { 1.0 } else { 0.0 }, c);
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    packed_loops(Gemm { kind, alpha: 1.0, a: x, b, beta, c });
     Ok(())
 }
 
@@ -358,7 +359,12 @@ macro_rules! pair_lanes {
                 unsafe { std::arch::x86_64::$fma(a, b, c) }
             }
             #[inline(always)]
-            unsafe fn finish($acc: [Self::V; 2], $x: &[f32], $row: *const u16, $from: usize) -> f32 {
+            unsafe fn finish(
+                $acc: [Self::V; 2],
+                $x: &[f32],
+                $row: *const u16,
+                $from: usize,
+            ) -> f32 {
                 $finish
             }
         }
