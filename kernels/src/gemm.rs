@@ -595,21 +595,10 @@ fn pack_b_block(
 }
 
 /// `C = alpha·A·B[ks, cols] + beta·C` with B pre-packed (`b = packed.part(cols, ks)`): A is
-/// m × |ks|, C is m × |cols|.
-pub fn gemm_packed(
-    alpha: f32,
-    a: MatRef<'_>,
-    b: PackedPart<'_>,
-    beta: f32,
-    c: MatMut<'_>,
-) -> Result<(), GemmError> {
-    gemm_packed_with(selected_kernel()?, alpha, a, None, b, beta, c, true)
-}
-
-/// [`gemm_packed`] with an explicit kernel, optionally A's rows gathered by index (`rows[r]` is
-/// the A row of C row r; C then has `rows.len()` rows), and on the calling thread alone when
-/// `parallel` is false (for callers that already split independent rows over threads). The
-/// result is the same either way.
+/// m × |ks|, C is m × |cols|. On kernel `kind` (e.g. [`selected_kernel`]), optionally A's rows
+/// gathered by index (`rows[r]` is the A row of C row r; C then has `rows.len()` rows), and on
+/// the calling thread alone when `parallel` is false (for callers that already split independent
+/// rows over threads). The result is the same either way.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_packed_with(
     kind: KernelKind,

@@ -603,7 +603,7 @@ unsafe fn pack_b_panel_transpose_avx2(src: *const f32, cs: usize, kc: usize, dst
 /// B (k × n) packed once into 16-wide panels for repeated products (weights).
 ///
 /// Any K sub-range and any column range starting at a multiple of 16 can be multiplied without
-/// repacking (see [`crate::gemm::gemm_packed`]).
+/// repacking (see [`crate::gemm::gemm_packed_with`]).
 pub struct PackedB {
     buf: AlignedBuf,
     k: usize,
@@ -611,7 +611,7 @@ pub struct PackedB {
 }
 
 /// Columns `cols` (start a multiple of 16, any end) and depths `ks` (B's rows) of a [`PackedB`]:
-/// the B operand of [`crate::gemm::gemm_packed`].
+/// the B operand of [`crate::gemm::gemm_packed_with`].
 #[derive(Clone)]
 pub struct PackedPart<'a> {
     pub b: &'a PackedB,
