@@ -48,15 +48,11 @@ macro_rules! tile_kernel {
     ($name:ident, $m:literal; $($i:literal: $c0:ident $c1:ident),+) => {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $name<const PACKED: bool>(t: &Tile) {
-            // Packed A: the M values of one k are contiguous and panels step by MR.
-            let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
-            let rs_b = t.rs_b;
+            let (rs_a, cs_a) = t.a_strides::<PACKED>(MR);
             $(
                 let mut $c0 = _mm256_setzero_ps();
                 let mut $c1 = _mm256_setzero_ps();
             )+
-            let mut a = t.a;
-            let mut b = t.b;
             // SAFETY (whole body): the caller guarantees A, B readable for p < k, C for the tile.
             unsafe {
                 $crate::microkernel::prefetch_c_rows::<$m>(t, NR - 1);
@@ -71,7 +67,7 @@ macro_rules! tile_kernel {
                         )+
                     }};
                 }
-                depth_loop!(4: 0 1 2 3; t.k, a, b, cs_a, rs_b, step);
+                depth_loop!(4: 0 1 2 3; t, cs_a, step);
                 epilogue::<$m>([$([$c0, $c1]),+], t);
             }
         }
@@ -92,7 +88,7 @@ tile_kernel!(tile_1, 1; 0: c00 c01);
 unsafe fn epilogue<const M: usize>(acc: [[__m256; 2]; M], t: &Tile) {
     let alpha = _mm256_set1_ps(t.alpha);
     let beta = _mm256_set1_ps(t.beta);
-    let read_c = t.beta != 0.0;
+    let read_c = t.reads_c();
     // SAFETY (whole body): the caller guarantees C is valid for the tile.
     unsafe {
         macro_rules! store {

@@ -42,11 +42,8 @@ macro_rules! tile_kernel {
      $name:ident, $m:literal; $($i:literal: $c:ident),+) => {
         #[target_feature(enable = $feat)]
         unsafe fn $name<const PACKED: bool>(t: &Tile) {
-            let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
-            let rs_b = t.rs_b;
+            let (rs_a, cs_a) = t.a_strides::<PACKED>(MR);
             $( let mut $c = _mm512_setzero_ps(); )+
-            let mut a = t.a;
-            let mut b = t.b;
             // SAFETY (whole body): the caller guarantees A, B readable for p < k, C for the tile.
             unsafe {
                 macro_rules! step {
@@ -55,7 +52,7 @@ macro_rules! tile_kernel {
                         $( $c = $madd!($bcast!($ap.add($i * rs_a)), bv, $c); )+
                     }};
                 }
-                depth_loop!(2: 0 1; t.k, a, b, cs_a, rs_b, step);
+                depth_loop!(2: 0 1; t, cs_a, step);
                 epilogue::<$m>([$($c),+], t);
             }
         }
@@ -69,14 +66,11 @@ macro_rules! wide_kernel {
      $name:ident, $m:literal; $($i:literal: $c0:ident $c1:ident),+) => {
         #[target_feature(enable = $feat)]
         unsafe fn $name<const PACKED: bool>(t: &Tile) {
-            let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
-            let rs_b = t.rs_b;
+            let (rs_a, cs_a) = t.a_strides::<PACKED>(MR);
             $(
                 let mut $c0 = _mm512_setzero_ps();
                 let mut $c1 = _mm512_setzero_ps();
             )+
-            let mut a = t.a;
-            let mut b = t.b;
             let next = t.b_next;
             // SAFETY (whole body): the caller guarantees A, both B panels readable for p < k, C
             // for the tile.
@@ -93,7 +87,7 @@ macro_rules! wide_kernel {
                         )+
                     }};
                 }
-                depth_loop!(2: 0 1; t.k, a, b, cs_a, rs_b, step);
+                depth_loop!(2: 0 1; t, cs_a, step);
                 wide_epilogue::<$m>([$([$c0, $c1]),+], t);
             }
         }
@@ -265,7 +259,7 @@ unsafe fn store_masked(
 unsafe fn epilogue<const M: usize>(acc: [__m512; M], t: &Tile) {
     let alpha = _mm512_set1_ps(t.alpha);
     let beta = _mm512_set1_ps(t.beta);
-    let read_c = t.beta != 0.0;
+    let read_c = t.reads_c();
     // SAFETY (whole body): the caller guarantees C is valid for the tile.
     unsafe {
         if t.cs_c == 1 {
@@ -291,7 +285,7 @@ unsafe fn epilogue<const M: usize>(acc: [__m512; M], t: &Tile) {
 unsafe fn wide_epilogue<const M: usize>(acc: [[__m512; 2]; M], t: &Tile) {
     let alpha = _mm512_set1_ps(t.alpha);
     let beta = _mm512_set1_ps(t.beta);
-    let read_c = t.beta != 0.0;
+    let read_c = t.reads_c();
     let masks = [half_mask(t.nr, 0), half_mask(t.nr, 1)];
     // SAFETY (whole body): the caller guarantees C is valid for the tile.
     unsafe {

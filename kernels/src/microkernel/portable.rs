@@ -44,7 +44,7 @@ pub(crate) unsafe fn tile(a_packed: bool, t: &Tile) {
 
 #[inline(never)]
 unsafe fn tile_mr<const M: usize, const PACKED: bool>(t: &Tile) {
-    let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
+    let (rs_a, cs_a) = t.a_strides::<PACKED>(MR);
     let mut acc = [[f32x8::ZERO; 2]; M];
     let mut a = t.a;
     let mut b = t.b;
@@ -64,7 +64,7 @@ unsafe fn tile_mr<const M: usize, const PACKED: bool>(t: &Tile) {
         let acc = acc;
         let alpha = f32x8::splat(t.alpha);
         let beta = f32x8::splat(t.beta);
-        let read_c = t.beta != 0.0;
+        let read_c = t.reads_c();
         let store = |c: *mut f32, rs: usize| {
             for (i, acc_i) in acc.iter().enumerate() {
                 for (h, v) in acc_i.iter().enumerate() {
