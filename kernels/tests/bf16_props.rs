@@ -3,30 +3,18 @@
 
 mod common;
 
-use common::values;
+use common::{kernels, values};
 use proptest::prelude::*;
-use vffn_kernels::bf16::{gemv_bf16, gemv_bf16_with, linear_bf16_with, Bf16Error, Bf16Path, Bf16Rows};
+use vffn_kernels::bf16::{
+    gemv_bf16, gemv_bf16_with, linear_bf16_with, Bf16Error, Bf16Path, Bf16Rows,
+};
 use vffn_kernels::gemm::{MatMut, MatRef};
 use vffn_kernels::microkernel::KernelKind;
-
-/// The f32 kernel families this CPU runs (says which are skipped).
-fn kinds() -> Vec<KernelKind> {
-    KernelKind::ALL
-        .into_iter()
-        .filter(|k| {
-            let ok = k.is_available();
-            if !ok {
-                eprintln!("skipping the `{k}` family: not supported by this CPU");
-            }
-            ok
-        })
-        .collect()
-}
 
 /// (path, f32 family) pairs this CPU runs: the widen path with every family, the dot path
 /// where avx512_bf16 is detected (says which are skipped).
 fn paths() -> Vec<(Bf16Path, KernelKind)> {
-    let mut all: Vec<_> = kinds().into_iter().map(|k| (Bf16Path::Widen, k)).collect();
+    let mut all: Vec<_> = kernels().into_iter().map(|k| (Bf16Path::Widen, k)).collect();
     for path in [Bf16Path::Dot, Bf16Path::Amx] {
         if path.is_available() {
             all.push((path, KernelKind::Avx512));
@@ -283,7 +271,7 @@ proptest! {
         let x = values(seed, k);
         let w: Vec<u16> = values(seed + 1, rows * rs).into_iter().map(bf16_bits).collect();
         let wv = Bf16Rows::strided(&w, rows, k, rs).unwrap();
-        for kind in kinds() {
+        for kind in kernels() {
             let mut out = vec![f32::NAN; rows];
             gemv_bf16_with(kind, &x, wv, &mut out).unwrap();
             for (j, &got) in out.iter().enumerate() {
@@ -306,7 +294,7 @@ fn the_gemv_splits_rows_over_threads_without_changing_results() {
     let (k, rows) = (300, 1000);
     let x = values(3, k);
     let w: Vec<u16> = values(4, rows * k).into_iter().map(bf16_bits).collect();
-    for kind in kinds() {
+    for kind in kernels() {
         let mut serial = vec![0.0f32; rows];
         for (j, o) in serial.iter_mut().enumerate() {
             let one = Bf16Rows::new(&w[j * k..(j + 1) * k], 1, k).unwrap();
@@ -331,7 +319,10 @@ fn gemv_shapes_that_do_not_fit_are_errors() {
     assert!(matches!(gemv_bf16(&x, short_rows, &mut out), Err(Bf16Error::Shape { .. })));
     // Fields are public: a view built without `Bf16Rows::new` is still checked.
     let unchecked = Bf16Rows { bits: &w[..15], rows: 2, cols: 8, row_stride: 8 };
-    assert!(matches!(gemv_bf16(&x, unchecked, &mut out), Err(Bf16Error::Weights { needed: 16, .. })));
+    assert!(matches!(
+        gemv_bf16(&x, unchecked, &mut out),
+        Err(Bf16Error::Weights { needed: 16, .. })
+    ));
     let overlapping = Bf16Rows { bits: &w, rows: 2, cols: 8, row_stride: 7 };
     assert!(matches!(gemv_bf16(&x, overlapping, &mut out), Err(Bf16Error::Stride { .. })));
 }
