@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{edge_load, edge_store, Tile, MR_MAX, NR, NR_MAX};
+use super::{edge_load, edge_store, Scale, Tile, MR_MAX, NR, NR_MAX};
 
 /// Rows per tile.
 pub(crate) const MR: usize = MR_MAX;
@@ -234,19 +234,12 @@ fn half_mask(nr: usize, half: usize) -> __mmask16 {
 /// `r = alpha·acc + beta·C` for one vector of C at `p` (lanes outside `mask` neither read nor
 /// written).
 #[inline(always)]
-unsafe fn store_masked(
-    p: *mut f32,
-    mask: __mmask16,
-    acc: __m512,
-    alpha: __m512,
-    beta: __m512,
-    read_c: bool,
-) {
+unsafe fn store_masked(p: *mut f32, mask: __mmask16, acc: __m512, s: Scale<__m512>) {
     // SAFETY: the caller guarantees the lanes in `mask` are valid C elements.
     unsafe {
-        let mut r = _mm512_mul_ps(acc, alpha);
-        if read_c {
-            r = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask, p), r);
+        let mut r = _mm512_mul_ps(acc, s.alpha);
+        if s.read_c {
+            r = _mm512_fmadd_ps(s.beta, _mm512_maskz_loadu_ps(mask, p), r);
         }
         _mm512_mask_storeu_ps(p, mask, r);
     }
@@ -257,21 +250,19 @@ unsafe fn store_masked(
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
 unsafe fn epilogue<const M: usize>(acc: [__m512; M], t: &Tile) {
-    let alpha = _mm512_set1_ps(t.alpha);
-    let beta = _mm512_set1_ps(t.beta);
-    let read_c = t.reads_c();
+    let s = Scale::of(t, |x| _mm512_set1_ps(x));
     // SAFETY (whole body): the caller guarantees C is valid for the tile.
     unsafe {
         if t.cs_c == 1 {
             // Masked loads and stores cover a partial tile width without a scalar path.
             let mask = half_mask(t.nr, 0);
             for (i, acc_i) in acc.iter().enumerate() {
-                store_masked(t.c.add(i * t.rs_c), mask, *acc_i, alpha, beta, read_c);
+                store_masked(t.c.add(i * t.rs_c), mask, *acc_i, s);
             }
         } else {
             let mut buf = edge_load::<NR>(t);
             for (i, acc_i) in acc.iter().enumerate() {
-                store_masked(buf[i].as_mut_ptr(), 0xFFFF, *acc_i, alpha, beta, read_c);
+                store_masked(buf[i].as_mut_ptr(), 0xFFFF, *acc_i, s);
             }
             edge_store(t, &buf);
         }
@@ -283,9 +274,7 @@ unsafe fn epilogue<const M: usize>(acc: [__m512; M], t: &Tile) {
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
 unsafe fn wide_epilogue<const M: usize>(acc: [[__m512; 2]; M], t: &Tile) {
-    let alpha = _mm512_set1_ps(t.alpha);
-    let beta = _mm512_set1_ps(t.beta);
-    let read_c = t.reads_c();
+    let s = Scale::of(t, |x| _mm512_set1_ps(x));
     let masks = [half_mask(t.nr, 0), half_mask(t.nr, 1)];
     // SAFETY (whole body): the caller guarantees C is valid for the tile.
     unsafe {
@@ -293,7 +282,7 @@ unsafe fn wide_epilogue<const M: usize>(acc: [[__m512; 2]; M], t: &Tile) {
             for (i, row) in acc.iter().enumerate() {
                 let p = t.c.add(i * t.rs_c);
                 for (h, (v, &mask)) in row.iter().zip(&masks).enumerate() {
-                    store_masked(p.add(h * NR), mask, *v, alpha, beta, read_c);
+                    store_masked(p.add(h * NR), mask, *v, s);
                 }
             }
         } else {
@@ -301,7 +290,7 @@ unsafe fn wide_epilogue<const M: usize>(acc: [[__m512; 2]; M], t: &Tile) {
             for (i, row) in acc.iter().enumerate() {
                 let p = buf[i].as_mut_ptr();
                 for (h, v) in row.iter().enumerate() {
-                    store_masked(p.add(h * NR), 0xFFFF, *v, alpha, beta, read_c);
+                    store_masked(p.add(h * NR), 0xFFFF, *v, s);
                 }
             }
             edge_store(t, &buf);

@@ -238,6 +238,23 @@ impl Tile {
     }
 }
 
+/// The scalars of a tile's epilogue `C = alpha·acc + beta·C` as one family's vectors `V`, and
+/// whether C is read ([`Tile::reads_c`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Scale<V> {
+    pub alpha: V,
+    pub beta: V,
+    pub read_c: bool,
+}
+
+impl<V> Scale<V> {
+    /// `t`'s alpha and beta broadcast by `splat`.
+    #[inline(always)]
+    pub(crate) fn of(t: &Tile, splat: impl Fn(f32) -> V) -> Self {
+        Scale { alpha: splat(t.alpha), beta: splat(t.beta), read_c: t.reads_c() }
+    }
+}
+
 /// Starts bringing the `M` rows of `t`'s C tile in before the depth loop (C is needed only at
 /// the end): each row's first element and the one `last` columns on (a row may straddle two
 /// cache lines).
