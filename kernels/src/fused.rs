@@ -451,25 +451,14 @@ simd_fn! {
 }
 
 simd_fn! {
-    #[allow(clippy::too_many_arguments)]
-    fn cross_entropy_backward_rows(
-        x: &[f32],
-        targets: &[u32],
-        lse: &[f32],
-        dx: &mut [f32],
-        v: usize,
-        g: f32,
-        accumulate: bool,
-    ) {
-        let rows = x.chunks_exact(v).zip(dx.chunks_exact_mut(v)).zip(targets).zip(lse);
-        for (((xr, dxr), &t), &l) in rows {
-            if accumulate {
-                dxr.iter_mut().zip(xr).for_each(|(o, &xi)| *o += g * exp_f32(xi - l));
-            } else {
-                dxr.iter_mut().zip(xr).for_each(|(o, &xi)| *o = g * exp_f32(xi - l));
-            }
-            dxr[t as usize] -= g;
+    /// One row: dx (+)= g·(exp(x − lse) − onehot(t)).
+    fn cross_entropy_backward_row(x: &[f32], t: u32, lse: f32, dx: &mut [f32], g: f32, accumulate: bool) {
+        if accumulate {
+            dx.iter_mut().zip(x).for_each(|(o, &xi)| *o += g * exp_f32(xi - lse));
+        } else {
+            dx.iter_mut().zip(x).for_each(|(o, &xi)| *o = g * exp_f32(xi - lse));
         }
+        dx[t as usize] -= g;
     }
 }
 
@@ -513,7 +502,10 @@ pub fn cross_entropy_backward(
         .zip(x.par_chunks(rpt * v).zip(targets.par_chunks(rpt)))
         .zip(lse.par_chunks(rpt))
         .for_each(|((dx, (x, t)), lse)| {
-            cross_entropy_backward_rows(x, t, lse, dx, v, g, accumulate)
+            let rows = x.chunks_exact(v).zip(dx.chunks_exact_mut(v)).zip(t).zip(lse);
+            for (((xr, dxr), &t), &l) in rows {
+                cross_entropy_backward_row(xr, t, l, dxr, g, accumulate);
+            }
         });
 }
 

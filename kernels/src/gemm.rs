@@ -152,12 +152,38 @@ pub fn gemm_with(
         GemmPath::Auto => choose_path(m, n, k),
         p => p,
     };
+    let g = Gemm { kind, alpha, a, b, beta, c: out };
     match path {
-        GemmPath::Gemv if crate::gemv::gemv(kind, alpha, a, b, beta, out) => {}
-        GemmPath::Packed => packed(kind, alpha, a, b, beta, out),
-        _ => direct(kind, alpha, a, b, beta, out),
+        GemmPath::Gemv if crate::gemv::gemv(g) => {}
+        GemmPath::Packed => packed(g),
+        _ => direct(g),
     }
     Ok(())
+}
+
+/// One product `C = alpha·A·B + beta·C` on kernel `kind`, its views checked: what each path of
+/// [`gemm_with`] takes (B a matrix, or for the packed loops any [`BOperand`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Gemm<'a, B = MatRef<'a>> {
+    pub kind: KernelKind,
+    pub alpha: f32,
+    pub a: MatRef<'a>,
+    pub b: B,
+    pub beta: f32,
+    pub c: OutView,
+}
+
+impl<'a> Gemm<'a> {
+    /// The same product transposed, Cᵀ = Bᵀ·Aᵀ (no data moves: strides swap).
+    pub(crate) fn t(self) -> Self {
+        Gemm { a: self.b.t(), b: self.a.t(), c: self.c.t(), ..self }
+    }
+
+    /// The product with B as another operand type.
+    fn with_b<B>(self, b: B) -> Gemm<'a, B> {
+        let Gemm { kind, alpha, a, beta, c, .. } = self;
+        Gemm { kind, alpha, a, b, beta, c }
+    }
 }
 
 /// Shape-only choice of algorithm (so the result never depends on the thread count).
@@ -449,7 +475,8 @@ fn block(product: Product<'_>, ps: Range<usize>, rows: Range<usize>, qs: Range<u
 }
 
 /// Small products: no packing except, when B's rows are strided, the smaller operand.
-fn direct(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: OutView) {
+fn direct(g: Gemm<'_>) {
+    let Gemm { kind, a, b, .. } = g;
     // Vector loads need B rows contiguous; else transpose the product if that makes them so, or
     // to pack the smaller operand.
     let swap = if b.col_stride == 1 {
@@ -463,7 +490,7 @@ fn direct(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
     } else {
         a.rows < b.cols
     };
-    let (a, b, c) = if swap { (b.t(), a.t(), c.t()) } else { (a, b, c) };
+    let Gemm { kind, alpha, a, b, beta, c } = if swap { g.t() } else { g };
     let (n, k) = (b.cols, b.rows);
     let direct_panels = if b.col_stride == 1 { n / NR } else { 0 };
     let packed_cols = n - direct_panels * NR;
@@ -500,23 +527,16 @@ fn direct(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32,
 }
 
 /// Large products: BLIS loops with packed A and B.
-fn packed(kind: KernelKind, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: OutView) {
+fn packed(g: Gemm<'_>) {
     // Contiguous C rows let the micro-kernel store whole vectors.
-    let swap = c.cs != 1 && c.rs == 1;
-    let (a, b, c) = if swap { (b.t(), a.t(), c.t()) } else { (a, b, c) };
-    packed_loops(kind, alpha, a, BOperand::F32(b), beta, c);
+    let g = if g.c.cs != 1 && g.c.rs == 1 { g.t() } else { g };
+    packed_loops(g.with_b(BOperand::F32(g.b)));
 }
 
 /// The BLIS loops over NC column blocks and KC depth blocks of B (packed from `b`, whatever its
 /// storage), with A packed per row block: the packed path of `gemm` and the bf16 linear layers.
-pub(crate) fn packed_loops(
-    kind: KernelKind,
-    alpha: f32,
-    a: MatRef<'_>,
-    b: BOperand<'_>,
-    beta: f32,
-    c: OutView,
-) {
+pub(crate) fn packed_loops(g: Gemm<'_, BOperand<'_>>) {
+    let Gemm { kind, alpha, a, b, beta, c } = g;
     let (n, k) = (b.cols(), b.depth());
     let a_src = ASource { mat: a, pack: Some(RowSource::Range { start: 0 }), p_origin: 0 };
     let blk = blocking(kind);
@@ -580,21 +600,10 @@ fn pack_b_block(
 }
 
 /// `C = alpha·A·B[ks, cols] + beta·C` with B pre-packed (`b = packed.part(cols, ks)`): A is
-/// m × |ks|, C is m × |cols|.
-pub fn gemm_packed(
-    alpha: f32,
-    a: MatRef<'_>,
-    b: PackedPart<'_>,
-    beta: f32,
-    c: MatMut<'_>,
-) -> Result<(), GemmError> {
-    gemm_packed_with(selected_kernel()?, alpha, a, None, b, beta, c, true)
-}
-
-/// [`gemm_packed`] with an explicit kernel, optionally A's rows gathered by index (`rows[r]` is
-/// the A row of C row r; C then has `rows.len()` rows), and on the calling thread alone when
-/// `parallel` is false (for callers that already split independent rows over threads). The
-/// result is the same either way.
+/// m × |ks|, C is m × |cols|. On kernel `kind` (e.g. [`selected_kernel`]), optionally A's rows
+/// gathered by index (`rows[r]` is the A row of C row r; C then has `rows.len()` rows), and on
+/// the calling thread alone when `parallel` is false (for callers that already split independent
+/// rows over threads). The result is the same either way.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_packed_with(
     kind: KernelKind,

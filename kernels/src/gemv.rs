@@ -5,8 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::mat::{MatRef, OutView};
-use crate::microkernel::KernelKind;
+use crate::gemm::Gemm;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::avx::Avx2Fma;
 use crate::simd::{Lanes, Portable};
@@ -23,21 +22,15 @@ const ROWS: usize = 4;
 /// `y = alpha·x·W + beta·y` when `a` or `b` is a vector; false (nothing done) if the matrix has
 /// neither contiguous rows nor contiguous columns.
 // a [1,k] · b [k,n] -> c [1,n]   (or a [m,k] · b [k,1] -> c [m,1], run transposed)
-pub(crate) fn gemv(
-    kind: KernelKind,
-    alpha: f32,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    beta: f32,
-    c: OutView,
-) -> bool {
-    let (x, w, y) = if a.rows == 1 {
-        (a, b, c)
-    } else if b.cols == 1 {
-        (b.t(), a.t(), c.t())
+pub(crate) fn gemv(g: Gemm<'_>) -> bool {
+    let g = if g.a.rows == 1 {
+        g
+    } else if g.b.cols == 1 {
+        g.t()
     } else {
         return false;
     };
+    let Gemm { kind, alpha, a: x, b: w, beta, c: y } = g;
     let (k, n) = (w.rows, w.cols);
     let rows_contiguous = w.col_stride == 1;
     if !rows_contiguous && w.row_stride != 1 {

@@ -22,7 +22,7 @@ pub mod testvals;
 #[cfg(target_arch = "x86_64")]
 mod vmath;
 
-pub use gemm::{gemm, gemm_packed, GemmError, GemmPath, MatMut, MatRef};
+pub use gemm::{gemm, gemm_packed_with, GemmError, GemmPath, MatMut, MatRef};
 pub use microkernel::{selected_kernel, KernelError, KernelKind};
 pub use pack::{PackedB, PackedPart, RowSource};
 /// Re-exported so callers pick the GEMM thread count (`ThreadPool::install`) with the same rayon.

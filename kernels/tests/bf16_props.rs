@@ -3,26 +3,18 @@
 
 mod common;
 
-use common::values;
+use common::{kernels, values};
 use proptest::prelude::*;
-use vffn_kernels::bf16::{linear_bf16_with, Bf16Error, Bf16Path, Bf16Rows};
+use vffn_kernels::bf16::{
+    gemv_bf16, gemv_bf16_with, linear_bf16_with, Bf16Error, Bf16Path, Bf16Rows,
+};
 use vffn_kernels::gemm::{MatMut, MatRef};
 use vffn_kernels::microkernel::KernelKind;
 
 /// (path, f32 family) pairs this CPU runs: the widen path with every family, the dot path
 /// where avx512_bf16 is detected (says which are skipped).
 fn paths() -> Vec<(Bf16Path, KernelKind)> {
-    let mut all: Vec<_> = KernelKind::ALL
-        .into_iter()
-        .filter(|k| {
-            let ok = k.is_available();
-            if !ok {
-                eprintln!("skipping the widen path with `{k}`: not supported by this CPU");
-            }
-            ok
-        })
-        .map(|k| (Bf16Path::Widen, k))
-        .collect();
+    let mut all: Vec<_> = kernels().into_iter().map(|k| (Bf16Path::Widen, k)).collect();
     for path in [Bf16Path::Dot, Bf16Path::Amx] {
         if path.is_available() {
             all.push((path, KernelKind::Avx512));
@@ -262,4 +254,75 @@ fn the_dot_and_amx_paths_round_x_to_nearest_even_when_packing() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bf16 GEMV (`gemv_bf16`, one row of x: decoding).
+
+proptest! {
+    #[test]
+    fn every_isa_matches_the_f64_sums_of_the_widened_weights(
+        k in 1usize..300,
+        rows in 1usize..13,
+        pad in 0usize..5,
+        seed in 0u64..1000,
+    ) {
+        let rs = k + pad;
+        let x = values(seed, k);
+        let w: Vec<u16> = values(seed + 1, rows * rs).into_iter().map(bf16_bits).collect();
+        let wv = Bf16Rows::strided(&w, rows, k, rs).unwrap();
+        for kind in kernels() {
+            let mut out = vec![f32::NAN; rows];
+            gemv_bf16_with(kind, &x, wv, &mut out).unwrap();
+            for (j, &got) in out.iter().enumerate() {
+                let row = &w[j * rs..j * rs + k];
+                let want: f64 = x.iter().zip(row).map(|(&a, &b)| a as f64 * widen(b) as f64).sum();
+                let scale: f64 = x.iter().zip(row).map(|(&a, &b)| (a * widen(b)).abs() as f64).sum();
+                prop_assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + scale), "{kind:?} row {j}");
+                // The same row alone gives the same bits (position-independent order).
+                let mut alone = [0.0f32];
+                let one = Bf16Rows::strided(&w[j * rs..], 1, k, rs).unwrap();
+                gemv_bf16_with(kind, &x, one, &mut alone).unwrap();
+                prop_assert_eq!(alone[0].to_bits(), got.to_bits(), "{:?} row {}", kind, j);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_gemv_splits_rows_over_threads_without_changing_results() {
+    let (k, rows) = (300, 1000);
+    let x = values(3, k);
+    let w: Vec<u16> = values(4, rows * k).into_iter().map(bf16_bits).collect();
+    for kind in kernels() {
+        let mut serial = vec![0.0f32; rows];
+        for (j, o) in serial.iter_mut().enumerate() {
+            let one = Bf16Rows::new(&w[j * k..(j + 1) * k], 1, k).unwrap();
+            gemv_bf16_with(kind, &x, one, std::slice::from_mut(o)).unwrap();
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let mut par = vec![0.0f32; rows];
+        let wv = Bf16Rows::new(&w, rows, k).unwrap();
+        pool.install(|| gemv_bf16_with(kind, &x, wv, &mut par)).unwrap();
+        assert_eq!(serial, par, "{kind:?}");
+    }
+}
+
+#[test]
+fn gemv_shapes_that_do_not_fit_are_errors() {
+    let x = [1.0f32; 8];
+    let mut out = [0.0f32; 2];
+    let w = [0u16; 24];
+    let three_rows = Bf16Rows::new(&w, 3, 8).unwrap();
+    assert!(matches!(gemv_bf16(&x, three_rows, &mut out), Err(Bf16Error::Shape { .. })));
+    let short_rows = Bf16Rows::new(&w, 2, 7).unwrap();
+    assert!(matches!(gemv_bf16(&x, short_rows, &mut out), Err(Bf16Error::Shape { .. })));
+    // Fields are public: a view built without `Bf16Rows::new` is still checked.
+    let unchecked = Bf16Rows { bits: &w[..15], rows: 2, cols: 8, row_stride: 8 };
+    assert!(matches!(
+        gemv_bf16(&x, unchecked, &mut out),
+        Err(Bf16Error::Weights { needed: 16, .. })
+    ));
+    let overlapping = Bf16Rows { bits: &w, rows: 2, cols: 8, row_stride: 7 };
+    assert!(matches!(gemv_bf16(&x, overlapping, &mut out), Err(Bf16Error::Stride { .. })));
 }

@@ -4,6 +4,8 @@
 
 #![allow(clippy::needless_range_loop)] // index loops mirror the math of the f64 reference
 
+use std::ops::Range;
+
 use proptest::prelude::*;
 use vffn_kernels::ffn::{self, naive, DepthSaved, FfnError, PackedFfn, WidthSaved};
 use vffn_kernels::rayon;
@@ -39,6 +41,20 @@ fn routing(t: usize, k: usize, e: usize, mode: u8, seed: u64) -> (Vec<u32>, Vec<
     }
     let gates = data(t * k, seed ^ 0xABCD, 1.0).iter().map(|g| 0.5 + 0.5 * g).collect();
     (ids, gates)
+}
+
+/// One proptest batch: t tokens of width d, a routing mode (see [`routing`]) and a data seed.
+#[derive(Clone, Copy, Debug)]
+struct Batch {
+    t: usize,
+    d: usize,
+    mode: u8,
+    seed: u64,
+}
+
+/// Batches of `t` tokens and width `d` in the given ranges, every routing mode, seeds below 10⁴.
+fn batches(t: Range<usize>, d: Range<usize>) -> impl Strategy<Value = Batch> {
+    (t, d, 0u8..3, 0u64..10_000).prop_map(|(t, d, mode, seed)| Batch { t, d, mode, seed })
 }
 
 fn close(got: &[f32], want: &[f64], tol: f64) -> Result<(), TestCaseError> {
@@ -285,20 +301,83 @@ fn scalar_reference_matches_finite_differences() {
     assert_matches_fd("depth dw2", &w2, &g.dw2, 1e-5, |w| loss_d(&w1, w, &wn, &x));
 }
 
+/// MoE with `e` experts, top-`k_raw` routing (one slot in mode 1): forward and backward against
+/// the naive and f64 references.
+fn moe_case(b: Batch, e: usize, k_raw: usize) -> Result<(), TestCaseError> {
+    let Batch { t, d, mode, seed } = b;
+    let (s, k) = (16, k_raw.min(e));
+    let k = if mode == 1 { 1 } else { k };
+    let w1s: Vec<Vec<f32>> = (0..e).map(|i| data(2 * s * d, seed + 10 * i as u64, 0.5)).collect();
+    let w2s: Vec<Vec<f32>> = (0..e).map(|i| data(d * s, seed + 10 * i as u64 + 5, 0.5)).collect();
+    let z = data(t * d, seed + 2, 1.0);
+    let (ids, gates) = routing(t, k, e, mode, seed);
+    let packed: Vec<PackedFfn> =
+        w1s.iter().zip(&w2s).map(|(a, b)| PackedFfn::pack(a, b, d, s, 1, true).unwrap()).collect();
+    let mut out = vec![0.0f32; t * d];
+    let mut saved = WidthSaved::default();
+    ffn::moe_forward_train(&packed, &z, &ids, &gates, k, &mut out, &mut saved).unwrap();
+    let mut out_naive = vec![0.0f32; t * d];
+    let r1: Vec<&[f32]> = w1s.iter().map(|v| v.as_slice()).collect();
+    let r2: Vec<&[f32]> = w2s.iter().map(|v| v.as_slice()).collect();
+    naive::moe_naive(&r1, &r2, d, s, &z, &ids, &gates, k, &mut out_naive);
+    let d_out = data(t * d, seed + 4, 1.0);
+    let zf = f64s(&z);
+    let mut want = vec![0.0f64; t * d];
+    let mut want_dz = vec![0.0f64; t * d];
+    let mut want_dg = vec![0.0f64; t * k];
+    let mut want_w: Vec<(Vec<f64>, Vec<f64>)> =
+        (0..e).map(|_| (vec![0.0; 2 * s * d], vec![0.0; d * s])).collect();
+    for tok in 0..t {
+        for j in 0..k {
+            let ei = ids[tok * k + j] as usize;
+            let (a1, a2) = (f64s(&w1s[ei]), f64s(&w2s[ei]));
+            let ex = Ex { v0: 0, g0: s, c0: 0, s, h: s };
+            let zr = &zf[tok * d..(tok + 1) * d];
+            let y = expert_fwd(&a1, &a2, d, ex, zr);
+            let gw = gates[tok * k + j] as f64;
+            let dor = f64s(&d_out[tok * d..(tok + 1) * d]);
+            want_dg[tok * k + j] = dor.iter().zip(&y).map(|(a, b)| a * b).sum();
+            for o in 0..d {
+                want[tok * d + o] += gw * y[o];
+            }
+            let dy: Vec<f64> = dor.iter().map(|v| gw * v).collect();
+            let (g1, g2) = &mut want_w[ei];
+            expert_bwd(&a1, &a2, d, ex, zr, &dy, &mut want_dz[tok * d..(tok + 1) * d], g1, g2);
+        }
+    }
+    close(&out, &want, 1e-5)?;
+    close(&out_naive, &want, 1e-5)?;
+    let mut dz = vec![0.0f32; t * d];
+    let mut dg = vec![0.0f32; t * k];
+    let mut gw: Vec<(Vec<f32>, Vec<f32>)> =
+        (0..e).map(|_| (vec![0.0; 2 * s * d], vec![0.0; d * s])).collect();
+    let mut refs: Vec<(&mut [f32], &mut [f32])> =
+        gw.iter_mut().map(|(a, b)| (a.as_mut_slice(), b.as_mut_slice())).collect();
+    ffn::moe_backward(&packed, &saved, &z, &gates, k, &d_out, &mut dz, &mut dg, &mut refs).unwrap();
+    close(&dz, &want_dz, 1e-5)?;
+    close(&dg, &want_dg, 1e-5)?;
+    for ((g1, g2), (w1, w2)) in gw.iter().zip(&want_w) {
+        close(g1, w1, 1e-5)?;
+        close(g2, w2, 1e-5)?;
+    }
+    Ok(())
+}
+
+/// Once a failing proptest case (shrunk): one token of width 5 on a single expert.
+#[test]
+fn moe_matches_references_for_one_token_on_one_expert() {
+    moe_case(Batch { t: 1, d: 5, mode: 0, seed: 1075 }, 1, 1).unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(40))]
 
     /// Width forward + backward vs the naive GEMM reference and the f64 reference.
     #[test]
     fn width_matches_references(
-        t in 1usize..60,
-        d in 1usize..40,
-        e_pow in 0u32..3,
-        s_mul in 1usize..3,
-        k_raw in 1usize..4,
-        mode in 0u8..3,
-        seed in 0u64..10_000,
+        b in batches(1..60, 1..40), e_pow in 0u32..3, s_mul in 1usize..3, k_raw in 1usize..4
     ) {
+        let Batch { t, d, mode, seed } = b;
         let e = 1usize << e_pow;
         let (s, k) = (16 * s_mul, k_raw.min(e));
         let k = if mode == 1 { 1 } else { k };
@@ -339,90 +418,21 @@ proptest! {
 
     /// MoE (real experts, separate weights) forward + backward vs the naive and f64 references.
     #[test]
-    fn moe_matches_references(
-        t in 1usize..50,
-        d in 1usize..30,
-        e in 1usize..5,
-        k_raw in 1usize..3,
-        mode in 0u8..3,
-        seed in 0u64..10_000,
-    ) {
-        let (s, k) = (16, k_raw.min(e));
-        let k = if mode == 1 { 1 } else { k };
-        let w1s: Vec<Vec<f32>> = (0..e).map(|i| data(2 * s * d, seed + 10 * i as u64, 0.5)).collect();
-        let w2s: Vec<Vec<f32>> = (0..e).map(|i| data(d * s, seed + 10 * i as u64 + 5, 0.5)).collect();
-        let z = data(t * d, seed + 2, 1.0);
-        let (ids, gates) = routing(t, k, e, mode, seed);
-        let packed: Vec<PackedFfn> = w1s
-            .iter()
-            .zip(&w2s)
-            .map(|(a, b)| PackedFfn::pack(a, b, d, s, 1, true).unwrap())
-            .collect();
-        let mut out = vec![0.0f32; t * d];
-        let mut saved = WidthSaved::default();
-        ffn::moe_forward_train(&packed, &z, &ids, &gates, k, &mut out, &mut saved).unwrap();
-        let mut out_naive = vec![0.0f32; t * d];
-        let r1: Vec<&[f32]> = w1s.iter().map(|v| v.as_slice()).collect();
-        let r2: Vec<&[f32]> = w2s.iter().map(|v| v.as_slice()).collect();
-        naive::moe_naive(&r1, &r2, d, s, &z, &ids, &gates, k, &mut out_naive);
-        let d_out = data(t * d, seed + 4, 1.0);
-        let zf = f64s(&z);
-        let mut want = vec![0.0f64; t * d];
-        let mut want_dz = vec![0.0f64; t * d];
-        let mut want_dg = vec![0.0f64; t * k];
-        let mut want_w: Vec<(Vec<f64>, Vec<f64>)> =
-            (0..e).map(|_| (vec![0.0; 2 * s * d], vec![0.0; d * s])).collect();
-        for tok in 0..t {
-            for j in 0..k {
-                let ei = ids[tok * k + j] as usize;
-                let (a1, a2) = (f64s(&w1s[ei]), f64s(&w2s[ei]));
-                let ex = Ex { v0: 0, g0: s, c0: 0, s, h: s };
-                let zr = &zf[tok * d..(tok + 1) * d];
-                let y = expert_fwd(&a1, &a2, d, ex, zr);
-                let gw = gates[tok * k + j] as f64;
-                let dor = f64s(&d_out[tok * d..(tok + 1) * d]);
-                want_dg[tok * k + j] = dor.iter().zip(&y).map(|(a, b)| a * b).sum();
-                for o in 0..d {
-                    want[tok * d + o] += gw * y[o];
-                }
-                let dy: Vec<f64> = dor.iter().map(|v| gw * v).collect();
-                let (g1, g2) = &mut want_w[ei];
-                expert_bwd(&a1, &a2, d, ex, zr, &dy, &mut want_dz[tok * d..(tok + 1) * d], g1, g2);
-            }
-        }
-        close(&out, &want, 1e-5)?;
-        close(&out_naive, &want, 1e-5)?;
-        let mut dz = vec![0.0f32; t * d];
-        let mut dg = vec![0.0f32; t * k];
-        let mut gw: Vec<(Vec<f32>, Vec<f32>)> =
-            (0..e).map(|_| (vec![0.0; 2 * s * d], vec![0.0; d * s])).collect();
-        let mut refs: Vec<(&mut [f32], &mut [f32])> =
-            gw.iter_mut().map(|(a, b)| (a.as_mut_slice(), b.as_mut_slice())).collect();
-        ffn::moe_backward(&packed, &saved, &z, &gates, k, &d_out, &mut dz, &mut dg, &mut refs)
-            .unwrap();
-        close(&dz, &want_dz, 1e-5)?;
-        close(&dg, &want_dg, 1e-5)?;
-        for ((g1, g2), (w1, w2)) in gw.iter().zip(&want_w) {
-            close(g1, w1, 1e-5)?;
-            close(g2, w2, 1e-5)?;
-        }
+    fn moe_matches_references(b in batches(1..50, 1..30), e in 1usize..5, k_raw in 1usize..3) {
+        moe_case(b, e, k_raw)?;
     }
 
     /// Depth inference (compacted) vs the masked naive reference and the f64 reference;
     /// training forward + backward vs the f64 reference.
     #[test]
     fn depth_matches_references(
-        t in 1usize..50,
         // d ≥ 2: at d = 1 each loop's RMSNorm is x/|x| (a step), so after D loops the f32 kernel
         // and the f64 reference may legitimately differ by more than the tolerance (seen in CI:
         // 1.08e-4 relative at d = 1, D = 4). Believed to be conditioning, not a kernel error —
         // to be confirmed (noted for the next session).
-        d in 2usize..30,
-        e_pow in 0u32..2,
-        loops in 1usize..5,
-        mode in 0u8..3,
-        seed in 0u64..10_000,
+        b in batches(1..50, 2..30), e_pow in 0u32..2, loops in 1usize..5
     ) {
+        let Batch { t, d, mode, seed } = b;
         let e = 1usize << e_pow;
         let h = 16 * e;
         let w1 = data(2 * h * d, seed, 0.4);

@@ -2,25 +2,11 @@
 
 mod common;
 
-use common::values;
+use common::{kernels, values};
 use proptest::prelude::*;
 use vffn_kernels::gemm::{gemm_packed_with, gemm_with, GemmError, GemmPath, MatMut, MatRef};
 use vffn_kernels::microkernel::{kernel_from_name, KernelError, KernelKind};
 use vffn_kernels::{PackedB, RowSource};
-
-/// Kernels this CPU runs (says which are skipped, once per test).
-fn kernels() -> Vec<KernelKind> {
-    KernelKind::ALL
-        .into_iter()
-        .filter(|k| {
-            let ok = k.is_available();
-            if !ok {
-                eprintln!("skipping kernel `{k}`: not supported by this CPU");
-            }
-            ok
-        })
-        .collect()
-}
 
 /// A rows × cols matrix stored row- or column-major with `pad` extra elements per line.
 struct Stored {

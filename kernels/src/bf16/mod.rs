@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::gemm::{packed_loops, view_fits, MatMut, MatRef, OutView};
+use crate::gemm::{packed_loops, view_fits, Gemm, MatMut, MatRef, OutView};
 use crate::microkernel::{isa, KernelKind};
 use crate::pack::BOperand;
 
@@ -157,7 +157,8 @@ pub fn linear_bf16_with(
         }
     };
     let kind = if path == Bf16Path::Widen { kind } else { KernelKind::Avx512 };
-    packed_loops(kind, 1.0, x, b, if accumulate { 1.0 } else { 0.0 }, c);
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    packed_loops(Gemm { kind, alpha: 1.0, a: x, b, beta, c });
     Ok(())
 }
 
@@ -177,15 +178,14 @@ fn linear_row(
         gathered = (0..k).map(|p| x.at(0, p)).collect();
         &gathered
     };
-    let rs = w.row_stride.max(k);
     if !accumulate && c.cs == 1 {
         // SAFETY: the n elements of out's row are contiguous and inside the checked view, and
         // exclusively borrowed by the caller's MatMut.
         let row = unsafe { std::slice::from_raw_parts_mut(c.ptr, n) };
-        return gemv_bf16_with(kind, xs, w.bits, rs, row);
+        return gemv_bf16_with(kind, xs, w, row);
     }
     let mut sums = vec![0.0f32; n];
-    gemv_bf16_with(kind, xs, w.bits, rs, &mut sums)?;
+    gemv_bf16_with(kind, xs, w, &mut sums)?;
     for (j, s) in sums.into_iter().enumerate() {
         // SAFETY: (0, j) is inside the checked out view (j < n).
         unsafe {
@@ -196,39 +196,32 @@ fn linear_row(
     Ok(())
 }
 
-/// `out[j] = Σ_p x[p]·W[j, p]` for `j < out.len()`, `W[j, p] = w[j·row_stride + p]` as bf16
-/// bits, with the ISA of [`crate::microkernel::isa`] and the current rayon pool.
-pub fn gemv_bf16(
-    x: &[f32],
-    w: &[u16],
-    row_stride: usize,
-    out: &mut [f32],
-) -> Result<(), Bf16Error> {
-    gemv_bf16_with(crate::microkernel::isa(), x, w, row_stride, out)
+/// `out[j] = Σ_p x[p]·W[j, p]` for the rows of `w` (`w.rows == out.len()`, `w.cols ==
+/// x.len()`), with the ISA of [`crate::microkernel::isa`] and the current rayon pool.
+pub fn gemv_bf16(x: &[f32], w: Bf16Rows<'_>, out: &mut [f32]) -> Result<(), Bf16Error> {
+    gemv_bf16_with(crate::microkernel::isa(), x, w, out)
 }
 
 /// [`gemv_bf16`] with an explicit kernel family (unavailable families run portable code).
 pub fn gemv_bf16_with(
     kind: KernelKind,
     x: &[f32],
-    w: &[u16],
-    row_stride: usize,
+    w: Bf16Rows<'_>,
     out: &mut [f32],
 ) -> Result<(), Bf16Error> {
+    w.check()?;
     let (k, rows) = (x.len(), out.len());
-    if row_stride < k {
-        return Err(Bf16Error::Stride { row_stride, k });
+    if w.cols != k || w.rows != rows {
+        return Err(Bf16Error::Shape { x: [1, k], w: [w.rows, w.cols], out: [1, rows] });
     }
-    let needed = if rows == 0 { 0 } else { (rows - 1) * row_stride + k };
-    if w.len() < needed {
-        return Err(Bf16Error::Weights { rows, row_stride, k, needed, len: w.len() });
-    }
+    // A lone row may have any stride (`check` allows it); the bodies step by at least k.
+    let row_stride = w.row_stride.max(k);
     let kind = if kind.is_available() { kind } else { KernelKind::Portable };
     let threads = if rows * k >= PAR_MIN { rayon::current_num_threads() } else { 1 };
     let item = rows.div_ceil(2 * threads).next_multiple_of(4).max(MIN_ROWS_PER_ITEM);
     let pairs = Pairs::new(x);
     let run = |(i, chunk): (usize, &mut [f32])| {
-        let first = &w[i * item * row_stride..];
+        let first = &w.bits[i * item * row_stride..];
         // SAFETY: rows i·item.. of W lie inside `w` (checked above: every row has k values),
         // and the x86 bodies run only when their family was detected (`is_available`).
         unsafe { rows_bf16(kind, x, &pairs, first.as_ptr(), row_stride, chunk) }
@@ -332,41 +325,59 @@ trait PairLanes {
     unsafe fn finish(acc: [Self::V; 2], x: &[f32], row: *const u16, from: usize) -> f32;
 }
 
+/// A [`PairLanes`] family from its register type, lanes of bf16 per step and intrinsics (the
+/// two x86 families differ only in these names and in `finish`).
 #[cfg(target_arch = "x86_64")]
-struct Avx2;
+macro_rules! pair_lanes {
+    ($family:ident: $v:ident, $step:literal; $zero:ident, $load:ident, $load_words:ident,
+     $splat:ident, $shl:ident, $and:ident, $as_ps:ident, $fma:ident;
+     finish($acc:pat, $x:ident, $row:ident, $from:ident) $finish:block) => {
+        struct $family;
+
+        impl PairLanes for $family {
+            type V = std::arch::x86_64::$v;
+            const STEP: usize = $step;
+            #[inline(always)]
+            unsafe fn zero() -> Self::V {
+                unsafe { std::arch::x86_64::$zero() }
+            }
+            #[inline(always)]
+            unsafe fn load_x(p: *const f32) -> Self::V {
+                unsafe { std::arch::x86_64::$load(p) }
+            }
+            #[inline(always)]
+            unsafe fn pair(p: *const u16) -> (Self::V, Self::V) {
+                use std::arch::x86_64::*;
+                unsafe {
+                    let v = $load_words(p as *const _);
+                    let high = $splat(0xFFFF_0000u32 as i32);
+                    ($as_ps($shl::<16>(v)), $as_ps($and(v, high)))
+                }
+            }
+            #[inline(always)]
+            unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+                unsafe { std::arch::x86_64::$fma(a, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn finish(
+                $acc: [Self::V; 2],
+                $x: &[f32],
+                $row: *const u16,
+                $from: usize,
+            ) -> f32 {
+                $finish
+            }
+        }
+    };
+}
 
 // SAFETY (all methods): only called from `rows_avx2` (AVX2 + FMA enabled, detected) with the
 // caller's pointer guarantees.
 #[cfg(target_arch = "x86_64")]
-impl PairLanes for Avx2 {
-    type V = std::arch::x86_64::__m256;
-    const STEP: usize = 16;
-    #[inline(always)]
-    unsafe fn zero() -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn load_x(p: *const f32) -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn pair(p: *const u16) -> (Self::V, Self::V) {
-        use std::arch::x86_64::*;
-        unsafe {
-            let v = _mm256_loadu_si256(p as *const __m256i);
-            let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
-            (
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)),
-                _mm256_castsi256_ps(_mm256_and_si256(v, high)),
-            )
-        }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn finish(acc: [Self::V; 2], x: &[f32], row: *const u16, from: usize) -> f32 {
+pair_lanes! {
+    Avx2: __m256, 16; _mm256_setzero_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_set1_epi32,
+    _mm256_slli_epi32, _mm256_and_si256, _mm256_castsi256_ps, _mm256_fmadd_ps;
+    finish(acc, x, row, from) {
         use std::arch::x86_64::*;
         unsafe {
             let v = _mm256_add_ps(acc[0], acc[1]);
@@ -381,41 +392,13 @@ impl PairLanes for Avx2 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-struct Avx512;
-
 // SAFETY (all methods): only called from `rows_avx512` (AVX-512F + BW enabled, detected) with
 // the caller's pointer guarantees; masked loads touch only the lanes below k.
 #[cfg(target_arch = "x86_64")]
-impl PairLanes for Avx512 {
-    type V = std::arch::x86_64::__m512;
-    const STEP: usize = 32;
-    #[inline(always)]
-    unsafe fn zero() -> Self::V {
-        unsafe { std::arch::x86_64::_mm512_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn load_x(p: *const f32) -> Self::V {
-        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn pair(p: *const u16) -> (Self::V, Self::V) {
-        use std::arch::x86_64::*;
-        unsafe {
-            let v = _mm512_loadu_si512(p as *const _);
-            let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-            (
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)),
-                _mm512_castsi512_ps(_mm512_and_si512(v, high)),
-            )
-        }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        unsafe { std::arch::x86_64::_mm512_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn finish(mut acc: [Self::V; 2], x: &[f32], row: *const u16, from: usize) -> f32 {
+pair_lanes! {
+    Avx512: __m512, 32; _mm512_setzero_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_set1_epi32,
+    _mm512_slli_epi32, _mm512_and_si512, _mm512_castsi512_ps, _mm512_fmadd_ps;
+    finish(mut acc, x, row, from) {
         use std::arch::x86_64::*;
         unsafe {
             // Up to two masked 16-lane steps cover the k − from < 32 remaining values.
@@ -507,81 +490,4 @@ unsafe fn rows_avx2(x: &[f32], pairs: &Pairs, w: *const u16, rs: usize, out: &mu
 unsafe fn rows_avx512(x: &[f32], pairs: &Pairs, w: *const u16, rs: usize, out: &mut [f32]) {
     // SAFETY: forwarded caller contract; AVX-512F and BW enabled here.
     unsafe { rows_pairs::<Avx512>(x, pairs, w, rs, out) }
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    /// Values spread over [-1, 1) without a generator (131 is prime to the 7919 steps).
-    fn values(seed: u64, n: usize) -> Vec<f32> {
-        (0..n as u64).map(|i| ((i * 7919 + seed * 104_729) % 131) as f32 / 65.5 - 1.0).collect()
-    }
-
-    /// bf16 bits of x by truncation (any bf16 values will do as weights).
-    fn to_bits(x: f32) -> u16 {
-        (x.to_bits() >> 16) as u16
-    }
-
-    fn kinds() -> Vec<KernelKind> {
-        KernelKind::ALL.into_iter().filter(|k| k.is_available()).collect()
-    }
-
-    proptest! {
-        #[test]
-        fn every_isa_matches_the_f64_sums_of_the_widened_weights(
-            k in 1usize..300,
-            rows in 1usize..13,
-            pad in 0usize..5,
-            seed in 0u64..1000,
-        ) {
-            let rs = k + pad;
-            let x = values(seed, k);
-            let w: Vec<u16> = values(seed + 1, rows * rs).into_iter().map(to_bits).collect();
-            for kind in kinds() {
-                let mut out = vec![f32::NAN; rows];
-                gemv_bf16_with(kind, &x, &w, rs, &mut out).unwrap();
-                for (j, &got) in out.iter().enumerate() {
-                    let row = &w[j * rs..j * rs + k];
-                    let want: f64 = x.iter().zip(row).map(|(&a, &b)| a as f64 * widen(b) as f64).sum();
-                    let scale: f64 = x.iter().zip(row).map(|(&a, &b)| (a * widen(b)).abs() as f64).sum();
-                    prop_assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + scale), "{kind:?} row {j}");
-                    // The same row alone gives the same bits (position-independent order).
-                    let mut alone = [0.0f32];
-                    gemv_bf16_with(kind, &x, &w[j * rs..], rs, &mut alone).unwrap();
-                    prop_assert_eq!(alone[0].to_bits(), got.to_bits(), "{:?} row {}", kind, j);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn threads_split_rows_without_changing_results() {
-        let (k, rows) = (300, 1000);
-        let x = values(3, k);
-        let w: Vec<u16> = values(4, rows * k).into_iter().map(to_bits).collect();
-        for kind in kinds() {
-            let mut serial = vec![0.0f32; rows];
-            for (j, o) in serial.iter_mut().enumerate() {
-                gemv_bf16_with(kind, &x, &w[j * k..], k, std::slice::from_mut(o)).unwrap();
-            }
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-            let mut par = vec![0.0f32; rows];
-            pool.install(|| gemv_bf16_with(kind, &x, &w, k, &mut par)).unwrap();
-            assert_eq!(serial, par, "{kind:?}");
-        }
-    }
-
-    #[test]
-    fn short_weights_and_strides_are_errors() {
-        let x = [1.0f32; 8];
-        let mut out = [0.0f32; 2];
-        assert!(matches!(
-            gemv_bf16(&x, &[0u16; 15], 8, &mut out),
-            Err(Bf16Error::Weights { needed: 16, .. })
-        ));
-        assert!(matches!(gemv_bf16(&x, &[0u16; 64], 7, &mut out), Err(Bf16Error::Stride { .. })));
-    }
 }

@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{edge_load, edge_store, Tile, NR};
+use super::{edge_load, edge_store, Scale, Tile, NR};
 
 /// Rows per tile.
 pub(crate) const MR: usize = 6;
@@ -48,24 +48,14 @@ macro_rules! tile_kernel {
     ($name:ident, $m:literal; $($i:literal: $c0:ident $c1:ident),+) => {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $name<const PACKED: bool>(t: &Tile) {
-            // Packed A: the M values of one k are contiguous and panels step by MR.
-            let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
-            let rs_b = t.rs_b;
+            let (rs_a, cs_a) = t.a_strides::<PACKED>(MR);
             $(
                 let mut $c0 = _mm256_setzero_ps();
                 let mut $c1 = _mm256_setzero_ps();
             )+
-            let mut a = t.a;
-            let mut b = t.b;
             // SAFETY (whole body): the caller guarantees A, B readable for p < k, C for the tile.
             unsafe {
-                // The C tile is needed at the end; a 16-float row may straddle two lines.
-                $(
-                    _mm_prefetch::<_MM_HINT_T0>(t.c.wrapping_add($i * t.rs_c) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        t.c.wrapping_add($i * t.rs_c + 15 * t.cs_c) as *const i8,
-                    );
-                )+
+                $crate::microkernel::prefetch_c_rows::<$m>(t, NR - 1);
                 macro_rules! step {
                     ($ap:expr, $bp:expr) => {{
                         let b0 = _mm256_loadu_ps($bp);
@@ -77,22 +67,7 @@ macro_rules! tile_kernel {
                         )+
                     }};
                 }
-                let mut left = t.k;
-                while left >= 4 {
-                    step!(a, b);
-                    step!(a.add(cs_a), b.add(rs_b));
-                    step!(a.add(2 * cs_a), b.add(2 * rs_b));
-                    step!(a.add(3 * cs_a), b.add(3 * rs_b));
-                    a = a.add(4 * cs_a);
-                    b = b.add(4 * rs_b);
-                    left -= 4;
-                }
-                while left > 0 {
-                    step!(a, b);
-                    a = a.add(cs_a);
-                    b = b.add(rs_b);
-                    left -= 1;
-                }
+                depth_loop!(4: 0 1 2 3; t, cs_a, step);
                 epilogue::<$m>([$([$c0, $c1]),+], t);
             }
         }
@@ -111,9 +86,7 @@ tile_kernel!(tile_1, 1; 0: c00 c01);
 #[inline(never)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn epilogue<const M: usize>(acc: [[__m256; 2]; M], t: &Tile) {
-    let alpha = _mm256_set1_ps(t.alpha);
-    let beta = _mm256_set1_ps(t.beta);
-    let read_c = t.beta != 0.0;
+    let s = Scale::of(t, |x| _mm256_set1_ps(x));
     // SAFETY (whole body): the caller guarantees C is valid for the tile.
     unsafe {
         macro_rules! store {
@@ -121,9 +94,9 @@ unsafe fn epilogue<const M: usize>(acc: [[__m256; 2]; M], t: &Tile) {
                 for i in 0..M {
                     for h in 0..2 {
                         let p = $c.add(i * $rs + 8 * h);
-                        let mut r = _mm256_mul_ps(acc[i][h], alpha);
-                        if read_c {
-                            r = _mm256_fmadd_ps(beta, _mm256_loadu_ps(p), r);
+                        let mut r = _mm256_mul_ps(acc[i][h], s.alpha);
+                        if s.read_c {
+                            r = _mm256_fmadd_ps(s.beta, _mm256_loadu_ps(p), r);
                         }
                         _mm256_storeu_ps(p, r);
                     }
@@ -133,7 +106,7 @@ unsafe fn epilogue<const M: usize>(acc: [[__m256; 2]; M], t: &Tile) {
         if t.nr == NR && t.cs_c == 1 {
             store!(t.c, t.rs_c);
         } else if t.rs_c == 1 && t.nr == NR && M == MR {
-            store_transposed(acc, alpha, beta, read_c, t);
+            store_transposed(acc, s, t);
         } else {
             let mut buf = edge_load::<NR>(t);
             let p = buf.as_mut_ptr() as *mut f32;
@@ -147,13 +120,7 @@ unsafe fn epilogue<const M: usize>(acc: [[__m256; 2]; M], t: &Tile) {
 /// (two 8 × 8 transposes, rows 6 and 7 padding) and writes each C column's 6 values. Same per-element arithmetic as the row-major store.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn store_transposed<const M: usize>(
-    acc: [[__m256; 2]; M],
-    alpha: __m256,
-    beta: __m256,
-    read_c: bool,
-    t: &Tile,
-) {
+unsafe fn store_transposed<const M: usize>(acc: [[__m256; 2]; M], s: Scale<__m256>, t: &Tile) {
     for h in 0..2 {
         let mut rows = [_mm256_setzero_ps(); 8];
         for (row, acc_i) in rows.iter_mut().zip(&acc) {
@@ -165,11 +132,11 @@ unsafe fn store_transposed<const M: usize>(
             unsafe {
                 // 4 + 2 floats with plain 128/64-bit moves (AMD's masked stores are microcoded).
                 let p = t.c.add((8 * h + q) * t.cs_c);
-                let mut r = _mm256_mul_ps(*col, alpha);
-                if read_c {
+                let mut r = _mm256_mul_ps(*col, s.alpha);
+                if s.read_c {
                     let lo = _mm_loadu_ps(p);
                     let hi = _mm_castpd_ps(_mm_load_sd(p.add(4) as *const f64));
-                    r = _mm256_fmadd_ps(beta, _mm256_set_m128(hi, lo), r);
+                    r = _mm256_fmadd_ps(s.beta, _mm256_set_m128(hi, lo), r);
                 }
                 _mm_storeu_ps(p, _mm256_castps256_ps128(r));
                 _mm_store_sd(p.add(4) as *mut f64, _mm_castps_pd(_mm256_extractf128_ps::<1>(r)));

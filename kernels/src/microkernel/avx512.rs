@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{edge_load, edge_store, Tile, MR_MAX, NR, NR_MAX};
+use super::{edge_load, edge_store, Scale, Tile, MR_MAX, NR, NR_MAX};
 
 /// Rows per tile.
 pub(crate) const MR: usize = MR_MAX;
@@ -36,35 +36,14 @@ macro_rules! dispatch_tiles {
     };
 }
 
-/// Runs `$step!(a, b)` for every depth p < `$k`, two per iteration, advancing A by `$cs_a` and
-/// B by `$rs_b` per depth (shared by both tile widths; used inside their `unsafe` bodies).
-macro_rules! depth_loop {
-    ($k:expr, $a:ident, $b:ident, $cs_a:expr, $rs_b:expr, $step:ident) => {{
-        let mut left = $k;
-        while left >= 2 {
-            $step!($a, $b);
-            $step!($a.add($cs_a), $b.add($rs_b));
-            $a = $a.add(2 * $cs_a);
-            $b = $b.add(2 * $rs_b);
-            left -= 2;
-        }
-        if left > 0 {
-            $step!($a, $b);
-        }
-    }};
-}
-
 /// One 16-wide kernel per tile height, accumulators as named locals (kept in registers).
 macro_rules! tile_kernel {
     ($feat:literal, $bcast:ident, $madd:ident;
      $name:ident, $m:literal; $($i:literal: $c:ident),+) => {
         #[target_feature(enable = $feat)]
         unsafe fn $name<const PACKED: bool>(t: &Tile) {
-            let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
-            let rs_b = t.rs_b;
+            let (rs_a, cs_a) = t.a_strides::<PACKED>(MR);
             $( let mut $c = _mm512_setzero_ps(); )+
-            let mut a = t.a;
-            let mut b = t.b;
             // SAFETY (whole body): the caller guarantees A, B readable for p < k, C for the tile.
             unsafe {
                 macro_rules! step {
@@ -73,7 +52,7 @@ macro_rules! tile_kernel {
                         $( $c = $madd!($bcast!($ap.add($i * rs_a)), bv, $c); )+
                     }};
                 }
-                depth_loop!(t.k, a, b, cs_a, rs_b, step);
+                depth_loop!(2: 0 1; t, cs_a, step);
                 epilogue::<$m>([$($c),+], t);
             }
         }
@@ -87,25 +66,16 @@ macro_rules! wide_kernel {
      $name:ident, $m:literal; $($i:literal: $c0:ident $c1:ident),+) => {
         #[target_feature(enable = $feat)]
         unsafe fn $name<const PACKED: bool>(t: &Tile) {
-            let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
-            let rs_b = t.rs_b;
+            let (rs_a, cs_a) = t.a_strides::<PACKED>(MR);
             $(
                 let mut $c0 = _mm512_setzero_ps();
                 let mut $c1 = _mm512_setzero_ps();
             )+
-            let mut a = t.a;
-            let mut b = t.b;
             let next = t.b_next;
             // SAFETY (whole body): the caller guarantees A, both B panels readable for p < k, C
             // for the tile.
             unsafe {
-                // The C tile is needed at the end: start bringing its rows (two lines each) in.
-                $(
-                    _mm_prefetch::<_MM_HINT_T0>(t.c.wrapping_add($i * t.rs_c) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        t.c.wrapping_add($i * t.rs_c + 31 * t.cs_c) as *const i8,
-                    );
-                )+
+                $crate::microkernel::prefetch_c_rows::<$m>(t, NR_MAX - 1);
                 macro_rules! step {
                     ($ap:expr, $bp:expr) => {{
                         let b0 = _mm512_loadu_ps($bp);
@@ -117,7 +87,7 @@ macro_rules! wide_kernel {
                         )+
                     }};
                 }
-                depth_loop!(t.k, a, b, cs_a, rs_b, step);
+                depth_loop!(2: 0 1; t, cs_a, step);
                 wide_epilogue::<$m>([$([$c0, $c1]),+], t);
             }
         }
@@ -264,19 +234,12 @@ fn half_mask(nr: usize, half: usize) -> __mmask16 {
 /// `r = alpha·acc + beta·C` for one vector of C at `p` (lanes outside `mask` neither read nor
 /// written).
 #[inline(always)]
-unsafe fn store_masked(
-    p: *mut f32,
-    mask: __mmask16,
-    acc: __m512,
-    alpha: __m512,
-    beta: __m512,
-    read_c: bool,
-) {
+unsafe fn store_masked(p: *mut f32, mask: __mmask16, acc: __m512, s: Scale<__m512>) {
     // SAFETY: the caller guarantees the lanes in `mask` are valid C elements.
     unsafe {
-        let mut r = _mm512_mul_ps(acc, alpha);
-        if read_c {
-            r = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask, p), r);
+        let mut r = _mm512_mul_ps(acc, s.alpha);
+        if s.read_c {
+            r = _mm512_fmadd_ps(s.beta, _mm512_maskz_loadu_ps(mask, p), r);
         }
         _mm512_mask_storeu_ps(p, mask, r);
     }
@@ -287,21 +250,19 @@ unsafe fn store_masked(
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
 unsafe fn epilogue<const M: usize>(acc: [__m512; M], t: &Tile) {
-    let alpha = _mm512_set1_ps(t.alpha);
-    let beta = _mm512_set1_ps(t.beta);
-    let read_c = t.beta != 0.0;
+    let s = Scale::of(t, |x| _mm512_set1_ps(x));
     // SAFETY (whole body): the caller guarantees C is valid for the tile.
     unsafe {
         if t.cs_c == 1 {
             // Masked loads and stores cover a partial tile width without a scalar path.
             let mask = half_mask(t.nr, 0);
             for (i, acc_i) in acc.iter().enumerate() {
-                store_masked(t.c.add(i * t.rs_c), mask, *acc_i, alpha, beta, read_c);
+                store_masked(t.c.add(i * t.rs_c), mask, *acc_i, s);
             }
         } else {
             let mut buf = edge_load::<NR>(t);
             for (i, acc_i) in acc.iter().enumerate() {
-                store_masked(buf[i].as_mut_ptr(), 0xFFFF, *acc_i, alpha, beta, read_c);
+                store_masked(buf[i].as_mut_ptr(), 0xFFFF, *acc_i, s);
             }
             edge_store(t, &buf);
         }
@@ -313,9 +274,7 @@ unsafe fn epilogue<const M: usize>(acc: [__m512; M], t: &Tile) {
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
 unsafe fn wide_epilogue<const M: usize>(acc: [[__m512; 2]; M], t: &Tile) {
-    let alpha = _mm512_set1_ps(t.alpha);
-    let beta = _mm512_set1_ps(t.beta);
-    let read_c = t.beta != 0.0;
+    let s = Scale::of(t, |x| _mm512_set1_ps(x));
     let masks = [half_mask(t.nr, 0), half_mask(t.nr, 1)];
     // SAFETY (whole body): the caller guarantees C is valid for the tile.
     unsafe {
@@ -323,7 +282,7 @@ unsafe fn wide_epilogue<const M: usize>(acc: [[__m512; 2]; M], t: &Tile) {
             for (i, row) in acc.iter().enumerate() {
                 let p = t.c.add(i * t.rs_c);
                 for (h, (v, &mask)) in row.iter().zip(&masks).enumerate() {
-                    store_masked(p.add(h * NR), mask, *v, alpha, beta, read_c);
+                    store_masked(p.add(h * NR), mask, *v, s);
                 }
             }
         } else {
@@ -331,7 +290,7 @@ unsafe fn wide_epilogue<const M: usize>(acc: [[__m512; 2]; M], t: &Tile) {
             for (i, row) in acc.iter().enumerate() {
                 let p = buf[i].as_mut_ptr();
                 for (h, v) in row.iter().enumerate() {
-                    store_masked(p.add(h * NR), 0xFFFF, *v, alpha, beta, read_c);
+                    store_masked(p.add(h * NR), 0xFFFF, *v, s);
                 }
             }
             edge_store(t, &buf);

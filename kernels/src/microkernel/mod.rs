@@ -12,6 +12,30 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+/// Runs `$step!(a, b)` for every depth p < k of tile `$t` (a, b: its A and B addresses at p),
+/// `$n` depths per iteration (the steps at offsets `$o` = 0, 1, .., n − 1) and then one at a
+/// time, A stepping by `$cs_a` and B by the tile's `rs_b` per depth: the depth loop of every
+/// x86 tile (used inside their `unsafe` bodies).
+#[cfg(target_arch = "x86_64")]
+macro_rules! depth_loop {
+    ($n:literal: $($o:literal)+; $t:ident, $cs_a:expr, $step:ident) => {{
+        let (mut a, mut b, rs_b, cs_a) = ($t.a, $t.b, $t.rs_b, $cs_a);
+        let mut left = $t.k;
+        while left >= $n {
+            $( $step!(a.add($o * cs_a), b.add($o * rs_b)); )+
+            a = a.add($n * cs_a);
+            b = b.add($n * rs_b);
+            left -= $n;
+        }
+        while left > 0 {
+            $step!(a, b);
+            a = a.add(cs_a);
+            b = b.add(rs_b);
+            left -= 1;
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -194,6 +218,60 @@ pub(crate) struct Tile {
     pub nr: usize,
 }
 
+impl Tile {
+    /// Whether the epilogue reads C: not when beta is 0, so that C's old values (NaN, or memory
+    /// never written) never reach the result.
+    #[inline(always)]
+    pub(crate) fn reads_c(&self) -> bool {
+        self.beta != 0.0
+    }
+
+    /// A's (row, column) strides as a kernel of `mr` rows reads them: packed A (`PACKED`) holds
+    /// the mr values of one k contiguously, panels stepping by mr.
+    #[inline(always)]
+    pub(crate) fn a_strides<const PACKED: bool>(&self, mr: usize) -> (usize, usize) {
+        if PACKED {
+            (1, mr)
+        } else {
+            (self.rs_a, self.cs_a)
+        }
+    }
+}
+
+/// The scalars of a tile's epilogue `C = alpha·acc + beta·C` as one family's vectors `V`, and
+/// whether C is read ([`Tile::reads_c`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Scale<V> {
+    pub alpha: V,
+    pub beta: V,
+    pub read_c: bool,
+}
+
+impl<V> Scale<V> {
+    /// `t`'s alpha and beta broadcast by `splat`.
+    #[inline(always)]
+    pub(crate) fn of(t: &Tile, splat: impl Fn(f32) -> V) -> Self {
+        Scale { alpha: splat(t.alpha), beta: splat(t.beta), read_c: t.reads_c() }
+    }
+}
+
+/// Starts bringing the `M` rows of `t`'s C tile in before the depth loop (C is needed only at
+/// the end): each row's first element and the one `last` columns on (a row may straddle two
+/// cache lines).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_c_rows<const M: usize>(t: &Tile, last: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for i in 0..M {
+        let row = t.c.wrapping_add(i * t.rs_c);
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(last * t.cs_c) as *const i8);
+        }
+    }
+}
+
 /// Runs one tile with `kind`. `a_packed` promises `rs_a == 1 && cs_a == kind.mr()`.
 ///
 /// # Safety
@@ -246,7 +324,7 @@ pub(crate) type EdgeTile<const W: usize> = [[f32; W]; MR_MAX];
 pub(crate) unsafe fn edge_load<const W: usize>(t: &Tile) -> EdgeTile<W> {
     debug_assert!(t.nr <= W);
     let mut buf = [[0.0f32; W]; MR_MAX];
-    if t.beta != 0.0 {
+    if t.reads_c() {
         for (i, row) in buf.iter_mut().enumerate().take(t.mr) {
             for (j, v) in row.iter_mut().enumerate().take(t.nr) {
                 // SAFETY: (i, j) is inside the valid mr × nr part of C.

@@ -4,7 +4,7 @@
 
 use wide::f32x8;
 
-use super::{edge_load, edge_store, Tile, NR};
+use super::{edge_load, edge_store, Scale, Tile, NR};
 
 /// Rows per tile.
 pub(crate) const MR: usize = 2;
@@ -44,7 +44,7 @@ pub(crate) unsafe fn tile(a_packed: bool, t: &Tile) {
 
 #[inline(never)]
 unsafe fn tile_mr<const M: usize, const PACKED: bool>(t: &Tile) {
-    let (rs_a, cs_a) = if PACKED { (1, MR) } else { (t.rs_a, t.cs_a) };
+    let (rs_a, cs_a) = t.a_strides::<PACKED>(MR);
     let mut acc = [[f32x8::ZERO; 2]; M];
     let mut a = t.a;
     let mut b = t.b;
@@ -62,16 +62,14 @@ unsafe fn tile_mr<const M: usize, const PACKED: bool>(t: &Tile) {
             b = b.add(t.rs_b);
         }
         let acc = acc;
-        let alpha = f32x8::splat(t.alpha);
-        let beta = f32x8::splat(t.beta);
-        let read_c = t.beta != 0.0;
+        let s = Scale::of(t, f32x8::splat);
         let store = |c: *mut f32, rs: usize| {
             for (i, acc_i) in acc.iter().enumerate() {
                 for (h, v) in acc_i.iter().enumerate() {
                     let p = c.add(i * rs + 8 * h);
-                    let mut r = *v * alpha;
-                    if read_c {
-                        r = beta.mul_add(load8(p), r);
+                    let mut r = *v * s.alpha;
+                    if s.read_c {
+                        r = s.beta.mul_add(load8(p), r);
                     }
                     store8(p, r);
                 }
