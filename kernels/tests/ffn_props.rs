@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use proptest::prelude::*;
-use vffn_kernels::ffn::{self, naive, DepthSaved, FfnError, PackedFfn, WidthSaved};
+use vffn_kernels::ffn::{self, naive, DepthSaved, FfnError, FfnGrads, PackedFfn, WidthSaved};
 use vffn_kernels::rayon;
 use vffn_kernels::testvals::{values as data, XorShift};
 
@@ -351,8 +351,7 @@ fn moe_case(b: Batch, e: usize, k_raw: usize) -> Result<(), TestCaseError> {
     let mut dg = vec![0.0f32; t * k];
     let mut gw: Vec<(Vec<f32>, Vec<f32>)> =
         (0..e).map(|_| (vec![0.0; 2 * s * d], vec![0.0; d * s])).collect();
-    let mut refs: Vec<(&mut [f32], &mut [f32])> =
-        gw.iter_mut().map(|(a, b)| (a.as_mut_slice(), b.as_mut_slice())).collect();
+    let mut refs: Vec<FfnGrads<'_>> = gw.iter_mut().map(|(a, b)| FfnGrads::new(a, b)).collect();
     ffn::moe_backward(&packed, &saved, &z, &gates, k, &d_out, &mut dz, &mut dg, &mut refs).unwrap();
     close(&dz, &want_dz, 1e-5)?;
     close(&dg, &want_dg, 1e-5)?;
@@ -407,7 +406,7 @@ proptest! {
         let mut dz = vec![0.25f32; t * d];
         let mut dg = vec![9.0f32; t * k];
         let (mut dw1, mut dw2) = (vec![0.5f32; 2 * h * d], vec![-0.5f32; d * h]);
-        ffn::width_backward(&packed, &saved, &z, &gates, k, &d_out, &mut dz, &mut dg, &mut dw1, &mut dw2)
+        ffn::width_backward(&packed, &saved, &z, &gates, k, &d_out, &mut dz, &mut dg, FfnGrads::new(&mut dw1, &mut dw2))
             .unwrap();
         let add = |v: &[f64], c: f64| v.iter().map(|a| a + c).collect::<Vec<_>>();
         close(&dz, &add(&g.dz, 0.25), 1e-5)?;
@@ -469,7 +468,7 @@ proptest! {
         let (mut dx, mut dwn) = (vec![0.0f32; t * d], vec![0.0f32; d]);
         let (mut dw1, mut dw2) = (vec![0.0f32; 2 * h * d], vec![0.0f32; d * h]);
         ffn::depth_backward(
-            &packed, &wn, &saved, &x, &states, &ds, &mut dx, &mut dwn, &mut dw1, &mut dw2,
+            &packed, &wn, &saved, &x, &states, &ds, &mut dx, &mut dwn, FfnGrads::new(&mut dw1, &mut dw2),
         )
         .unwrap();
         close(&dx, &g.dx, 1e-4)?;
@@ -501,7 +500,15 @@ fn thread_count_does_not_change_results() {
             let (mut dz, mut dg) = (vec![0.0f32; t * d], vec![0.0f32; t * k]);
             let (mut dw1, mut dw2) = (vec![0.0f32; 2 * h * d], vec![0.0f32; d * h]);
             ffn::width_backward(
-                &packed, &saved, &x, &gates, k, &d_out, &mut dz, &mut dg, &mut dw1, &mut dw2,
+                &packed,
+                &saved,
+                &x,
+                &gates,
+                k,
+                &d_out,
+                &mut dz,
+                &mut dg,
+                FfnGrads::new(&mut dw1, &mut dw2),
             )
             .unwrap();
             let mut dout = vec![0.0f32; t * d];
@@ -512,7 +519,15 @@ fn thread_count_does_not_change_results() {
                 .unwrap();
             let (mut dx, mut dwn) = (vec![0.0f32; t * d], vec![0.0f32; d]);
             ffn::depth_backward(
-                &packed, &wn, &dsaved, &x, &states, &ds, &mut dx, &mut dwn, &mut dw1, &mut dw2,
+                &packed,
+                &wn,
+                &dsaved,
+                &x,
+                &states,
+                &ds,
+                &mut dx,
+                &mut dwn,
+                FfnGrads::new(&mut dw1, &mut dw2),
             )
             .unwrap();
             vec![out, dz, dg, dw1, dw2, dout, states, dx, dwn]
@@ -589,7 +604,16 @@ fn bad_inputs_are_typed_errors() {
     ffn::width_forward_train(&p, &z, &[0, 1, 1], &[1.0; 3], 1, &mut out, &mut saved).unwrap();
     let (mut dz, mut dg) = (vec![0.0f32; 3 * d], vec![0.0f32; 3]);
     let (mut dw1, mut dw2) = (vec![0.0f32; 2 * h * d], vec![0.0f32; d * h]);
-    let r =
-        ffn::width_backward(&p, &saved, &z, &[1.0; 3], 1, &z, &mut dz, &mut dg, &mut dw1, &mut dw2);
+    let r = ffn::width_backward(
+        &p,
+        &saved,
+        &z,
+        &[1.0; 3],
+        1,
+        &z,
+        &mut dz,
+        &mut dg,
+        FfnGrads::new(&mut dw1, &mut dw2),
+    );
     assert!(matches!(r, Err(FfnError::Shape(_))));
 }

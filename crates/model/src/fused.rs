@@ -19,7 +19,7 @@ use vffn_autograd::{Buffer, GradSlot, Tape, Tensor};
 use vffn_kernels::ffn::{
     dense_backward, dense_forward_train, depth_backward, depth_forward, depth_forward_train,
     moe_backward, moe_forward, moe_forward_train, width_backward, width_forward,
-    width_forward_train, DepthSaved, FfnError, PackedFfn, WidthSaved,
+    width_forward_train, DepthSaved, FfnError, FfnGrads, PackedFfn, WidthSaved,
 };
 
 use crate::config::{BlockKind, Config, Paths};
@@ -221,8 +221,7 @@ pub(crate) fn depth_states(
             dy,
             target(dx, s0, x_saved.numel()),
             target(dn, s1, d),
-            target(dw1, s2, 2 * h * d),
-            target(dw2, s3, d * h),
+            FfnGrads::new(target(dw1, s2, 2 * h * d), target(dw2, s3, d * h)),
         )
         .unwrap_or_else(|e| panic!("fused depth backward: {e}"));
     })
@@ -286,8 +285,7 @@ pub(crate) fn width_routed(
             dy,
             target(dz, s0, z_saved.numel()),
             &mut dgates,
-            target(dw1, s1, 2 * h * d),
-            target(dw2, s2, d * h),
+            FfnGrads::new(target(dw1, s1, 2 * h * d), target(dw2, s2, d * h)),
         )
         .unwrap_or_else(|e| panic!("fused width backward: {e}"));
         if let Some(dg) = dg {
@@ -336,17 +334,17 @@ pub(crate) fn moe_ffn(
         let mut scratch: [Vec<f32>; 3] = Default::default();
         let [s0, s1, s2] = &mut scratch;
         let dz = target(dz, s0, z_saved.numel());
-        let (dw1, dw2) = (target(dw1, s1, 2 * h * d), target(dw2, s2, d * h));
-        dense_backward(&shared, z_saved.data(), &u_saved, dy, dz, dw1, dw2)
+        let shared_grads = FfnGrads::new(target(dw1, s1, 2 * h * d), target(dw2, s2, d * h));
+        dense_backward(&shared, z_saved.data(), &u_saved, dy, dz, shared_grads)
             .unwrap_or_else(|e| panic!("fused moe shared backward: {e}"));
         let mut expert_scratch: Vec<(Vec<f32>, Vec<f32>)> =
             rest.iter().step_by(2).map(|_| (Vec::new(), Vec::new())).collect();
-        let mut pairs: Vec<(&mut [f32], &mut [f32])> = rest
+        let mut pairs: Vec<FfnGrads<'_>> = rest
             .chunks_exact_mut(2)
             .zip(expert_scratch.iter_mut())
             .map(|(slots, (a, b))| {
                 let (p, o) = slots.split_at_mut(1);
-                (target(&mut p[0], a, 2 * s * d), target(&mut o[0], b, d * s))
+                FfnGrads::new(target(&mut p[0], a, 2 * s * d), target(&mut o[0], b, d * s))
             })
             .collect();
         let mut dgates = vec![0.0f32; g_saved.numel()];

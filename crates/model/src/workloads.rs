@@ -13,7 +13,7 @@
 
 use thiserror::Error;
 use vffn_kernels::attention::{attention_backward, attention_forward, AttnShape};
-use vffn_kernels::ffn::{self, DepthSaved, FfnError, PackedFfn, WidthSaved};
+use vffn_kernels::ffn::{self, DepthSaved, FfnError, FfnGrads, PackedFfn, WidthSaved};
 use vffn_kernels::fused::{rms_norm_backward, rms_norm_forward};
 use vffn_kernels::{gemm, MatMut, MatRef};
 
@@ -373,12 +373,13 @@ impl FfnTrainStep {
         ffn::depth_forward_train(&p, i.w_norm, eps, i.x, loops, &mut self.states, ds)?;
         self.dz.fill(0.0);
         self.dx.fill(0.0);
-        let (dw1, dw2) = (&mut self.dw1, &mut self.dw2);
         let (ws, z, dz) = (&self.width_saved, &self.z, &mut self.dz);
-        ffn::width_backward(&p, ws, z, i.gates, k, i.d_out, dz, &mut self.d_gates, dw1, dw2)?;
+        let grads = FfnGrads::new(&mut self.dw1, &mut self.dw2);
+        ffn::width_backward(&p, ws, z, i.gates, k, i.d_out, dz, &mut self.d_gates, grads)?;
         let (ds, states, dx, dwn) =
             (&self.depth_saved, &self.states, &mut self.dx, &mut self.dw_norm);
-        ffn::depth_backward(&p, i.w_norm, ds, i.x, states, i.d_states, dx, dwn, dw1, dw2)?;
+        let grads = FfnGrads::new(&mut self.dw1, &mut self.dw2);
+        ffn::depth_backward(&p, i.w_norm, ds, i.x, states, i.d_states, dx, dwn, grads)?;
         let (dx, dwn) = (Some((&mut self.dx[..], true)), Some((&mut self.dw_norm[..], true)));
         rms_norm_backward(i.x, i.w_norm, &self.rstd, &self.dz, dx, dwn);
         Ok(())

@@ -1,7 +1,7 @@
 //! The plain FFN (one loop of the depth path) on packed weights: forward and backward.
 
 use super::packed::{unpermute_add, PackedFfn};
-use super::{shape_err, sized, FfnError};
+use super::{shape_err, sized, FfnError, FfnGrads};
 use crate::fused::{swiglu_backward, swiglu_forward, swiglu_rows};
 use crate::gemm::{gemm_packed_with, MatMut, MatRef};
 use crate::pool::Buffer;
@@ -123,25 +123,21 @@ pub fn dense_forward_train(
 }
 
 /// Plain FFN backward: dz [n,d] += ∂/∂z, dW1 [2h,d] += , dW2 [d,h] += (given dy = ∂L/∂out).
-#[allow(clippy::too_many_arguments)]
 pub fn dense_backward(
     w: &PackedFfn,
     z: &[f32],
     u_saved: &[f32],
     dy: &[f32],
     dz: &mut [f32],
-    dw1: &mut [f32],
-    dw2: &mut [f32],
+    grads: FfnGrads<'_>,
 ) -> Result<(), FfnError> {
     let n = check_dense(w, z, dy)?;
     let (d, h) = (w.d, w.h);
-    if u_saved.len() != n * 2 * h
-        || dz.len() != n * d
-        || dw1.len() != 2 * h * d
-        || dw2.len() != d * h
-    {
-        return shape_err("dense_backward: u [n,2h], dz [n,d], dW1 [2h,d], dW2 [d,h]".to_string());
+    if u_saved.len() != n * 2 * h || dz.len() != n * d {
+        return shape_err("dense_backward: u [n,2h], dz [n,d]".to_string());
     }
+    grads.check(w)?;
+    let FfnGrads { dw1, dw2 } = grads;
     let (mut dzt, mut dw1p) = (Buffer::uninit(n * d), Buffer::uninit(2 * h * d));
     dw1p[..2 * h * d].fill(0.0);
     dense_backward_core(w, z, u_saved, None, dy, &mut dzt[..n * d], &mut dw1p[..2 * h * d], dw2)?;

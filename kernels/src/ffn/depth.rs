@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::dense::{dense_backward_core, dense_core_par};
 use super::packed::{unpermute_add, PackedFfn};
-use super::{shape_err, sized, FfnError};
+use super::{shape_err, sized, FfnError, FfnGrads};
 use crate::fused::{rms_norm_backward, rms_norm_rows};
 use crate::pool::Buffer;
 
@@ -225,8 +225,7 @@ pub fn depth_backward(
     d_states: &[f32],
     dx: &mut [f32],
     d_w_norm: &mut [f32],
-    dw1: &mut [f32],
-    dw2: &mut [f32],
+    grads: FfnGrads<'_>,
 ) -> Result<(), FfnError> {
     let (loops, t) = (saved.loops, saved.tokens);
     check_depth(w, w_norm, x, loops.max(1))?;
@@ -237,9 +236,8 @@ pub fn depth_backward(
     if d_states.len() != states.len() || d_w_norm.len() != d {
         return shape_err("depth_backward: d_states [D,T,d], d_w_norm [d]".to_string());
     }
-    if dw1.len() != 2 * h * d || dw2.len() != d * h {
-        return shape_err("dW1 must be [2h,d] and dW2 [d,h]".to_string());
-    }
+    grads.check(w)?;
+    let FfnGrads { dw1, dw2 } = grads;
     if loops == 0 || t == 0 {
         return Ok(());
     }

@@ -82,6 +82,28 @@ fn shape_err<T>(s: String) -> Result<T, FfnError> {
     Err(FfnError::Shape(s))
 }
 
+/// An FFN's weight gradients, added to (+=) by every backward, in the weights' model layout:
+/// dW1 [2h, d] (value rows, then gate rows) and dW2 [d, h] — or one real expert's [2s, d] and
+/// [d, s].
+pub struct FfnGrads<'a> {
+    pub dw1: &'a mut [f32],
+    pub dw2: &'a mut [f32],
+}
+
+impl<'a> FfnGrads<'a> {
+    pub fn new(dw1: &'a mut [f32], dw2: &'a mut [f32]) -> Self {
+        FfnGrads { dw1, dw2 }
+    }
+
+    /// The one shape check of every backward: dW1 [2h, d] and dW2 [d, h] of `w`.
+    fn check(&self, w: &PackedFfn) -> Result<(), FfnError> {
+        if self.dw1.len() != 2 * w.h * w.d || self.dw2.len() != w.d * w.h {
+            return shape_err(format!("dW1 must be [2h,d] and dW2 [d,h] (h {}, d {})", w.h, w.d));
+        }
+        Ok(())
+    }
+}
+
 /// Resizes a saved buffer to exactly `len` (keeping its allocation).
 fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if v.len() < len {

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::group::{check_routing, scatter_weighted, Grouping};
 use super::packed::{unpermute_add, Experts, PackedFfn};
-use super::{shape_err, sized, FfnError};
+use super::{shape_err, sized, FfnError, FfnGrads};
 use crate::fused::{swiglu_backward, swiglu_rows};
 use crate::gemm::{compute, gemm_packed_with, ASource, BSource, MatMut, MatRef, OutView};
 use crate::pack::RowSource;
@@ -147,9 +147,9 @@ routed_entry! {
 /// Gradient targets of a routed backward (accumulated into).
 enum RoutedGrads<'a> {
     /// Shared W1 [2h,d] (model layout) and W2 [d,h].
-    Shared { dw1: &'a mut [f32], dw2: &'a mut [f32] },
+    Shared(FfnGrads<'a>),
     /// Per expert (dW1_e [2s,d], dW2_e [d,s]).
-    PerExpert(&'a mut [(&'a mut [f32], &'a mut [f32])]),
+    PerExpert(&'a mut [FfnGrads<'a>]),
 }
 
 /// The inputs and outputs every routed backward shares (see [`width_backward`]).
@@ -197,7 +197,7 @@ fn routed_backward(
     });
     let mut dz_rows = Buffer::uninit(n * d);
     let mut dw1p = match grads {
-        RoutedGrads::Shared { .. } => {
+        RoutedGrads::Shared(_) => {
             let mut v = Buffer::uninit(2 * h_shared * d);
             v[..2 * h_shared * d].fill(0.0);
             Some(v)
@@ -242,16 +242,16 @@ fn routed_backward(
         let du_view = MatRef::new(du, m, 2 * s);
         // This expert's block of dW2 [d,s] and dW1 [2s,d] (permuted), wherever they live.
         let (dw2_e, dw1_e) = match &mut grads {
-            RoutedGrads::Shared { dw2, .. } => {
+            RoutedGrads::Shared(shared) => {
                 let dw1p = dw1p.as_mut().expect("shared perm gradient");
                 (
-                    MatMut::strided(&mut dw2[p.k0..], d, s, h_shared, 1),
+                    MatMut::strided(&mut shared.dw2[p.k0..], d, s, h_shared, 1),
                     MatMut::new(&mut dw1p[p.col * d..(p.col + 2 * s) * d], 2 * s, d),
                 )
             }
             RoutedGrads::PerExpert(list) => {
-                let (dw1_e, dw2_e) = &mut list[e];
-                (MatMut::new(dw2_e, d, s), MatMut::new(dw1_e, 2 * s, d))
+                let FfnGrads { dw1, dw2 } = &mut list[e];
+                (MatMut::new(dw2, d, s), MatMut::new(dw1, 2 * s, d))
             }
         };
         // dW2_e += dyᵀ · a, dW1_e += duᵀ · z
@@ -266,8 +266,8 @@ fn routed_backward(
         gemm_packed_with(kind, 1.0, du_view, None, w1_rows, 0.0, dst, true)?;
     }
     scatter_weighted(&dz_rows[..n * d], g, None, k, d, dz);
-    if let (Some(v), RoutedGrads::Shared { dw1, .. }) = (dw1p.take(), &mut grads) {
-        unpermute_add(&v[..2 * h_shared * d], dw1, h_shared, s, d);
+    if let (Some(v), RoutedGrads::Shared(shared)) = (dw1p.take(), &mut grads) {
+        unpermute_add(&v[..2 * h_shared * d], shared.dw1, h_shared, s, d);
     }
     Ok(())
 }
@@ -300,25 +300,21 @@ routed_backward_entry! {
     /// Width path backward. Given d_out [T,d] (gradient of the width output), accumulates dz
     /// [T,d] (width input z), dW1 [2h,d], dW2 [d,h]; overwrites dgates [T,k]. `w` packed with
     /// backward.
-    width_backward(w: &PackedFfn, dw1: &mut [f32], dw2: &mut [f32]) {
-        if dw1.len() != 2 * w.h * w.d || dw2.len() != w.d * w.h {
-            return shape_err("dW1 must be [2h,d] and dW2 [d,h]".to_string());
-        }
-        (Experts::Virtual(w), RoutedGrads::Shared { dw1, dw2 })
+    width_backward(w: &PackedFfn, grads: FfnGrads<'_>) {
+        grads.check(w)?;
+        (Experts::Virtual(w), RoutedGrads::Shared(grads))
     }
 }
 
 routed_backward_entry! {
-    /// MoE backward: as [`width_backward`], with per-expert gradients `grads[e] = (dW1_e [2s,d],
-    /// dW2_e [d,s])` (accumulated).
-    moe_backward<'a>(ws: &[PackedFfn], grads: &'a mut [(&'a mut [f32], &'a mut [f32])]) {
+    /// MoE backward: as [`width_backward`], with per-expert gradients `grads[e]` (dW1_e [2s,d],
+    /// dW2_e [d,s], accumulated).
+    moe_backward<'a>(ws: &[PackedFfn], grads: &'a mut [FfnGrads<'a>]) {
         if grads.len() != ws.len() {
             return shape_err(format!("{} gradient pairs for {} experts", grads.len(), ws.len()));
         }
-        for (w, (g1, g2)) in ws.iter().zip(grads.iter()) {
-            if g1.len() != 2 * w.h * w.d || g2.len() != w.d * w.h {
-                return shape_err("moe expert gradients must be [2s,d] and [d,s]".to_string());
-            }
+        for (w, g) in ws.iter().zip(grads.iter()) {
+            g.check(w)?;
         }
         (Experts::Real(ws), RoutedGrads::PerExpert(grads))
     }

@@ -111,7 +111,8 @@ pub fn run(args: FfnArgs) -> anyhow::Result<()> {
                     let p = PackedFfn::pack(&w1, &w2, d, h, e, true)?;
                     ffn::dense_forward_train(&p, &x, &mut out, &mut u_dense)?;
                     dz.fill(0.0);
-                    ffn::dense_backward(&p, &x, &u_dense, &d_out, &mut dz, &mut dw1, &mut dw2)?;
+                    let grads = ffn::FfnGrads::new(&mut dw1, &mut dw2);
+                    ffn::dense_backward(&p, &x, &u_dense, &d_out, &mut dz, grads)?;
                 }
                 _ => {
                     std::hint::black_box(PackedFfn::pack(&w1, &w2, d, h, e, false)?);
