@@ -376,15 +376,17 @@ simd_fn! {
     }
 }
 
+/// How a backward writes its gradient: `scale` times the value, added to the target
+/// (`accumulate`) or written over it.
+#[derive(Clone, Copy)]
+struct GradOut {
+    scale: f32,
+    accumulate: bool,
+}
+
 simd_fn! {
-    fn softmax_backward_rows(
-        y: &[f32],
-        dy: &[f32],
-        dx: &mut [f32],
-        n: usize,
-        scale: f32,
-        accumulate: bool,
-    ) {
+    fn softmax_backward_rows(y: &[f32], dy: &[f32], dx: &mut [f32], n: usize, out: GradOut) {
+        let GradOut { scale, accumulate } = out;
         let rows = y.chunks_exact(n).zip(dy.chunks_exact(n)).zip(dx.chunks_exact_mut(n));
         for ((yr, dyr), dxr) in rows {
             let s = lanes_dot(yr, dyr);
@@ -418,9 +420,9 @@ pub fn softmax_backward(
 ) {
     assert!(n > 0 && y.len() == dy.len() && y.len() == dx.len(), "softmax_backward: shapes");
     let rpt = rows_per_task(n);
-    dx.par_chunks_mut(rpt * n)
-        .zip(y.par_chunks(rpt * n).zip(dy.par_chunks(rpt * n)))
-        .for_each(|(dx, (y, dy))| softmax_backward_rows(y, dy, dx, n, scale, accumulate));
+    dx.par_chunks_mut(rpt * n).zip(y.par_chunks(rpt * n).zip(dy.par_chunks(rpt * n))).for_each(
+        |(dx, (y, dy))| softmax_backward_rows(y, dy, dx, n, GradOut { scale, accumulate }),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
