@@ -18,6 +18,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::cpu::blocking;
+use crate::mat::Gemm;
 pub(crate) use crate::mat::OutView;
 pub use crate::mat::{MatMut, MatRef};
 use crate::microkernel::{
@@ -159,31 +160,6 @@ pub fn gemm_with(
         _ => direct(g),
     }
     Ok(())
-}
-
-/// One product `C = alpha·A·B + beta·C` on kernel `kind`, its views checked: what each path of
-/// [`gemm_with`] takes (B a matrix, or for the packed loops any [`BOperand`]).
-#[derive(Clone, Copy)]
-pub(crate) struct Gemm<'a, B = MatRef<'a>> {
-    pub kind: KernelKind,
-    pub alpha: f32,
-    pub a: MatRef<'a>,
-    pub b: B,
-    pub beta: f32,
-    pub c: OutView,
-}
-
-impl<'a> Gemm<'a> {
-    /// The same product transposed, Cᵀ = Bᵀ·Aᵀ (no data moves: strides swap).
-    pub(crate) fn t(self) -> Self {
-        Gemm { a: self.b.t(), b: self.a.t(), c: self.c.t(), ..self }
-    }
-
-    /// The product with B as another operand type.
-    fn with_b<B>(self, b: B) -> Gemm<'a, B> {
-        let Gemm { kind, alpha, a, beta, c, .. } = self;
-        Gemm { kind, alpha, a, b, beta, c }
-    }
 }
 
 /// Shape-only choice of algorithm (so the result never depends on the thread count).

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::Gemm;
+use crate::mat::Gemm;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::avx::Avx2Fma;
 use crate::simd::{Lanes, Portable};

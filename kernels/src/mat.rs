@@ -122,3 +122,28 @@ impl OutView {
         }
     }
 }
+
+/// One product `C = alpha·A·B + beta·C` on kernel `kind`, its views checked: what each path of
+/// [`crate::gemm::gemm_with`] takes (B a matrix, or for the packed loops any [`crate::pack::BOperand`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Gemm<'a, B = MatRef<'a>> {
+    pub kind: crate::microkernel::KernelKind,
+    pub alpha: f32,
+    pub a: MatRef<'a>,
+    pub b: B,
+    pub beta: f32,
+    pub c: OutView,
+}
+
+impl<'a> Gemm<'a> {
+    /// The same product transposed, Cᵀ = Bᵀ·Aᵀ (no data moves: strides swap).
+    pub(crate) fn t(self) -> Self {
+        Gemm { a: self.b.t(), b: self.a.t(), c: self.c.t(), ..self }
+    }
+
+    /// The product with B as another operand type.
+    pub(crate) fn with_b<B>(self, b: B) -> Gemm<'a, B> {
+        let Gemm { kind, alpha, a, beta, c, .. } = self;
+        Gemm { kind, alpha, a, b, beta, c }
+    }
+}

@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::gemm::{packed_loops, view_fits, Gemm, MatMut, MatRef, OutView};
+use crate::gemm::{packed_loops, view_fits, MatMut, MatRef, OutView};
+use crate::mat::Gemm;
 use crate::microkernel::{isa, KernelKind};
 use crate::pack::BOperand;
 
