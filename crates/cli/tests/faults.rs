@@ -477,7 +477,11 @@ fn sigkill_at_ten_random_moments_then_resume_matches_an_uninterrupted_run() {
     let (dir, cfg, _) = setup("sigkill", TINY);
     let common = ["--steps", "100", "--save-every", "4", "--threads", "1", "--sample-bytes", "0"];
     let whole = dir.join("whole");
+    let started = Instant::now();
     ok(&[&["train", "--config", path(&cfg), "--out", path(&whole)][..], &common].concat());
+    // One step's time on this machine (start-up and checkpoint writes included): the kills'
+    // random delays are measured in it, so they land inside the run on a fast CPU and a slow one.
+    let step_ns = (started.elapsed().as_nanos() / 100).max(1) as u64;
     let parts = dir.join("parts");
     // A fixed generator: the same "random" moments on every run of the test.
     let mut seed = 0x5EED_u64;
@@ -491,26 +495,35 @@ fn sigkill_at_ten_random_moments_then_resume_matches_an_uninterrupted_run() {
         attempts += 1;
         assert!(attempts <= 40, "only {kills} kills landed in {attempts} runs");
         // Kill k lands at a random point of steps 9k+1 ..= 9k+9 (logged rows tell where the
-        // run is), plus up to 15 ms: inside a step, a checkpoint write or a metrics append.
-        // The child stops by itself 9 steps later should this process be too slow to kill it.
+        // run is), plus up to two steps' time: inside a step, a checkpoint write or a metrics
+        // append. The child stops by itself 30 steps later should this process be too slow
+        // (starved by the other tests) to kill it; then that attempt is not counted.
         let target = 9 * kills + 1 + next() % 9;
-        let extra = Duration::from_micros(next() % 15_000);
-        let stop_after = (target + 9).to_string();
+        let extra = Duration::from_nanos(next() % (2 * step_ns));
+        let stop_after = (target + 30).to_string();
         let mut args = vec!["train", "--out", path(&parts), "--stop-after", &stop_after];
-        if parts.join("ckpt/model.safetensors").exists() {
+        // A kill between the two renames of a checkpoint write leaves only `ckpt.old`, which
+        // `--resume` falls back to (and a fresh start refuses).
+        if ["ckpt", "ckpt.old"].iter().any(|d| parts.join(d).join("model.safetensors").exists()) {
             args.push("--resume");
         } else {
             args.extend(["--config", path(&cfg)]);
         }
         args.extend(common);
+        let log = dir.join("child-stderr");
+        let stderr_file = fs::File::create(&log).unwrap();
         let mut child =
-            vffn().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            vffn().args(&args).stdout(Stdio::null()).stderr(stderr_file).spawn().unwrap();
         while (rows() as u64) < target && child.try_wait().unwrap().is_none() {
             std::thread::sleep(Duration::from_micros(500));
         }
         std::thread::sleep(extra);
-        if child.try_wait().unwrap().is_some() {
-            continue; // It stopped before the kill: no kill this time.
+        if let Some(status) = child.try_wait().unwrap() {
+            // It stopped by itself before the kill: no kill this time, but it must have
+            // succeeded (a resume that fails after a kill is what this test is for).
+            let err = fs::read_to_string(&log).unwrap();
+            assert!(status.success(), "attempt {attempts} ({args:?}) failed: {err}");
+            continue;
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
