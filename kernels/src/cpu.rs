@@ -4,9 +4,10 @@
 //! CPUID (leaf 4 on Intel, 0x8000001D on AMD), else from conservative defaults. The blocking
 //! follows the BLIS analytic model (Low et al., "Analytical modeling is enough for
 //! high-performance BLIS", 2016) for our loop order (jr outer, ir inner):
-//! - **KC**: the B micro-panel (KC × the kernel's tile width) stays in L1 while every A
-//!   micro-panel of the row block streams past it: KC·nr·4 bytes ≈ half of L1d for one-panel
-//!   tiles, all of it for the two-panel AVX-512 tile (see `Blocking::derive`).
+//! - **KC**: for one-panel tiles the B micro-panel (KC × 16) stays in L1 while every A
+//!   micro-panel of the row block streams past it: KC·16·4 bytes ≈ half of L1d. The two-panel
+//!   AVX-512 tile's B pair cannot share L1d with A at a useful depth, so both stream from L2
+//!   and KC is bounded by L2 instead: the pair in an eighth of it (see `Blocking::derive`).
 //! - **MC**: the packed A block (MC × KC) stays in L2 while B micro-panels stream through:
 //!   about a third of L2 (the rest holds B panels in flight and C tiles).
 //! - **NC**: the packed B block (KC × NC) stays in this core's share of L3: about half of it.
@@ -156,13 +157,20 @@ impl Blocking {
     /// The analytic blocking for `kind` on caches `c` (see the module doc).
     pub fn derive(kind: KernelKind, c: CacheSizes) -> Blocking {
         let (mr, nr) = (kind.mr(), kind.nr());
-        // One-panel tiles: B's micro-panel in half of L1d, A's micro-panel beside it (Zen 3's
-        // hand-tuned 256 at 32 KiB). Two-panel tiles stream A's micro-panel from L2 at 4 bytes
-        // a cycle (14 rows × 4 bytes per 14 FMA cycles), so B's pair may fill L1d: measured on
-        // the Xeon (48 KiB), 1024³ ran 1.07× and 1.16× (two runs) at KC 384 against 192.
-        let share = if nr > crate::microkernel::NR { 1 } else { 2 };
-        let kc = (c.l1d / share / (nr * 4)) / 16 * 16;
-        let kc = kc.clamp(64, KC_MAX);
+        let kc = if nr > crate::microkernel::NR {
+            // Two-panel tiles: B's pair and A's micro-panel together overflow L1d at any useful
+            // depth (32 × 384 × 4 = 48 KiB for B alone), so both stream from L2, which feeds
+            // them easily (2.9 lines per 14 FMA cycles). The bound is then L2: B's pair in an
+            // eighth of it. Deeper blocks mean fewer passes over C (one at k ≤ 1024: C written,
+            // never re-read). Measured at 1024³ one thread on Zen 5 (1 MiB L2): KC 1024 ran
+            // 1.08–1.10× KC 384 in alternating rounds; on the Xeon earlier, 384 beat 192.
+            c.l2 / 8 / (nr * 4)
+        } else {
+            // One-panel tiles: B's micro-panel in half of L1d, A's micro-panel beside it (Zen
+            // 3's hand-tuned 256 at 32 KiB).
+            c.l1d / 2 / (nr * 4)
+        };
+        let kc = (kc / 16 * 16).clamp(64, KC_MAX);
         let mc = (c.l2 / 3 / (kc * 4)) / mr * mr;
         let mc = mc.clamp(4 * mr, 1024 / mr * mr);
         let nc = (c.l3 / 2 / (kc * 4)) / nr * nr;
@@ -250,17 +258,24 @@ mod tests {
     }
 
     /// Zen 3 (32 KiB L1d, 512 KiB L2) with the AVX2 6 × 16 tile gives the KC = 256 that was tuned
-    /// there by hand; the two-panel AVX-512 tile on a 48 KiB L1d gives the measured best, 384.
+    /// there by hand; the two-panel AVX-512 tile, fed from L2, takes the deepest block (1024, the
+    /// measured best on Zen 5's 1 MiB L2) with the A block in a third of L2.
     #[test]
     fn the_analytic_blocking_matches_the_hand_tuned_zen3_kc() {
         let zen3 = CacheSizes { l1d: 32 << 10, l2: 512 << 10, l3: 4 << 20, source: "test" };
         let b = Blocking::derive(KernelKind::Avx2, zen3);
         assert_eq!(b.kc, 256);
         assert!(b.mc.is_multiple_of(6) && b.mc * b.kc * 4 <= zen3.l2 / 2);
-        let xeon = CacheSizes { l1d: 48 << 10, l2: 2 << 20, l3: 5 << 20, source: "test" };
-        let b = Blocking::derive(KernelKind::Avx512, xeon);
-        assert_eq!(b.kc, 384);
-        assert!(b.mc.is_multiple_of(14) && b.nc.is_multiple_of(32));
+        for l2 in [1 << 20, 2 << 20] {
+            let zen5_or_xeon = CacheSizes { l1d: 48 << 10, l2, l3: 5 << 20, source: "test" };
+            let b = Blocking::derive(KernelKind::Avx512, zen5_or_xeon);
+            assert_eq!(b.kc, 1024);
+            assert!(b.mc.is_multiple_of(14) && b.nc.is_multiple_of(32));
+            assert!(b.mc * b.kc * 4 <= l2 / 3 && 32 * b.kc * 4 <= l2 / 8);
+        }
+        // A smaller L2 gives a shallower block, never below 64.
+        let half = CacheSizes { l1d: 48 << 10, l2: 512 << 10, l3: 5 << 20, source: "test" };
+        assert_eq!(Blocking::derive(KernelKind::Avx512, half).kc, 512);
     }
 
     #[test]
