@@ -10,7 +10,8 @@
 #                                       # ($OUT/<name>.lock), so the copies share out the runs
 #
 # Environment: VFFN (binary, default target/release/vffn), DATA (default
-# ../shared/data/tinyshakespeare.txt), OUT (default runs/results), THREADS (2), SEEDS ("0 1 2").
+# ../shared/data/tinyshakespeare.txt), OUT (default runs/results), THREADS (2), SEEDS ("0 1 2"),
+# FIG3A_SEEDS ("0": the Fig. 3a width runs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VFFN=${VFFN:-target/release/vffn}
@@ -45,6 +46,11 @@ variant() {
     lmax6) printf 'block = "versatile"\nmax_depth = 6\n' ;;
     e8k4) printf 'block = "versatile"\nn_experts = 8\ntop_k = 4\n' ;;
     e16k4) printf 'block = "versatile"\nn_experts = 16\ntop_k = 4\n' ;;
+    # Issue 19, Fig. 3a at tiny scale: width-only + shared expert under other expert choices
+    # (8-choose-2 is widthshared itself).
+    widthe4k1) printf 'block = "versatile"\npaths = "width"\nshared_expert = true\nn_experts = 4\ntop_k = 1\n' ;;
+    widthe8k4) printf 'block = "versatile"\npaths = "width"\nshared_expert = true\nn_experts = 8\ntop_k = 4\n' ;;
+    widthe16k4) printf 'block = "versatile"\npaths = "width"\nshared_expert = true\nn_experts = 16\ntop_k = 4\n' ;;
     # Issue 19, the remedy: the depth router's noise scaled by the temperature.
     noise) printf 'block = "versatile"\ndepth_noise = "scaled"\n' ;;
     # Issue 19, one step up in scale (small preset).
@@ -147,6 +153,12 @@ for name in scratch-routing-s0 cont-routing-s0 scratch-noise-s0 cont-noise-s0; d
 done
 run "scratch-smalldense-s0" smalldense 0
 run "scratch-smallversatile-s0" smallversatile 0
+# Fig. 3a at tiny scale, "if time allows": FIG3A_SEEDS (default: seed 0 only).
+for seed in ${FIG3A_SEEDS:-0}; do
+  for var in widthe4k1 widthe8k4 widthe16k4; do
+    run "cont-$var-s$seed" "$var" "$seed" "$DATA" "$OUT/scratch-dense-s0"
+  done
+done
 # Routing on the built-in corpus (known easy / hard tokens): depth histograms, easy vs hard.
 run "builtin-versatile-s0" versatile 0 builtin
 if [[ builtin-versatile-s0 =~ $ONLY ]]; then
