@@ -273,7 +273,7 @@ mod tests {
             assert!(b.mc.is_multiple_of(14) && b.nc.is_multiple_of(32));
             assert!(b.mc * b.kc * 4 <= l2 / 3 && 32 * b.kc * 4 <= l2 / 8);
         }
-        // A smaller L2 gives a shallower block, never below 64.
+        // A smaller L2 gives a shallower block.
         let half = CacheSizes { l1d: 48 << 10, l2: 512 << 10, l3: 5 << 20, source: "test" };
         assert_eq!(Blocking::derive(KernelKind::Avx512, half).kc, 512);
     }

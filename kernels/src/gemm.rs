@@ -384,8 +384,10 @@ fn block(product: Product<'_>, ps: Range<usize>, rows: Range<usize>, qs: Range<u
                 let reusers = rows.len().div_ceil(tile_rows);
                 if rs_b != NR && reusers > pair {
                     // An in-place B panel reused by several row tiles is first copied to a
-                    // contiguous L1 buffer: B rows a power-of-two apart would otherwise collide in
-                    // a few cache sets and be re-read from L2 by every tile. Same values, same bits.
+                    // contiguous buffer (in L1 for one-panel tiles; streamed from L2 for the
+                    // two-panel tile, whose KC follows L2): B rows a power-of-two apart would
+                    // otherwise collide in a few cache sets and be re-read by every tile. Same
+                    // values, same bits.
                     let dst = copy.slice_mut(panels * kc * NR);
                     for (h, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
                         let src = b_ptr.wrapping_add(h * b_next);
